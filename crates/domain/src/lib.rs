@@ -1,0 +1,34 @@
+//! SmartScheduler's domain: jobs, contractors, assignments, the `JobAssigned`
+//! event, identities, and the ports (traits) the outer layers implement.
+//!
+//! What it is not: it does no I/O and knows no framework (no tokio, sqlx,
+//! actix or serde_json). Behaviour returns the events it causes instead of
+//! publishing them; the application layer decides when they go out.
+//!
+//! # Layout
+//! - [`ids`]: identifiers as newtypes over `Uuid`.
+//! - [`values`]: validated values (regions, names, times, sources).
+//! - [`job`], [`contractor`], [`assignment`]: the entities.
+//! - [`events`]: `JobAssigned`, the event envelope, groups and sequences.
+//! - [`identity`]: who is calling and what they may see.
+//! - [`ports`]: repositories, the unit of work, the EventLog and the publisher.
+
+pub mod assignment;
+pub mod contractor;
+pub mod events;
+pub mod identity;
+pub mod ids;
+pub mod job;
+pub mod ports;
+pub mod values;
+
+pub use assignment::{Assignment, NewAssignment};
+pub use contractor::Contractor;
+pub use events::{DomainEvent, EventType, Group, JobAssigned, JobSnapshot, PublishedEvent, Sequence};
+pub use identity::{Principal, Role};
+pub use ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
+pub use job::{AssignRefusal, Job, JobStatus};
+pub use values::{
+    Address, AssignmentSource, DurationMinutes, JobType, PersonName, Region, Skill, TimeRange, Timestamp, Title,
+    ValidationError,
+};

@@ -1,0 +1,265 @@
+//! Ports: what the application needs from the outside world. Adapters live
+//! in `smartscheduler-infrastructure` (and `-realtime` for delivery); they map
+//! their own errors into the ones here, so no driver error leaves them.
+//!
+//! Ports are held as `Arc<dyn Port>`. With the `mock` feature each has a
+//! mockall mock (`MockJobRepository`, ...) for unit tests of the layers above.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::assignment::Assignment;
+use crate::contractor::Contractor;
+use crate::events::{DomainEvent, Group, Sequence};
+use crate::ids::{ContractorId, EventId, JobId};
+use crate::job::{Job, JobStatus};
+use crate::values::{Region, Timestamp};
+
+/// A failure of storage itself, not of the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or is overloaded; the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (a bug, corrupt data).
+    #[error("storage failed: {0}")]
+    Unexpected(String),
+}
+
+/// Contractors.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ContractorRepository: Send + Sync {
+    /// Stores a new contractor.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn insert(&self, contractor: &Contractor) -> Result<(), StoreError>;
+    /// One contractor, or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn get(&self, id: ContractorId) -> Result<Option<Contractor>, StoreError>;
+    /// Contractors, optionally of one region, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError>;
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only this region.
+    pub region: Option<Region>,
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Jobs.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait JobRepository: Send + Sync {
+    /// Stores a new job.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn insert(&self, job: &Job) -> Result<(), StoreError>;
+    /// One job, or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    /// Jobs matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
+}
+
+/// Why the store refused to commit an assignment. The store re-checks inside
+/// its transaction, so these hold even when requests race.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitAssignmentError {
+    /// The job no longer exists.
+    #[error("job not found")]
+    JobNotFound,
+    /// The contractor no longer exists.
+    #[error("contractor not found")]
+    ContractorNotFound,
+    /// Another assignment of this job committed first.
+    #[error("job is already assigned")]
+    JobAlreadyAssigned,
+    /// The contractor has an assignment overlapping this one.
+    #[error("contractor already has an overlapping assignment")]
+    ContractorBusy,
+    /// Storage failed; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The unit of work of an assignment.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait AssignmentStore: Send + Sync {
+    /// In ONE transaction: marks `job` Assigned (only if it is still
+    /// Unassigned), stores `assignment` (only if the contractor exists and has
+    /// no overlapping assignment) and appends `event` to the EventLog as
+    /// Pending with its audience. Either all of it is committed or none.
+    ///
+    /// # Errors
+    /// [`CommitAssignmentError`]; nothing is written then.
+    async fn commit_assignment(&self, job: &Job, assignment: &Assignment, event: &DomainEvent) -> Result<(), CommitAssignmentError>;
+}
+
+/// Where an event stands in the EventLog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventStatus {
+    /// Committed, not yet delivered to every handler.
+    Pending,
+    /// Every handler succeeded.
+    Published,
+    /// Handlers kept failing; an admin may retry it.
+    Failed,
+}
+
+impl EventStatus {
+    /// The stored and sent form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Published => "Published",
+            Self::Failed => "Failed",
+        }
+    }
+    /// Parses the stored or queried form.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "Pending" => Some(Self::Pending),
+            "Published" => Some(Self::Published),
+            "Failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// An event's payload as the EventLog shows it: `sequence` is null until the
+/// event is published.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoggedPayload {
+    /// The event.
+    #[serde(flatten)]
+    pub event: DomainEvent,
+    /// Its place in publish order, once published.
+    pub sequence: Option<Sequence>,
+}
+
+/// One row of the EventLog, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventLogEntry {
+    /// The event's id.
+    pub event_id: EventId,
+    /// Its kind.
+    pub event_type: String,
+    /// Its place in publish order; null until published.
+    pub sequence: Option<Sequence>,
+    /// Pending, Published or Failed.
+    pub status: EventStatus,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When it happened.
+    pub occurred_at_utc: Timestamp,
+    /// When every handler had it.
+    pub published_at_utc: Option<Timestamp>,
+    /// The groups it was sent to.
+    pub published_groups: Vec<Group>,
+    /// The last handler error.
+    pub last_error: Option<String>,
+    /// The payload.
+    pub payload: LoggedPayload,
+}
+
+/// Which EventLog rows to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only rows published with a greater sequence (rows not yet published
+    /// are listed only without this bound).
+    pub after_sequence: Option<Sequence>,
+    /// Only rows with this status.
+    pub status: Option<EventStatus>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// An event whose delivery is being attempted: sequenced, not yet published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedEvent {
+    /// The event.
+    pub event: DomainEvent,
+    /// The sequence given to this attempt.
+    pub sequence: Sequence,
+    /// Attempts before this one.
+    pub attempts: u32,
+}
+
+/// The EventLog: the durable record of every event and its delivery.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Takes the Pending rows that are due (`next attempt <= now`), in the
+    /// order they were committed, at most `limit`, and gives each a fresh
+    /// sequence from a counter that never goes back, in that order, in one
+    /// transaction. A row's sequence is replaced at each attempt, so the
+    /// sequence of a published row is its place in publish order.
+    ///
+    /// # Errors
+    /// [`StoreError`]; nothing is claimed then.
+    async fn claim_due(&self, now: Timestamp, limit: u32) -> Result<Vec<ClaimedEvent>, StoreError>;
+    /// Claims the given rows if they are still Pending (others are skipped),
+    /// in the given order. Used for events handed over in memory right after
+    /// their commit, which saves a read.
+    ///
+    /// # Errors
+    /// [`StoreError`]; nothing is claimed then.
+    async fn claim(&self, events: Vec<DomainEvent>) -> Result<Vec<ClaimedEvent>, StoreError>;
+    /// Marks a claimed row Published with the groups it went to.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn mark_published(&self, event_id: EventId, sequence: Sequence, groups: Vec<Group>, at: Timestamp) -> Result<(), StoreError>;
+    /// Records a failed attempt: `attempts` grows by one, `lastError` is set,
+    /// and the row stays Pending until `retry_at`, or becomes Failed when
+    /// `retry_at` is `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn record_failure(&self, event_id: EventId, error: String, retry_at: Option<Timestamp>) -> Result<(), StoreError>;
+    /// Rows for the API, by sequence (unpublished ones last, by commit order).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn list(&self, query: EventQuery) -> Result<Vec<EventLogEntry>, StoreError>;
+    /// One row, or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn get(&self, event_id: EventId) -> Result<Option<EventLogEntry>, StoreError>;
+    /// The sequenced events of `group` after `after`, in sequence order, at
+    /// most `limit`: what a client that saw `after` has missed.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn replay(&self, group: Group, after: Sequence, limit: u32) -> Result<Vec<(DomainEvent, Sequence)>, StoreError>;
+}
+
+/// Hands committed events to delivery.
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait EventPublisher: Send + Sync {
+    /// Takes a committed event for delivery after the commit. Never blocks
+    /// and never fails: an event it cannot take now waits in the EventLog
+    /// and is picked up from there.
+    fn publish(&self, event: DomainEvent);
+}
