@@ -1,1 +1,21 @@
-//! placeholder
+//! SmartScheduler's use cases, the in-process publisher with handler
+//! registration, and the outbox relay that delivers committed events.
+//!
+//! What it is not: it holds no adapter. It knows the domain and its ports
+//! only; the api crate wires real adapters in.
+//!
+//! # Layout
+//! - [`assign_job`]: the assign-a-job use case.
+//! - [`catalog`]: contractors and jobs (create, get, list), with access rules.
+//! - [`publishing`]: handler registration, the publisher and the outbox relay.
+//! - [`auth`]: the token verifier port.
+
+pub mod assign_job;
+pub mod auth;
+pub mod catalog;
+pub mod publishing;
+
+pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest};
+pub use auth::{AuthError, TokenVerifier};
+pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
+pub use publishing::{outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay, RelayConfig};

@@ -205,6 +205,17 @@ pub struct ClaimedEvent {
     pub attempts: u32,
 }
 
+/// A row that every handler took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedRow {
+    /// The event.
+    pub event_id: EventId,
+    /// The sequence of the successful claim.
+    pub sequence: Sequence,
+    /// The groups it went to.
+    pub groups: Vec<Group>,
+}
+
 /// The EventLog: the durable record of every event and its delivery.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -225,11 +236,12 @@ pub trait EventLog: Send + Sync {
     /// # Errors
     /// [`StoreError`]; nothing is claimed then.
     async fn claim(&self, events: Vec<DomainEvent>) -> Result<Vec<ClaimedEvent>, StoreError>;
-    /// Marks a claimed row Published with the groups it went to.
+    /// Marks claimed rows Published, each with the sequence of its claim and
+    /// the groups it went to, in one transaction.
     ///
     /// # Errors
     /// [`StoreError`].
-    async fn mark_published(&self, event_id: EventId, sequence: Sequence, groups: Vec<Group>, at: Timestamp) -> Result<(), StoreError>;
+    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError>;
     /// Records a failed attempt: `attempts` grows by one, `lastError` is set,
     /// and the row stays Pending until `retry_at`, or becomes Failed when
     /// `retry_at` is `None`.

@@ -1,0 +1,147 @@
+//! Contractors and jobs: create, get and list, with the contract's access
+//! rules (Admin and Dispatcher; jobs only in a dispatcher's own regions).
+
+use std::sync::Arc;
+
+use smartscheduler_domain::ports::{ContractorRepository, JobFilter, JobRepository, StoreError};
+use smartscheduler_domain::values::Address;
+use smartscheduler_domain::{
+    Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName, Principal, Region, Skill, Timestamp, Title,
+    ValidationError,
+};
+use tracing::instrument;
+
+/// Why a catalog call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// The caller's role or region does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A value was refused.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A validated new contractor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateContractorRequest {
+    /// Name.
+    pub name: PersonName,
+    /// Region.
+    pub region: Region,
+    /// Skills.
+    pub skills: Vec<Skill>,
+}
+
+/// A validated new job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateJobRequest {
+    /// Kind of work.
+    pub job_type: JobType,
+    /// Region.
+    pub region: Region,
+    /// Duration.
+    pub duration_minutes: DurationMinutes,
+    /// Optional title.
+    pub title: Option<Title>,
+    /// Optional desired start.
+    pub desired_start_utc: Option<Timestamp>,
+    /// Optional address.
+    pub address: Option<Address>,
+}
+
+/// Contractors and jobs.
+#[derive(Clone)]
+pub struct Catalog {
+    contractors: Arc<dyn ContractorRepository>,
+    jobs: Arc<dyn JobRepository>,
+}
+
+fn back_office(principal: &Principal) -> Result<(), CatalogError> {
+    if principal.is_back_office() {
+        Ok(())
+    } else {
+        Err(CatalogError::Forbidden("only admins and dispatchers may do this".into()))
+    }
+}
+
+impl Catalog {
+    /// Wires the catalog to its repositories.
+    pub fn new(contractors: Arc<dyn ContractorRepository>, jobs: Arc<dyn JobRepository>) -> Self {
+        Self { contractors, jobs }
+    }
+
+    /// Creates a contractor.
+    ///
+    /// # Errors
+    /// [`CatalogError`].
+    #[instrument(skip_all, err)]
+    pub async fn create_contractor(&self, principal: &Principal, request: CreateContractorRequest) -> Result<Contractor, CatalogError> {
+        back_office(principal)?;
+        let contractor = Contractor::create(request.name, request.region, request.skills, Timestamp::now())?;
+        self.contractors.insert(&contractor).await?;
+        Ok(contractor)
+    }
+
+    /// One contractor, or `None`.
+    ///
+    /// # Errors
+    /// [`CatalogError`].
+    pub async fn contractor(&self, principal: &Principal, id: ContractorId) -> Result<Option<Contractor>, CatalogError> {
+        back_office(principal)?;
+        Ok(self.contractors.get(id).await?)
+    }
+
+    /// Contractors, optionally of one region.
+    ///
+    /// # Errors
+    /// [`CatalogError`].
+    pub async fn contractors(&self, principal: &Principal, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, CatalogError> {
+        back_office(principal)?;
+        Ok(self.contractors.list(region, limit).await?)
+    }
+
+    /// Creates a job in one of the caller's regions.
+    ///
+    /// # Errors
+    /// [`CatalogError`].
+    #[instrument(skip_all, err)]
+    pub async fn create_job(&self, principal: &Principal, request: CreateJobRequest) -> Result<Job, CatalogError> {
+        back_office(principal)?;
+        if !principal.dispatches(&request.region) {
+            return Err(CatalogError::Forbidden(format!("you may not create jobs in region '{}'", request.region)));
+        }
+        let job = Job::create(
+            request.job_type,
+            request.title,
+            request.region,
+            request.duration_minutes,
+            request.desired_start_utc,
+            request.address,
+            Timestamp::now(),
+        );
+        self.jobs.insert(&job).await?;
+        Ok(job)
+    }
+
+    /// One job, or `None`.
+    ///
+    /// # Errors
+    /// [`CatalogError`].
+    pub async fn job(&self, principal: &Principal, id: JobId) -> Result<Option<Job>, CatalogError> {
+        back_office(principal)?;
+        Ok(self.jobs.get(id).await?)
+    }
+
+    /// Jobs, optionally of one region and status.
+    ///
+    /// # Errors
+    /// [`CatalogError`].
+    pub async fn jobs(&self, principal: &Principal, region: Option<Region>, status: Option<JobStatus>, limit: u32) -> Result<Vec<Job>, CatalogError> {
+        back_office(principal)?;
+        Ok(self.jobs.list(JobFilter { region, status, limit }).await?)
+    }
+}

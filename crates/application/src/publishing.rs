@@ -1,0 +1,403 @@
+//! Publishing after commit: handler registration, the in-process publisher
+//! and the outbox relay.
+//!
+//! The EventLog table is the queue of record. The use case commits a Pending
+//! row and hands the event to [`InProcessPublisher`], which only `try_send`s
+//! it onto a bounded in-memory queue: it never blocks and never fails. The
+//! [`OutboxRelay`], one task, takes events from that queue (and, at start and
+//! every `poll_interval`, the due Pending rows from the table: what a full
+//! queue, a crash or a failed attempt left behind), gives each a sequence in
+//! the order it publishes them, runs the handlers registered for its type,
+//! and marks the row Published, or records the failure and retries it later
+//! with exponential backoff and jitter, up to `max_attempts`, then Failed.
+//!
+//! Handlers register at start-up into a [`HandlerRegistry`] that is frozen
+//! before the relay starts: publishing reads it without a lock.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventPublisher, PublishedRow};
+use smartscheduler_domain::{DomainEvent, EventType, PublishedEvent, Timestamp};
+use tokio::sync::{mpsc, Notify};
+
+/// A handler's failure: logged, recorded on the row, and retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+/// Something that reacts to published events of one type.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    /// A short name for logs and `lastError`.
+    fn name(&self) -> &str;
+    /// Handles one event. Runs on the relay task: a handler must be quick
+    /// (hand work to its own queue) because events are delivered in order.
+    ///
+    /// # Errors
+    /// [`HandlerError`]; the event is retried later, with every handler.
+    async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError>;
+}
+
+/// Handlers by event type. Built at start-up, then frozen in an `Arc`.
+#[derive(Default, Clone)]
+pub struct HandlerRegistry {
+    handlers: HashMap<EventType, Vec<Arc<dyn EventHandler>>>,
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Registers `handler` for events of `event_type`; handlers of one type
+    /// run in registration order.
+    pub fn register(mut self, event_type: EventType, handler: Arc<dyn EventHandler>) -> Self {
+        self.handlers.entry(event_type).or_default().push(handler);
+        self
+    }
+    /// The handlers of `event_type`.
+    pub fn handlers(&self, event_type: EventType) -> &[Arc<dyn EventHandler>] {
+        self.handlers.get(&event_type).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// How the relay works. Defaults suit one node.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Capacity of the in-memory queue between the use case and the relay.
+    pub queue_capacity: usize,
+    /// How many events one claim takes.
+    pub batch_size: u32,
+    /// How often the table is scanned for due Pending rows.
+    pub poll_interval: Duration,
+    /// Attempts before a row becomes Failed.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each attempt.
+    pub base_backoff: Duration,
+    /// Longest delay between retries.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            batch_size: 256,
+            poll_interval: Duration::from_millis(500),
+            max_attempts: 10,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The [`EventPublisher`] the use cases hold.
+pub struct InProcessPublisher {
+    queue: mpsc::Sender<DomainEvent>,
+    overflow: Arc<Notify>,
+}
+
+impl EventPublisher for InProcessPublisher {
+    fn publish(&self, event: DomainEvent) {
+        if let Err(err) = self.queue.try_send(event) {
+            // The row is committed; the relay's scan will find it.
+            let event_id = match &err {
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e.event_id(),
+            };
+            tracing::debug!(%event_id, "publish queue full; the event waits in the EventLog");
+            self.overflow.notify_one();
+        }
+    }
+}
+
+/// The task that delivers committed events. See the module docs.
+pub struct OutboxRelay {
+    log: Arc<dyn EventLog>,
+    handlers: Arc<HandlerRegistry>,
+    queue: mpsc::Receiver<DomainEvent>,
+    overflow: Arc<Notify>,
+    config: RelayConfig,
+}
+
+/// Builds the publisher and its relay; spawn [`OutboxRelay::run`].
+pub fn outbox(log: Arc<dyn EventLog>, handlers: HandlerRegistry, config: RelayConfig) -> (Arc<InProcessPublisher>, OutboxRelay) {
+    let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let overflow = Arc::new(Notify::new());
+    let publisher = Arc::new(InProcessPublisher { queue: tx, overflow: overflow.clone() });
+    let relay = OutboxRelay { log, handlers: Arc::new(handlers), queue: rx, overflow, config };
+    (publisher, relay)
+}
+
+impl OutboxRelay {
+    /// Runs until `shutdown` completes, then delivers what is already queued
+    /// and returns. Rows left Pending are published at the next start.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        // Crash recovery: rows committed but never published.
+        self.drain_due().await;
+        let mut ticker = tokio::time::interval(self.config.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(self.config.batch_size as usize);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                n = self.queue.recv_many(&mut batch, self.config.batch_size as usize) => {
+                    if n == 0 { break; }
+                    let events = std::mem::take(&mut batch);
+                    self.deliver_queued(events).await;
+                }
+                () = self.overflow.notified() => self.drain_due().await,
+                _ = ticker.tick() => self.drain_due().await,
+            }
+        }
+        // Drain what the queue holds so a graceful stop publishes it now.
+        self.queue.close();
+        while let Some(event) = self.queue.recv().await {
+            batch.push(event);
+        }
+        if !batch.is_empty() {
+            self.deliver_queued(batch).await;
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn deliver_queued(&self, events: Vec<DomainEvent>) {
+        match self.log.claim(events).await {
+            Ok(claimed) => self.deliver(claimed).await,
+            Err(err) => tracing::warn!(error = %err, "could not claim queued events; they stay Pending for the next scan"),
+        }
+    }
+
+    /// Publishes every due Pending row, batch after batch.
+    async fn drain_due(&self) {
+        loop {
+            match self.log.claim_due(Timestamp::now(), self.config.batch_size).await {
+                Ok(claimed) => {
+                    let full = claimed.len() as u32 >= self.config.batch_size;
+                    self.deliver(claimed).await;
+                    if !full {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not scan the EventLog; will try again");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, claimed: Vec<ClaimedEvent>) {
+        if claimed.is_empty() {
+            return;
+        }
+        let mut published = Vec::with_capacity(claimed.len());
+        for ClaimedEvent { event, sequence, attempts } in claimed {
+            let event_id = event.event_id();
+            let groups = event.audience();
+            let event_type = event.event_type();
+            let published_event = PublishedEvent { event, sequence };
+            let mut failure = None;
+            for handler in self.handlers.handlers(event_type) {
+                if let Err(err) = handler.handle(&published_event).await {
+                    failure = Some(format!("{}: {}", handler.name(), err));
+                    break;
+                }
+            }
+            match failure {
+                None => published.push(PublishedRow { event_id, sequence, groups }),
+                Some(error) => {
+                    let attempt = attempts + 1;
+                    let retry_at = (attempt < self.config.max_attempts).then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
+                    tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
+                    if let Err(err) = self.log.record_failure(event_id, error, retry_at).await {
+                        tracing::warn!(%event_id, error = %err, "could not record a handler failure");
+                    }
+                }
+            }
+        }
+        if published.is_empty() {
+            return;
+        }
+        let count = published.len();
+        if let Err(err) = self.log.mark_published(published, Timestamp::now()).await {
+            // The rows stay Pending and are delivered again: at-least-once.
+            tracing::warn!(error = %err, count, "could not mark events Published; they will be delivered again");
+        }
+    }
+
+    /// Exponential backoff with full jitter, in milliseconds.
+    fn backoff(&self, attempt: u32) -> i64 {
+        let base = self.config.base_backoff.as_millis() as u64;
+        let cap = self.config.max_backoff.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(cap).max(1);
+        rand::rng().random_range(exp / 2..=exp) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smartscheduler_domain::ports::MockEventLog;
+    use smartscheduler_domain::{
+        AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, Sequence, TimeRange,
+    };
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    fn event() -> DomainEvent {
+        let now = Timestamp::now();
+        let mut job = Job::create(
+            JobType::new("Flooring").unwrap(),
+            None,
+            Region::new("north").unwrap(),
+            DurationMinutes::new(60).unwrap(),
+            None,
+            None,
+            now,
+        );
+        let c = Contractor::create(PersonName::new("Ana").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
+        let request = NewAssignment {
+            contractor_id: c.id(),
+            range: TimeRange::new(now, now.plus_millis(1000)).unwrap(),
+            source: AssignmentSource::Manual,
+            audit_id: None,
+        };
+        job.assign(&c, request, now).unwrap().1.into()
+    }
+
+    struct Recorder {
+        seen: Mutex<Vec<Sequence>>,
+        fail_first: AtomicU32,
+    }
+
+    #[async_trait]
+    impl EventHandler for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError> {
+            if self.fail_first.load(Ordering::SeqCst) > 0 {
+                self.fail_first.fetch_sub(1, Ordering::SeqCst);
+                return Err(HandlerError("boom".into()));
+            }
+            self.seen.lock().unwrap().push(event.sequence);
+            Ok(())
+        }
+    }
+
+    fn config() -> RelayConfig {
+        RelayConfig { poll_interval: Duration::from_secs(3600), ..RelayConfig::default() }
+    }
+
+    #[tokio::test]
+    async fn a_queued_event_reaches_its_handler_and_is_marked_published_with_its_groups() {
+        let e = event();
+        let expected_groups = e.audience();
+        let mut log = MockEventLog::new();
+        log.expect_claim_due().returning(|_, _| Ok(vec![]));
+        log.expect_claim().times(1).returning(|events| {
+            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(7), attempts: 0 }).collect())
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        log.expect_mark_published().times(1).returning(move |rows, _| {
+            tx.send(rows).unwrap();
+            Ok(())
+        });
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(0) });
+        let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder.clone());
+        let (publisher, relay) = outbox(Arc::new(log), registry, config());
+        let stop = Arc::new(Notify::new());
+        let s = stop.clone();
+        let task = tokio::spawn(relay.run(async move { s.notified().await }));
+
+        publisher.publish(e.clone());
+        let rows = rx.recv().await.unwrap();
+        assert_eq!(rows, vec![PublishedRow { event_id: e.event_id(), sequence: Sequence(7), groups: expected_groups }]);
+        assert_eq!(*recorder.seen.lock().unwrap(), vec![Sequence(7)]);
+        stop.notify_one();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failing_handler_is_recorded_and_retried_later_never_marked_published() {
+        let e = event();
+        let mut log = MockEventLog::new();
+        log.expect_claim_due().returning(|_, _| Ok(vec![]));
+        log.expect_claim().returning(|events| {
+            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(1), attempts: 0 }).collect())
+        });
+        log.expect_mark_published().never();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        log.expect_record_failure().times(1).returning(move |id, error, retry_at| {
+            tx.send((id, error, retry_at)).unwrap();
+            Ok(())
+        });
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(1) });
+        let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
+        let (publisher, relay) = outbox(Arc::new(log), registry, config());
+        let stop = Arc::new(Notify::new());
+        let s = stop.clone();
+        let task = tokio::spawn(relay.run(async move { s.notified().await }));
+
+        let before = Timestamp::now();
+        publisher.publish(e.clone());
+        let (id, error, retry_at) = rx.recv().await.unwrap();
+        assert_eq!(id, e.event_id());
+        assert_eq!(error, "recorder: boom");
+        assert!(retry_at.expect("retried, not Failed") > before);
+        stop.notify_one();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_last_allowed_attempt_marks_the_row_failed() {
+        let mut log = MockEventLog::new();
+        let e = event();
+        let mut first = true;
+        log.expect_claim_due().returning(move |_, _| {
+            let claimed = if first { vec![ClaimedEvent { event: e.clone(), sequence: Sequence(3), attempts: 2 }] } else { vec![] };
+            first = false;
+            Ok(claimed)
+        });
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let f = failures.clone();
+        log.expect_record_failure().returning(move |_, _, retry_at| {
+            f.lock().unwrap().push(retry_at);
+            Ok(())
+        });
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(5) });
+        let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
+        let (_publisher, relay) = outbox(Arc::new(log), registry, RelayConfig { max_attempts: 3, ..config() });
+        relay.run(async {}).await;
+        assert_eq!(*failures.lock().unwrap(), vec![None], "third failed attempt of three: Failed, no retry time");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_never_blocks_or_fails_the_publisher() {
+        let log = MockEventLog::new();
+        let (publisher, _relay) = outbox(Arc::new(log), HandlerRegistry::new(), RelayConfig { queue_capacity: 1, ..config() });
+        for _ in 0..100 {
+            publisher.publish(event());
+        }
+        // Reaching here is the assertion: 99 events overflowed without blocking.
+        assert_eq!(publisher.queue.capacity(), 0);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (_, relay) = outbox(Arc::new(MockEventLog::new()), HandlerRegistry::new(), config());
+        for attempt in 1..40 {
+            let ms = relay.backoff(attempt);
+            assert!(ms >= 1 && ms <= 60_000, "attempt {attempt}: {ms}");
+        }
+        assert!(relay.backoff(1) <= 200);
+        assert!(relay.backoff(20) >= 30_000);
+    }
+}
