@@ -1,0 +1,144 @@
+//! The composition root: the one place that names concrete adapters and
+//! wires them to the ports. `main` and the tests both start the service
+//! through [`Application`].
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use smartscheduler_application::publishing::outbox;
+use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
+use smartscheduler_domain::ports::EventLog;
+use smartscheduler_infrastructure::{Database, JwtTokens};
+use tokio::sync::Notify;
+
+use crate::config::ServeConfig;
+use crate::http;
+
+/// How long a graceful stop waits for the relay to publish what it holds.
+const RELAY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A built, not yet running, service.
+pub struct Application {
+    port: u16,
+    host: String,
+    server: Server,
+    relay: tokio::task::JoinHandle<()>,
+    stop_relay: Arc<Notify>,
+    db: Database,
+}
+
+impl Application {
+    /// Connects the database (applying migrations), wires the adapters,
+    /// starts the relay and binds the listener.
+    ///
+    /// # Errors
+    /// Bad configuration, an unreachable database, or an address in use.
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        Self::build_with(config, HandlerRegistry::new()).await
+    }
+
+    /// Like [`Application::build`], with extra event handlers registered
+    /// before the built-in ones (tests use this to inject failures).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with(
+        config: ServeConfig,
+        handlers: HandlerRegistry,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.redis_url.is_none(),
+            "SMARTSCHEDULER_REDIS_URL is set, but this build serves a single node only"
+        );
+        let secret = config.secret.resolve()?;
+        let verifier: Arc<dyn TokenVerifier> = Arc::new(
+            JwtTokens::hs256(secret.as_bytes()).context("the token secret is not usable")?,
+        );
+
+        let db = Database::connect(&config.database_url()).await?;
+        let event_log: Arc<dyn EventLog> = db.event_log();
+
+        let (publisher, relay) = outbox(event_log.clone(), handlers, RelayConfig::default());
+        let stop_relay = Arc::new(Notify::new());
+        let stop = stop_relay.clone();
+        let relay = tokio::spawn(relay.run(async move { stop.notified().await }));
+
+        let catalog = Catalog::new(db.contractors(), db.jobs());
+        let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
+
+        let listener = TcpListener::bind(&config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let address = listener.local_addr()?;
+        let catalog = web::Data::new(catalog);
+        let assign = web::Data::new(assign);
+        let event_log = web::Data::new(event_log);
+        let verifier = web::Data::new(verifier);
+        let database = web::Data::new(db.clone());
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(|req, srv| {
+                    // Method and path only: query strings can carry access tokens.
+                    let method = req.method().clone();
+                    let path = req.path().to_owned();
+                    let started = Instant::now();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        tracing::info!(%method, %path, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+                        Ok(res)
+                    }
+                })
+                .app_data(catalog.clone())
+                .app_data(assign.clone())
+                .app_data(event_log.clone())
+                .app_data(verifier.clone())
+                .app_data(database.clone())
+                .configure(http::configure)
+                .default_service(web::to(http::problem::not_found))
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+
+        Ok(Self {
+            port: address.port(),
+            host: address.ip().to_string(),
+            server,
+            relay,
+            stop_relay,
+            db,
+        })
+    }
+
+    /// The port it listens on (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops the relay (publishing what
+    /// it holds) and closes the database.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tracing::info!("listening on http://{}:{}", self.host, self.port);
+        let result = self.server.await;
+        self.stop_relay.notify_one();
+        if tokio::time::timeout(RELAY_STOP_TIMEOUT, self.relay)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the relay did not stop in time; Pending rows are published at the next start"
+            );
+        }
+        self.db.close().await;
+        tracing::info!("stopped");
+        Ok(result?)
+    }
+}

@@ -1,0 +1,140 @@
+//! Configuration: every setting from an environment variable with a flag of
+//! the same name, read here and passed inward as plain typed structs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `smartscheduler`: job assignment events over HTTP and SignalR.
+#[derive(Debug, Parser)]
+#[command(
+    name = "smartscheduler",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve`'s settings, also accepted without the sub-command.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+/// The sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeConfig),
+    /// Print a signed bearer token for local use.
+    Token(TokenArgs),
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on; port 0 picks a free port (the chosen address is logged).
+    #[arg(long, env = "SMARTSCHEDULER_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// `sqlite://PATH`, `sqlite::memory:` or `postgres://…`; default: a SQLite file under ./data/.
+    #[arg(long, env = "SMARTSCHEDULER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// `redis://…` for fan-out across nodes; unset: one node, in-process fan-out.
+    #[arg(long, env = "SMARTSCHEDULER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The token secret.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Origins allowed to call the API and the hub from a browser (comma-separated, exact).
+    #[arg(long, env = "SMARTSCHEDULER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// `text` (default) or `json` logs.
+    #[arg(long, env = "SMARTSCHEDULER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Where the token secret comes from.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// HS256 secret for bearer tokens; unset: one is generated once and kept under ./data/.
+    #[arg(long, env = "SMARTSCHEDULER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Folder for the default database and the generated secret.
+    #[arg(long, env = "SMARTSCHEDULER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// Settings of `token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// `Admin`, `Dispatcher` or `Contractor`.
+    #[arg(long)]
+    pub role: String,
+    /// A region the dispatcher dispatches (repeat for several).
+    #[arg(long = "region")]
+    pub regions: Vec<String>,
+    /// The contractor the token speaks for.
+    #[arg(long)]
+    pub contractor_id: Option<uuid::Uuid>,
+    /// Subject; defaults to the role in lower case.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// The token secret.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+impl ServeConfig {
+    /// The database URL, defaulting to `sqlite://{data_dir}/smartscheduler.db`.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}/smartscheduler.db",
+                self.secret.data_dir.display()
+            )
+        })
+    }
+
+    /// Settings for tests: port 0, in-memory SQLite, a fixed secret.
+    pub fn for_tests(secret: &str) -> Self {
+        Self {
+            bind: "127.0.0.1:0".into(),
+            database_url: Some("sqlite::memory:".into()),
+            redis_url: None,
+            secret: SecretArgs {
+                jwt_secret: Some(secret.into()),
+                data_dir: PathBuf::from("data"),
+            },
+            cors_origins: Vec::new(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl SecretArgs {
+    /// The configured secret, or the one kept under the data folder
+    /// (created on first use, with a warning).
+    ///
+    /// # Errors
+    /// When the secret file cannot be read or written.
+    pub fn resolve(&self) -> anyhow::Result<String> {
+        if let Some(secret) = self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+            return Ok(secret.to_owned());
+        }
+        let path = self.data_dir.join("jwt-secret");
+        let (secret, created) = smartscheduler_infrastructure::tokens::load_or_create_secret(&path)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot use the token secret file {}: {e}", path.display())
+            })?;
+        tracing::warn!(
+            path = %path.display(),
+            created,
+            "SMARTSCHEDULER_JWT_SECRET is not set: using a generated secret kept in this file (set the variable in production)"
+        );
+        Ok(secret)
+    }
+}

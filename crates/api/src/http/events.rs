@@ -1,0 +1,95 @@
+//! `GET /api/events?afterSequence=N&limit=L[&status=S]` and `GET /api/events/{eventId}`.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use smartscheduler_domain::ports::{EventLog, EventLogEntry, EventQuery, EventStatus};
+use smartscheduler_domain::{EventId, Sequence};
+
+use super::auth::Authenticated;
+use super::ApiError;
+
+fn back_office(principal: &smartscheduler_domain::Principal) -> Result<(), ApiError> {
+    if principal.is_back_office() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only admins and dispatchers may read the EventLog".into(),
+        ))
+    }
+}
+
+/// The query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    after_sequence: Option<i64>,
+    limit: Option<u32>,
+    status: Option<String>,
+}
+
+/// A page of the EventLog.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPage {
+    items: Vec<EventLogEntry>,
+    /// Pass as `afterSequence` to get the next page of published events.
+    next_after_sequence: i64,
+}
+
+/// Lists EventLog rows. With `afterSequence`, published rows after it in
+/// sequence order (a page to follow); without, every row in commit order.
+pub async fn list(
+    Authenticated(principal): Authenticated,
+    log: web::Data<Arc<dyn EventLog>>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    back_office(&principal)?;
+    if query.after_sequence.is_some_and(|n| n < 0) {
+        return Err(ApiError::validation("afterSequence: must be 0 or more"));
+    }
+    let status =
+        match query.status.as_deref() {
+            None => None,
+            Some(s) => Some(EventStatus::parse(s).ok_or_else(|| {
+                ApiError::validation("status: must be Pending, Published or Failed")
+            })?),
+        };
+    let limit = super::limit(query.limit)?;
+    let items = log
+        .list(EventQuery {
+            after_sequence: query.after_sequence.map(Sequence),
+            status,
+            limit,
+        })
+        .await?;
+    let next_after_sequence = items
+        .iter()
+        .filter_map(|e| e.sequence)
+        .map(|s| s.0)
+        .max()
+        .unwrap_or(0)
+        .max(query.after_sequence.unwrap_or(0));
+    Ok(HttpResponse::Ok().json(EventPage {
+        items,
+        next_after_sequence,
+    }))
+}
+
+/// One EventLog row.
+pub async fn get(
+    Authenticated(principal): Authenticated,
+    log: web::Data<Arc<dyn EventLog>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    back_office(&principal)?;
+    let id: EventId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no event has this id"))?;
+    let entry = log
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
+    Ok(HttpResponse::Ok().json(entry))
+}

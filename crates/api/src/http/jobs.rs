@@ -1,0 +1,137 @@
+//! `POST /api/jobs`, `GET /api/jobs/{id}`, `GET /api/jobs?region=R&status=S`,
+//! and `POST /api/jobs/{jobId}/assign`.
+
+use actix_web::{http::header, web, HttpResponse};
+use serde::Deserialize;
+use smartscheduler_application::{AssignJob, AssignJobRequest, Catalog, CreateJobRequest};
+use smartscheduler_domain::values::Address;
+use smartscheduler_domain::{
+    AssignmentSource, AuditId, ContractorId, DurationMinutes, JobId, JobStatus, JobType, Region,
+    TimeRange, Timestamp, Title,
+};
+
+use super::auth::Authenticated;
+use super::ApiError;
+
+/// The body of `POST /api/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateJobBody {
+    job_type: String,
+    region: String,
+    duration_minutes: i64,
+    title: Option<String>,
+    desired_start_utc: Option<String>,
+    address: Option<String>,
+}
+
+/// Creates a job in one of the caller's regions: 201 with `Location`.
+pub async fn create(
+    Authenticated(principal): Authenticated,
+    catalog: web::Data<Catalog>,
+    body: web::Json<CreateJobBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let request = CreateJobRequest {
+        job_type: JobType::new(&body.job_type)?,
+        region: Region::new(&body.region)?,
+        duration_minutes: DurationMinutes::new(body.duration_minutes)?,
+        title: body.title.as_deref().map(Title::new).transpose()?,
+        desired_start_utc: body
+            .desired_start_utc
+            .as_deref()
+            .map(|s| Timestamp::parse_rfc3339("desiredStartUtc", s))
+            .transpose()?,
+        address: body.address.as_deref().map(Address::new).transpose()?,
+    };
+    let job = catalog.create_job(&principal, request).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/jobs/{}", job.id())))
+        .json(job))
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found("no job has this id"))
+}
+
+/// One job.
+pub async fn get(
+    Authenticated(principal): Authenticated,
+    catalog: web::Data<Catalog>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&id)?;
+    let job = catalog
+        .job(&principal, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// The query of `GET /api/jobs`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    region: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Jobs, optionally of one region and status.
+pub async fn list(
+    Authenticated(principal): Authenticated,
+    catalog: web::Data<Catalog>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let region = query.region.as_deref().map(Region::new).transpose()?;
+    let status = query.status.as_deref().map(JobStatus::parse).transpose()?;
+    let limit = super::limit(query.limit)?;
+    Ok(HttpResponse::Ok().json(catalog.jobs(&principal, region, status, limit).await?))
+}
+
+/// The body of `POST /api/jobs/{jobId}/assign`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssignBody {
+    contractor_id: String,
+    start_utc: String,
+    end_utc: String,
+    source: Option<String>,
+    audit_id: Option<String>,
+}
+
+impl AssignBody {
+    fn validate(&self, job_id: JobId) -> Result<AssignJobRequest, ApiError> {
+        let contractor_id: ContractorId = self.contractor_id.parse()?;
+        let start = Timestamp::parse_rfc3339("startUtc", &self.start_utc)?;
+        let end = Timestamp::parse_rfc3339("endUtc", &self.end_utc)?;
+        Ok(AssignJobRequest {
+            job_id,
+            contractor_id,
+            range: TimeRange::new(start, end)?,
+            source: self
+                .source
+                .as_deref()
+                .map(AssignmentSource::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            audit_id: self
+                .audit_id
+                .as_deref()
+                .map(str::parse::<AuditId>)
+                .transpose()?,
+        })
+    }
+}
+
+/// Assigns a job: 201 with the Assignment. Never waits for delivery.
+pub async fn assign(
+    Authenticated(principal): Authenticated,
+    use_case: web::Data<AssignJob>,
+    id: web::Path<String>,
+    body: web::Json<AssignBody>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.validate(job_id(&id)?)?;
+    let assignment = use_case.execute(&principal, request).await?;
+    Ok(HttpResponse::Created().json(assignment))
+}

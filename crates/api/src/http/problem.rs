@@ -1,0 +1,211 @@
+//! Errors as `application/problem+json` (RFC 9457): `type`, `title`,
+//! `status`, `detail`. Every refusal of the API goes through [`ApiError`].
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse, ResponseError};
+use serde::Serialize;
+use smartscheduler_application::{AssignJobError, AuthError, CatalogError};
+use smartscheduler_domain::ports::StoreError;
+use smartscheduler_domain::ValidationError;
+
+/// An API failure, mapped to a status and a problem document.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is not valid.
+    #[error("{0}")]
+    Validation(String),
+    /// 401: no valid token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the role or region does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: a dependency is down; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug; the cause is logged, not shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 with `detail`.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::Validation(detail.into())
+    }
+    /// A 404 with `detail`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::NotFound(detail.into())
+    }
+
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Validation(_) => ("validation-error", "The request is not valid"),
+            Self::Unauthorized(_) => ("unauthorized", "Authentication is required"),
+            Self::Forbidden(_) => ("forbidden", "Not allowed"),
+            Self::NotFound(_) => ("not-found", "Not found"),
+            Self::Conflict(_) => ("conflict", "Conflict"),
+            Self::PayloadTooLarge(_) => ("payload-too-large", "The request body is too large"),
+            Self::UnsupportedMediaType(_) => {
+                ("unsupported-media-type", "The request body must be JSON")
+            }
+            Self::Unavailable(_) => ("unavailable", "Service unavailable"),
+            Self::Internal(_) => ("internal", "Internal server error"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let (slug, title) = self.kind();
+        let detail = match self {
+            Self::Internal(cause) => {
+                // Logged once, here at the edge; the client sees no internals.
+                tracing::error!(%cause, "internal error");
+                "An unexpected error occurred.".to_owned()
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(%cause, "dependency unavailable");
+                "A dependency is unavailable; retry later.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = Problem {
+            kind: format!("/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        response.body(serde_json::to_string(&body).unwrap_or_default())
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(value: ValidationError) -> Self {
+        Self::Validation(value.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(value: StoreError) -> Self {
+        match value {
+            StoreError::Unavailable(e) => Self::Unavailable(e),
+            StoreError::Unexpected(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(value: AuthError) -> Self {
+        Self::Unauthorized(value.to_string())
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(value: CatalogError) -> Self {
+        match value {
+            CatalogError::Forbidden(e) => Self::Forbidden(e),
+            CatalogError::Invalid(e) => e.into(),
+            CatalogError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AssignJobError> for ApiError {
+    fn from(value: AssignJobError) -> Self {
+        let detail = value.to_string();
+        match value {
+            AssignJobError::JobNotFound(_) | AssignJobError::ContractorNotFound(_) => {
+                Self::NotFound(detail)
+            }
+            AssignJobError::Forbidden(_) => Self::Forbidden(detail),
+            AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_) => {
+                Self::Conflict(detail)
+            }
+            AssignJobError::Unavailable(e) => Self::Unavailable(e),
+            AssignJobError::Unexpected(e) => Self::Internal(e),
+        }
+    }
+}
+
+/// JSON bodies: at most [`super::MAX_BODY_BYTES`], errors as problems.
+pub(crate) fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(super::MAX_BODY_BYTES)
+        .error_handler(|err, _req| {
+            use actix_web::error::JsonPayloadError as E;
+            let api = match &err {
+                E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::PayloadTooLarge(
+                    format!("the body must be at most {} bytes", super::MAX_BODY_BYTES),
+                ),
+                E::ContentType => {
+                    ApiError::UnsupportedMediaType("send the body as application/json".into())
+                }
+                E::Deserialize(e) => ApiError::Validation(format!("the body is not valid: {e}")),
+                other => ApiError::Validation(format!("the body could not be read: {other}")),
+            };
+            api.into()
+        })
+}
+
+/// Query strings: errors as problems.
+pub(crate) fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        ApiError::Validation(format!("the query is not valid: {err}")).into()
+    })
+}
+
+/// Path segments: errors as problems.
+pub(crate) fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|err, _req| ApiError::NotFound(format!("no such resource: {err}")).into())
+}
+
+/// The fallback for unknown routes.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("no route matches this method and path"))
+}

@@ -1,0 +1,93 @@
+//! Choosing the storage adapter from a database URL, in one place.
+
+use std::sync::Arc;
+
+use smartscheduler_domain::ports::{
+    AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError,
+};
+
+use crate::sqlite::SqliteStore;
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// Not a URL this build serves.
+    #[error("unsupported database URL {0} (expected sqlite://PATH or sqlite::memory:)")]
+    Unsupported(String),
+    /// Connecting or migrating failed.
+    #[error("could not open the database {0}: {1}")]
+    Connect(String, String),
+}
+
+/// The configured database, handing out its ports.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// SQLite (`sqlite://PATH`, `sqlite::memory:`).
+    Sqlite(SqliteStore),
+}
+
+impl Database {
+    /// Connects to `url` and applies pending migrations.
+    ///
+    /// # Errors
+    /// An unsupported scheme, or a failure to connect or migrate.
+    pub async fn connect(url: &str) -> Result<Self, DatabaseError> {
+        if url.starts_with("sqlite:") {
+            return SqliteStore::connect(url)
+                .await
+                .map(Self::Sqlite)
+                .map_err(|e| DatabaseError::Connect(redact(url), e.to_string()));
+        }
+        Err(DatabaseError::Unsupported(redact(url)))
+    }
+
+    /// The contractor repository.
+    pub fn contractors(&self) -> Arc<dyn ContractorRepository> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+        }
+    }
+    /// The job repository.
+    pub fn jobs(&self) -> Arc<dyn JobRepository> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+        }
+    }
+    /// The assignment unit of work.
+    pub fn assignments(&self) -> Arc<dyn AssignmentStore> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+        }
+    }
+    /// The EventLog.
+    pub fn event_log(&self) -> Arc<dyn EventLog> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+        }
+    }
+    /// Whether the database answers (for `/health/ready`).
+    ///
+    /// # Errors
+    /// [`StoreError`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.ping().await,
+        }
+    }
+    /// Closes the connections.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// A URL with any password hidden, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,237 @@
+//! Bearer tokens: HS256 JWTs with the contract's claims, through the
+//! `jsonwebtoken` crate (nothing hand-rolled), and the generated secret kept
+//! under `./data/` when none is configured.
+
+use std::path::Path;
+
+use base64::Engine;
+use jsonwebtoken::{
+    decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use smartscheduler_application::{AuthError, TokenVerifier};
+use smartscheduler_domain::{ContractorId, Principal, Role};
+
+/// The claims of a SmartScheduler token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// `Admin`, `Dispatcher` or `Contractor`.
+    pub role: String,
+    /// Dispatchers: their regions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Contractors: who they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contractor_id: Option<String>,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// Issues and verifies HS256 tokens with one secret.
+#[derive(Clone)]
+pub struct JwtTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtTokens { .. }")
+    }
+}
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+impl JwtTokens {
+    /// Tokens signed with `secret` (HS256; no other algorithm is accepted).
+    ///
+    /// # Errors
+    /// An empty secret.
+    pub fn hs256(secret: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret)?,
+            decoding: DecodingKey::from_secret(secret)?,
+            validation,
+        })
+    }
+
+    /// Signs `claims`.
+    ///
+    /// # Errors
+    /// When signing fails (it does not with HS256).
+    pub fn issue(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+    }
+}
+
+impl TokenVerifier for JwtTokens {
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data =
+            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                    ErrorKind::InvalidAlgorithm => {
+                        AuthError::Invalid("algorithm not allowed".into())
+                    }
+                    ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
+                    ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+                        AuthError::Invalid("claims are missing or malformed".into())
+                    }
+                    _ => AuthError::Invalid("malformed token".into()),
+                }
+            })?;
+        let claims = data.claims;
+        let role = Role::parse(&claims.role)
+            .ok_or_else(|| AuthError::Invalid(format!("unknown role '{}'", claims.role)))?;
+        let contractor_id = match claims.contractor_id.as_deref() {
+            Some(id) => Some(
+                id.parse::<ContractorId>()
+                    .map_err(|_| AuthError::Invalid("contractorId is not a UUID".into()))?,
+            ),
+            None => None,
+        };
+        if role == Role::Contractor && contractor_id.is_none() {
+            return Err(AuthError::Invalid(
+                "a Contractor token needs contractorId".into(),
+            ));
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            role,
+            regions: claims.regions,
+            contractor_id,
+        })
+    }
+}
+
+/// Reads the secret kept in `path`, or creates one (32 random bytes, base64)
+/// with owner-only permissions. Returns the secret and whether it was created.
+///
+/// # Errors
+/// When the file cannot be read or written.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<(String, bool)> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim().to_owned();
+        if !existing.is_empty() {
+            return Ok((existing, false));
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    std::fs::write(path, &secret)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((secret, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims(role: &str) -> Claims {
+        Claims {
+            sub: "u1".into(),
+            role: role.into(),
+            regions: vec!["north".into()],
+            contractor_id: None,
+            exp: now() + 600,
+            iat: None,
+        }
+    }
+
+    #[test]
+    fn a_token_round_trips_into_a_principal() {
+        let tokens = JwtTokens::hs256(b"secret").unwrap();
+        let principal = tokens
+            .verify(&tokens.issue(&claims("Dispatcher")).unwrap())
+            .unwrap();
+        assert_eq!(principal.role, Role::Dispatcher);
+        assert_eq!(principal.regions, vec!["north".to_owned()]);
+    }
+
+    #[test]
+    fn expired_forged_and_unsigned_tokens_are_refused() {
+        let tokens = JwtTokens::hs256(b"secret").unwrap();
+        let mut expired = claims("Admin");
+        expired.exp = now() - 3600;
+        assert_eq!(
+            tokens.verify(&tokens.issue(&expired).unwrap()),
+            Err(AuthError::Expired)
+        );
+
+        let forged = JwtTokens::hs256(b"other")
+            .unwrap()
+            .issue(&claims("Admin"))
+            .unwrap();
+        assert!(matches!(tokens.verify(&forged), Err(AuthError::Invalid(_))));
+
+        // alg: none, hand-built: header {"alg":"none","typ":"JWT"}.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(serde_json::to_vec(&claims("Admin")).unwrap())
+        );
+        assert!(matches!(tokens.verify(&none), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            tokens.verify("garbage"),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn roles_and_contractor_ids_are_checked() {
+        let tokens = JwtTokens::hs256(b"secret").unwrap();
+        assert!(tokens
+            .verify(&tokens.issue(&claims("Root")).unwrap())
+            .is_err());
+        assert!(
+            tokens
+                .verify(&tokens.issue(&claims("Contractor")).unwrap())
+                .is_err(),
+            "contractor without id"
+        );
+        let mut c = claims("Contractor");
+        c.contractor_id = Some(ContractorId::new().to_string());
+        assert!(tokens.verify(&tokens.issue(&c).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_generated_secret_is_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/jwt-secret");
+        let (first, created) = load_or_create_secret(&path).unwrap();
+        assert!(created && first.len() >= 40);
+        let (second, created) = load_or_create_secret(&path).unwrap();
+        assert!(!created);
+        assert_eq!(first, second);
+    }
+}
