@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
-use smartscheduler_domain::ports::{AssignmentStore, CommitAssignmentError, ContractorRepository, EventPublisher, JobRepository, StoreError};
+use smartscheduler_domain::ports::{
+    AssignmentStore, CommitAssignmentError, ContractorRepository, EventPublisher, JobRepository,
+    StoreError,
+};
 use smartscheduler_domain::{
-    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, JobId, NewAssignment, Principal, TimeRange,
-    Timestamp,
+    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, JobId,
+    NewAssignment, Principal, TimeRange, Timestamp,
 };
 use tracing::instrument;
 
@@ -78,7 +81,12 @@ impl AssignJob {
         store: Arc<dyn AssignmentStore>,
         publisher: Arc<dyn EventPublisher>,
     ) -> Self {
-        Self { jobs, contractors, store, publisher }
+        Self {
+            jobs,
+            contractors,
+            store,
+            publisher,
+        }
     }
 
     /// Assigns the job for `principal`.
@@ -86,8 +94,16 @@ impl AssignJob {
     /// # Errors
     /// [`AssignJobError`]; then nothing was written or published.
     #[instrument(skip_all, err, fields(job_id = %request.job_id, contractor_id = %request.contractor_id))]
-    pub async fn execute(&self, principal: &Principal, request: AssignJobRequest) -> Result<Assignment, AssignJobError> {
-        let mut job = self.jobs.get(request.job_id).await?.ok_or(AssignJobError::JobNotFound(request.job_id))?;
+    pub async fn execute(
+        &self,
+        principal: &Principal,
+        request: AssignJobRequest,
+    ) -> Result<Assignment, AssignJobError> {
+        let mut job = self
+            .jobs
+            .get(request.job_id)
+            .await?
+            .ok_or(AssignJobError::JobNotFound(request.job_id))?;
         if !principal.dispatches(job.region()) {
             return Err(AssignJobError::Forbidden(job.region().to_string()));
         }
@@ -103,18 +119,29 @@ impl AssignJob {
             source: request.source,
             audit_id: request.audit_id,
         };
-        let (assignment, event) = job.assign(&contractor, new, Timestamp::now()).map_err(|refusal| match refusal {
-            AssignRefusal::AlreadyAssigned(id) => AssignJobError::JobAlreadyAssigned(id),
-        })?;
+        let (assignment, event) =
+            job.assign(&contractor, new, Timestamp::now())
+                .map_err(|refusal| match refusal {
+                    AssignRefusal::AlreadyAssigned(id) => AssignJobError::JobAlreadyAssigned(id),
+                })?;
         let event = DomainEvent::from(event);
 
-        self.store.commit_assignment(&job, &assignment, &event).await.map_err(|e| match e {
-            CommitAssignmentError::JobNotFound => AssignJobError::JobNotFound(job.id()),
-            CommitAssignmentError::ContractorNotFound => AssignJobError::ContractorNotFound(contractor.id()),
-            CommitAssignmentError::JobAlreadyAssigned => AssignJobError::JobAlreadyAssigned(job.id()),
-            CommitAssignmentError::ContractorBusy => AssignJobError::ContractorBusy(contractor.id()),
-            CommitAssignmentError::Store(e) => e.into(),
-        })?;
+        self.store
+            .commit_assignment(&job, &assignment, &event)
+            .await
+            .map_err(|e| match e {
+                CommitAssignmentError::JobNotFound => AssignJobError::JobNotFound(job.id()),
+                CommitAssignmentError::ContractorNotFound => {
+                    AssignJobError::ContractorNotFound(contractor.id())
+                }
+                CommitAssignmentError::JobAlreadyAssigned => {
+                    AssignJobError::JobAlreadyAssigned(job.id())
+                }
+                CommitAssignmentError::ContractorBusy => {
+                    AssignJobError::ContractorBusy(contractor.id())
+                }
+                CommitAssignmentError::Store(e) => e.into(),
+            })?;
 
         tracing::info!(assignment_id = %assignment.id(), event_id = %assignment.event_id(), "job assigned");
         // After the commit, never before: a refused or failed commit publishes nothing.
@@ -128,11 +155,20 @@ mod tests {
     use super::*;
     use mockall::predicate::always;
     use mockall::Sequence as CallOrder;
-    use smartscheduler_domain::ports::{MockAssignmentStore, MockContractorRepository, MockEventPublisher, MockJobRepository};
-    use smartscheduler_domain::{Contractor, DurationMinutes, Job, JobStatus, JobType, PersonName, Region, Role, Title};
+    use smartscheduler_domain::ports::{
+        MockAssignmentStore, MockContractorRepository, MockEventPublisher, MockJobRepository,
+    };
+    use smartscheduler_domain::{
+        Contractor, DurationMinutes, Job, JobStatus, JobType, PersonName, Region, Role, Title,
+    };
 
     fn dispatcher(region: &str) -> Principal {
-        Principal { subject: "d".into(), role: Role::Dispatcher, regions: vec![region.into()], contractor_id: None }
+        Principal {
+            subject: "d".into(),
+            role: Role::Dispatcher,
+            regions: vec![region.into()],
+            contractor_id: None,
+        }
     }
 
     fn fixtures() -> (Job, Contractor, AssignJobRequest) {
@@ -146,7 +182,13 @@ mod tests {
             None,
             now,
         );
-        let contractor = Contractor::create(PersonName::new("Ana").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
+        let contractor = Contractor::create(
+            PersonName::new("Ana").unwrap(),
+            Region::new("north").unwrap(),
+            vec![],
+            now,
+        )
+        .unwrap();
         let request = AssignJobRequest {
             job_id: job.id(),
             contractor_id: contractor.id(),
@@ -163,12 +205,24 @@ mod tests {
         jobs.expect_get().returning(move |_| Ok(Some(j.clone())));
         let mut contractors = MockContractorRepository::new();
         let c = contractor.clone();
-        contractors.expect_get().returning(move |_| Ok(Some(c.clone())));
+        contractors
+            .expect_get()
+            .returning(move |_| Ok(Some(c.clone())));
         (jobs, contractors)
     }
 
-    fn use_case(jobs: MockJobRepository, contractors: MockContractorRepository, store: MockAssignmentStore, publisher: MockEventPublisher) -> AssignJob {
-        AssignJob::new(Arc::new(jobs), Arc::new(contractors), Arc::new(store), Arc::new(publisher))
+    fn use_case(
+        jobs: MockJobRepository,
+        contractors: MockContractorRepository,
+        store: MockAssignmentStore,
+        publisher: MockEventPublisher,
+    ) -> AssignJob {
+        AssignJob::new(
+            Arc::new(jobs),
+            Arc::new(contractors),
+            Arc::new(store),
+            Arc::new(publisher),
+        )
     }
 
     #[tokio::test]
@@ -193,9 +247,17 @@ mod tests {
             })
             .returning(|_, _, _| Ok(()));
         let mut publisher = MockEventPublisher::new();
-        publisher.expect_publish().times(1).in_sequence(&mut order).with(always()).return_const(());
+        publisher
+            .expect_publish()
+            .times(1)
+            .in_sequence(&mut order)
+            .with(always())
+            .return_const(());
 
-        let assignment = use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap();
+        let assignment = use_case(jobs, contractors, store, publisher)
+            .execute(&dispatcher("north"), request)
+            .await
+            .unwrap();
         assert_eq!(assignment.job_id(), job.id());
         assert_eq!(assignment.region().as_str(), "north");
     }
@@ -203,18 +265,29 @@ mod tests {
     #[tokio::test]
     async fn a_refused_commit_publishes_nothing() {
         for (refusal, expected) in [
-            (CommitAssignmentError::JobAlreadyAssigned, "already assigned"),
+            (
+                CommitAssignmentError::JobAlreadyAssigned,
+                "already assigned",
+            ),
             (CommitAssignmentError::ContractorBusy, "overlapping"),
-            (CommitAssignmentError::Store(StoreError::Unavailable("down".into())), "unavailable"),
+            (
+                CommitAssignmentError::Store(StoreError::Unavailable("down".into())),
+                "unavailable",
+            ),
         ] {
             let (job, contractor, request) = fixtures();
             let (jobs, contractors) = repos(&job, &contractor);
             let mut store = MockAssignmentStore::new();
             let r = refusal.clone();
-            store.expect_commit_assignment().returning(move |_, _, _| Err(r.clone()));
+            store
+                .expect_commit_assignment()
+                .returning(move |_, _, _| Err(r.clone()));
             let mut publisher = MockEventPublisher::new();
             publisher.expect_publish().never();
-            let err = use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap_err();
+            let err = use_case(jobs, contractors, store, publisher)
+                .execute(&dispatcher("north"), request)
+                .await
+                .unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
         }
     }
@@ -227,7 +300,10 @@ mod tests {
         store.expect_commit_assignment().never();
         let mut publisher = MockEventPublisher::new();
         publisher.expect_publish().never();
-        let err = use_case(jobs, contractors, store, publisher).execute(&dispatcher("south"), request).await.unwrap_err();
+        let err = use_case(jobs, contractors, store, publisher)
+            .execute(&dispatcher("south"), request)
+            .await
+            .unwrap_err();
         assert_eq!(err, AssignJobError::Forbidden("north".into()));
     }
 
@@ -253,7 +329,10 @@ mod tests {
         store.expect_commit_assignment().never();
         let mut publisher = MockEventPublisher::new();
         publisher.expect_publish().never();
-        let err = use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap_err();
+        let err = use_case(jobs, contractors, store, publisher)
+            .execute(&dispatcher("north"), request)
+            .await
+            .unwrap_err();
         assert_eq!(err, AssignJobError::ContractorNotFound(contractor.id()));
     }
 
@@ -276,7 +355,10 @@ mod tests {
         store.expect_commit_assignment().never();
         let mut publisher = MockEventPublisher::new();
         publisher.expect_publish().never();
-        let err = use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap_err();
+        let err = use_case(jobs, contractors, store, publisher)
+            .execute(&dispatcher("north"), request)
+            .await
+            .unwrap_err();
         assert_eq!(err, AssignJobError::JobAlreadyAssigned(job.id()));
     }
 }

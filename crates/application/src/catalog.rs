@@ -6,8 +6,8 @@ use std::sync::Arc;
 use smartscheduler_domain::ports::{ContractorRepository, JobFilter, JobRepository, StoreError};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName, Principal, Region, Skill, Timestamp, Title,
-    ValidationError,
+    Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName,
+    Principal, Region, Skill, Timestamp, Title, ValidationError,
 };
 use tracing::instrument;
 
@@ -64,7 +64,9 @@ fn back_office(principal: &Principal) -> Result<(), CatalogError> {
     if principal.is_back_office() {
         Ok(())
     } else {
-        Err(CatalogError::Forbidden("only admins and dispatchers may do this".into()))
+        Err(CatalogError::Forbidden(
+            "only admins and dispatchers may do this".into(),
+        ))
     }
 }
 
@@ -79,9 +81,18 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError`].
     #[instrument(skip_all, err)]
-    pub async fn create_contractor(&self, principal: &Principal, request: CreateContractorRequest) -> Result<Contractor, CatalogError> {
+    pub async fn create_contractor(
+        &self,
+        principal: &Principal,
+        request: CreateContractorRequest,
+    ) -> Result<Contractor, CatalogError> {
         back_office(principal)?;
-        let contractor = Contractor::create(request.name, request.region, request.skills, Timestamp::now())?;
+        let contractor = Contractor::create(
+            request.name,
+            request.region,
+            request.skills,
+            Timestamp::now(),
+        )?;
         self.contractors.insert(&contractor).await?;
         Ok(contractor)
     }
@@ -90,7 +101,11 @@ impl Catalog {
     ///
     /// # Errors
     /// [`CatalogError`].
-    pub async fn contractor(&self, principal: &Principal, id: ContractorId) -> Result<Option<Contractor>, CatalogError> {
+    pub async fn contractor(
+        &self,
+        principal: &Principal,
+        id: ContractorId,
+    ) -> Result<Option<Contractor>, CatalogError> {
         back_office(principal)?;
         Ok(self.contractors.get(id).await?)
     }
@@ -99,7 +114,12 @@ impl Catalog {
     ///
     /// # Errors
     /// [`CatalogError`].
-    pub async fn contractors(&self, principal: &Principal, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, CatalogError> {
+    pub async fn contractors(
+        &self,
+        principal: &Principal,
+        region: Option<Region>,
+        limit: u32,
+    ) -> Result<Vec<Contractor>, CatalogError> {
         back_office(principal)?;
         Ok(self.contractors.list(region, limit).await?)
     }
@@ -109,10 +129,17 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError`].
     #[instrument(skip_all, err)]
-    pub async fn create_job(&self, principal: &Principal, request: CreateJobRequest) -> Result<Job, CatalogError> {
+    pub async fn create_job(
+        &self,
+        principal: &Principal,
+        request: CreateJobRequest,
+    ) -> Result<Job, CatalogError> {
         back_office(principal)?;
         if !principal.dispatches(&request.region) {
-            return Err(CatalogError::Forbidden(format!("you may not create jobs in region '{}'", request.region)));
+            return Err(CatalogError::Forbidden(format!(
+                "you may not create jobs in region '{}'",
+                request.region
+            )));
         }
         let job = Job::create(
             request.job_type,
@@ -140,8 +167,21 @@ impl Catalog {
     ///
     /// # Errors
     /// [`CatalogError`].
-    pub async fn jobs(&self, principal: &Principal, region: Option<Region>, status: Option<JobStatus>, limit: u32) -> Result<Vec<Job>, CatalogError> {
+    pub async fn jobs(
+        &self,
+        principal: &Principal,
+        region: Option<Region>,
+        status: Option<JobStatus>,
+        limit: u32,
+    ) -> Result<Vec<Job>, CatalogError> {
         back_office(principal)?;
-        Ok(self.jobs.list(JobFilter { region, status, limit }).await?)
+        Ok(self
+            .jobs
+            .list(JobFilter {
+                region,
+                status,
+                limit,
+            })
+            .await?)
     }
 }

@@ -18,4 +18,7 @@ pub mod publishing;
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest};
 pub use auth::{AuthError, TokenVerifier};
 pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
-pub use publishing::{outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay, RelayConfig};
+pub use publishing::{
+    outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay,
+    RelayConfig,
+};

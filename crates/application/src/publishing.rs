@@ -62,7 +62,10 @@ impl HandlerRegistry {
     }
     /// The handlers of `event_type`.
     pub fn handlers(&self, event_type: EventType) -> &[Arc<dyn EventHandler>] {
-        self.handlers.get(&event_type).map(Vec::as_slice).unwrap_or(&[])
+        self.handlers
+            .get(&event_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 }
 
@@ -107,7 +110,9 @@ impl EventPublisher for InProcessPublisher {
         if let Err(err) = self.queue.try_send(event) {
             // The row is committed; the relay's scan will find it.
             let event_id = match &err {
-                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e.event_id(),
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => {
+                    e.event_id()
+                }
             };
             tracing::debug!(%event_id, "publish queue full; the event waits in the EventLog");
             self.overflow.notify_one();
@@ -125,11 +130,24 @@ pub struct OutboxRelay {
 }
 
 /// Builds the publisher and its relay; spawn [`OutboxRelay::run`].
-pub fn outbox(log: Arc<dyn EventLog>, handlers: HandlerRegistry, config: RelayConfig) -> (Arc<InProcessPublisher>, OutboxRelay) {
+pub fn outbox(
+    log: Arc<dyn EventLog>,
+    handlers: HandlerRegistry,
+    config: RelayConfig,
+) -> (Arc<InProcessPublisher>, OutboxRelay) {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let overflow = Arc::new(Notify::new());
-    let publisher = Arc::new(InProcessPublisher { queue: tx, overflow: overflow.clone() });
-    let relay = OutboxRelay { log, handlers: Arc::new(handlers), queue: rx, overflow, config };
+    let publisher = Arc::new(InProcessPublisher {
+        queue: tx,
+        overflow: overflow.clone(),
+    });
+    let relay = OutboxRelay {
+        log,
+        handlers: Arc::new(handlers),
+        queue: rx,
+        overflow,
+        config,
+    };
     (publisher, relay)
 }
 
@@ -170,14 +188,20 @@ impl OutboxRelay {
     async fn deliver_queued(&self, events: Vec<DomainEvent>) {
         match self.log.claim(events).await {
             Ok(claimed) => self.deliver(claimed).await,
-            Err(err) => tracing::warn!(error = %err, "could not claim queued events; they stay Pending for the next scan"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not claim queued events; they stay Pending for the next scan")
+            }
         }
     }
 
     /// Publishes every due Pending row, batch after batch.
     async fn drain_due(&self) {
         loop {
-            match self.log.claim_due(Timestamp::now(), self.config.batch_size).await {
+            match self
+                .log
+                .claim_due(Timestamp::now(), self.config.batch_size)
+                .await
+            {
                 Ok(claimed) => {
                     let full = claimed.len() as u32 >= self.config.batch_size;
                     self.deliver(claimed).await;
@@ -198,7 +222,12 @@ impl OutboxRelay {
             return;
         }
         let mut published = Vec::with_capacity(claimed.len());
-        for ClaimedEvent { event, sequence, attempts } in claimed {
+        for ClaimedEvent {
+            event,
+            sequence,
+            attempts,
+        } in claimed
+        {
             let event_id = event.event_id();
             let groups = event.audience();
             let event_type = event.event_type();
@@ -211,10 +240,15 @@ impl OutboxRelay {
                 }
             }
             match failure {
-                None => published.push(PublishedRow { event_id, sequence, groups }),
+                None => published.push(PublishedRow {
+                    event_id,
+                    sequence,
+                    groups,
+                }),
                 Some(error) => {
                     let attempt = attempts + 1;
-                    let retry_at = (attempt < self.config.max_attempts).then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
+                    let retry_at = (attempt < self.config.max_attempts)
+                        .then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
                     tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
                     if let Err(err) = self.log.record_failure(event_id, error, retry_at).await {
                         tracing::warn!(%event_id, error = %err, "could not record a handler failure");
@@ -236,7 +270,10 @@ impl OutboxRelay {
     fn backoff(&self, attempt: u32) -> i64 {
         let base = self.config.base_backoff.as_millis() as u64;
         let cap = self.config.max_backoff.as_millis() as u64;
-        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(cap).max(1);
+        let exp = base
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
+            .min(cap)
+            .max(1);
         rand::rng().random_range(exp / 2..=exp) as i64
     }
 }
@@ -246,7 +283,8 @@ mod tests {
     use super::*;
     use smartscheduler_domain::ports::MockEventLog;
     use smartscheduler_domain::{
-        AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, Sequence, TimeRange,
+        AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName,
+        Region, Sequence, TimeRange,
     };
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;
@@ -262,7 +300,13 @@ mod tests {
             None,
             now,
         );
-        let c = Contractor::create(PersonName::new("Ana").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
+        let c = Contractor::create(
+            PersonName::new("Ana").unwrap(),
+            Region::new("north").unwrap(),
+            vec![],
+            now,
+        )
+        .unwrap();
         let request = NewAssignment {
             contractor_id: c.id(),
             range: TimeRange::new(now, now.plus_millis(1000)).unwrap(),
@@ -293,7 +337,10 @@ mod tests {
     }
 
     fn config() -> RelayConfig {
-        RelayConfig { poll_interval: Duration::from_secs(3600), ..RelayConfig::default() }
+        RelayConfig {
+            poll_interval: Duration::from_secs(3600),
+            ..RelayConfig::default()
+        }
     }
 
     #[tokio::test]
@@ -303,14 +350,26 @@ mod tests {
         let mut log = MockEventLog::new();
         log.expect_claim_due().returning(|_, _| Ok(vec![]));
         log.expect_claim().times(1).returning(|events| {
-            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(7), attempts: 0 }).collect())
+            Ok(events
+                .into_iter()
+                .map(|event| ClaimedEvent {
+                    event,
+                    sequence: Sequence(7),
+                    attempts: 0,
+                })
+                .collect())
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
-        log.expect_mark_published().times(1).returning(move |rows, _| {
-            tx.send(rows).unwrap();
-            Ok(())
+        log.expect_mark_published()
+            .times(1)
+            .returning(move |rows, _| {
+                tx.send(rows).unwrap();
+                Ok(())
+            });
+        let recorder = Arc::new(Recorder {
+            seen: Mutex::default(),
+            fail_first: AtomicU32::new(0),
         });
-        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(0) });
         let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder.clone());
         let (publisher, relay) = outbox(Arc::new(log), registry, config());
         let stop = Arc::new(Notify::new());
@@ -319,7 +378,14 @@ mod tests {
 
         publisher.publish(e.clone());
         let rows = rx.recv().await.unwrap();
-        assert_eq!(rows, vec![PublishedRow { event_id: e.event_id(), sequence: Sequence(7), groups: expected_groups }]);
+        assert_eq!(
+            rows,
+            vec![PublishedRow {
+                event_id: e.event_id(),
+                sequence: Sequence(7),
+                groups: expected_groups
+            }]
+        );
         assert_eq!(*recorder.seen.lock().unwrap(), vec![Sequence(7)]);
         stop.notify_one();
         task.await.unwrap();
@@ -331,15 +397,27 @@ mod tests {
         let mut log = MockEventLog::new();
         log.expect_claim_due().returning(|_, _| Ok(vec![]));
         log.expect_claim().returning(|events| {
-            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(1), attempts: 0 }).collect())
+            Ok(events
+                .into_iter()
+                .map(|event| ClaimedEvent {
+                    event,
+                    sequence: Sequence(1),
+                    attempts: 0,
+                })
+                .collect())
         });
         log.expect_mark_published().never();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        log.expect_record_failure().times(1).returning(move |id, error, retry_at| {
-            tx.send((id, error, retry_at)).unwrap();
-            Ok(())
+        log.expect_record_failure()
+            .times(1)
+            .returning(move |id, error, retry_at| {
+                tx.send((id, error, retry_at)).unwrap();
+                Ok(())
+            });
+        let recorder = Arc::new(Recorder {
+            seen: Mutex::default(),
+            fail_first: AtomicU32::new(1),
         });
-        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(1) });
         let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
         let (publisher, relay) = outbox(Arc::new(log), registry, config());
         let stop = Arc::new(Notify::new());
@@ -362,27 +440,57 @@ mod tests {
         let e = event();
         let mut first = true;
         log.expect_claim_due().returning(move |_, _| {
-            let claimed = if first { vec![ClaimedEvent { event: e.clone(), sequence: Sequence(3), attempts: 2 }] } else { vec![] };
+            let claimed = if first {
+                vec![ClaimedEvent {
+                    event: e.clone(),
+                    sequence: Sequence(3),
+                    attempts: 2,
+                }]
+            } else {
+                vec![]
+            };
             first = false;
             Ok(claimed)
         });
         let failures = Arc::new(Mutex::new(Vec::new()));
         let f = failures.clone();
-        log.expect_record_failure().returning(move |_, _, retry_at| {
-            f.lock().unwrap().push(retry_at);
-            Ok(())
+        log.expect_record_failure()
+            .returning(move |_, _, retry_at| {
+                f.lock().unwrap().push(retry_at);
+                Ok(())
+            });
+        let recorder = Arc::new(Recorder {
+            seen: Mutex::default(),
+            fail_first: AtomicU32::new(5),
         });
-        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(5) });
         let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
-        let (_publisher, relay) = outbox(Arc::new(log), registry, RelayConfig { max_attempts: 3, ..config() });
+        let (_publisher, relay) = outbox(
+            Arc::new(log),
+            registry,
+            RelayConfig {
+                max_attempts: 3,
+                ..config()
+            },
+        );
         relay.run(async {}).await;
-        assert_eq!(*failures.lock().unwrap(), vec![None], "third failed attempt of three: Failed, no retry time");
+        assert_eq!(
+            *failures.lock().unwrap(),
+            vec![None],
+            "third failed attempt of three: Failed, no retry time"
+        );
     }
 
     #[tokio::test]
     async fn a_full_queue_never_blocks_or_fails_the_publisher() {
         let log = MockEventLog::new();
-        let (publisher, _relay) = outbox(Arc::new(log), HandlerRegistry::new(), RelayConfig { queue_capacity: 1, ..config() });
+        let (publisher, _relay) = outbox(
+            Arc::new(log),
+            HandlerRegistry::new(),
+            RelayConfig {
+                queue_capacity: 1,
+                ..config()
+            },
+        );
         for _ in 0..100 {
             publisher.publish(event());
         }
@@ -392,7 +500,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let (_, relay) = outbox(Arc::new(MockEventLog::new()), HandlerRegistry::new(), config());
+        let (_, relay) = outbox(
+            Arc::new(MockEventLog::new()),
+            HandlerRegistry::new(),
+            config(),
+        );
         for attempt in 1..40 {
             let ms = relay.backoff(attempt);
             assert!(ms >= 1 && ms <= 60_000, "attempt {attempt}: {ms}");

@@ -21,16 +21,42 @@ impl Contractor {
     ///
     /// # Errors
     /// More than [`MAX_SKILLS`] skills.
-    pub fn create(name: PersonName, region: Region, skills: Vec<Skill>, now: Timestamp) -> Result<Self, ValidationError> {
+    pub fn create(
+        name: PersonName,
+        region: Region,
+        skills: Vec<Skill>,
+        now: Timestamp,
+    ) -> Result<Self, ValidationError> {
         if skills.len() > MAX_SKILLS {
-            return Err(ValidationError::new("skills", format!("at most {MAX_SKILLS} skills")));
+            return Err(ValidationError::new(
+                "skills",
+                format!("at most {MAX_SKILLS} skills"),
+            ));
         }
-        Ok(Self { id: ContractorId::new(), name, region, skills, created_at_utc: now })
+        Ok(Self {
+            id: ContractorId::new(),
+            name,
+            region,
+            skills,
+            created_at_utc: now,
+        })
     }
 
     /// Rebuilds a contractor from storage.
-    pub fn restore(id: ContractorId, name: PersonName, region: Region, skills: Vec<Skill>, created_at_utc: Timestamp) -> Self {
-        Self { id, name, region, skills, created_at_utc }
+    pub fn restore(
+        id: ContractorId,
+        name: PersonName,
+        region: Region,
+        skills: Vec<Skill>,
+        created_at_utc: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            region,
+            skills,
+            created_at_utc,
+        }
     }
 
     /// The contractor's id.

@@ -44,7 +44,8 @@ pub trait ContractorRepository: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError`] when storage fails.
-    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError>;
+    async fn list(&self, region: Option<Region>, limit: u32)
+        -> Result<Vec<Contractor>, StoreError>;
 }
 
 /// Which jobs to list.
@@ -111,7 +112,12 @@ pub trait AssignmentStore: Send + Sync {
     ///
     /// # Errors
     /// [`CommitAssignmentError`]; nothing is written then.
-    async fn commit_assignment(&self, job: &Job, assignment: &Assignment, event: &DomainEvent) -> Result<(), CommitAssignmentError>;
+    async fn commit_assignment(
+        &self,
+        job: &Job,
+        assignment: &Assignment,
+        event: &DomainEvent,
+    ) -> Result<(), CommitAssignmentError>;
 }
 
 /// Where an event stands in the EventLog.
@@ -241,14 +247,23 @@ pub trait EventLog: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError`].
-    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError>;
+    async fn mark_published(
+        &self,
+        published: Vec<PublishedRow>,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
     /// Records a failed attempt: `attempts` grows by one, `lastError` is set,
     /// and the row stays Pending until `retry_at`, or becomes Failed when
     /// `retry_at` is `None`.
     ///
     /// # Errors
     /// [`StoreError`].
-    async fn record_failure(&self, event_id: EventId, error: String, retry_at: Option<Timestamp>) -> Result<(), StoreError>;
+    async fn record_failure(
+        &self,
+        event_id: EventId,
+        error: String,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError>;
     /// Rows for the API, by sequence (unpublished ones last, by commit order).
     ///
     /// # Errors
@@ -264,7 +279,12 @@ pub trait EventLog: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError`].
-    async fn replay(&self, group: Group, after: Sequence, limit: u32) -> Result<Vec<(DomainEvent, Sequence)>, StoreError>;
+    async fn replay(
+        &self,
+        group: Group,
+        after: Sequence,
+        limit: u32,
+    ) -> Result<Vec<(DomainEvent, Sequence)>, StoreError>;
 }
 
 /// Hands committed events to delivery.
