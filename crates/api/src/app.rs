@@ -12,7 +12,9 @@ use anyhow::Context;
 use smartscheduler_application::publishing::outbox;
 use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
+use smartscheduler_domain::EventType;
 use smartscheduler_infrastructure::{Database, JwtTokens};
+use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery};
 use tokio::sync::Notify;
 
 use crate::config::ServeConfig;
@@ -29,6 +31,7 @@ pub struct Application {
     relay: tokio::task::JoinHandle<()>,
     stop_relay: Arc<Notify>,
     db: Database,
+    hub: HubContext,
 }
 
 impl Application {
@@ -62,6 +65,11 @@ impl Application {
         let db = Database::connect(&config.database_url()).await?;
         let event_log: Arc<dyn EventLog> = db.event_log();
 
+        let hub = HubContext::start(event_log.clone(), verifier.clone(), HubConfig::default());
+        let handlers = handlers.register(
+            EventType::JobAssigned,
+            Arc::new(HubDelivery::new(hub.hub.clone())),
+        );
         let (publisher, relay) = outbox(event_log.clone(), handlers, RelayConfig::default());
         let stop_relay = Arc::new(Notify::new());
         let stop = stop_relay.clone();
@@ -78,9 +86,12 @@ impl Application {
         let event_log = web::Data::new(event_log);
         let verifier = web::Data::new(verifier);
         let database = web::Data::new(db.clone());
+        let hub_data = web::Data::new(hub.clone());
+        let cors_origins = config.cors_origins.clone();
 
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(cors(&cors_origins))
                 .wrap_fn(|req, srv| {
                     // Method and path only: query strings can carry access tokens.
                     let method = req.method().clone();
@@ -98,11 +109,14 @@ impl Application {
                 .app_data(event_log.clone())
                 .app_data(verifier.clone())
                 .app_data(database.clone())
+                .app_data(hub_data.clone())
                 .configure(http::configure)
+                .configure(smartscheduler_realtime::http::configure)
                 .default_service(web::to(http::problem::not_found))
         })
         .listen(listener)?
         .shutdown_timeout(10)
+        .disable_signals()
         .run();
 
         Ok(Self {
@@ -112,6 +126,7 @@ impl Application {
             relay,
             stop_relay,
             db,
+            hub,
         })
     }
 
@@ -127,6 +142,14 @@ impl Application {
     /// When the server fails.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}:{}", self.host, self.port);
+        let handle = self.server.handle();
+        let hub = self.hub.hub.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: closing hub connections (allowReconnect) and draining");
+            let _ = hub.shutdown().await;
+            handle.stop(true).await;
+        });
         let result = self.server.await;
         self.stop_relay.notify_one();
         if tokio::time::timeout(RELAY_STOP_TIMEOUT, self.relay)
@@ -141,4 +164,48 @@ impl Application {
         tracing::info!("stopped");
         Ok(result?)
     }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// CORS for browser clients: only the configured origins, echoed exactly,
+/// with credentials (the SignalR client sends them by default) and the
+/// headers the SignalR client and the API use. No origins: no CORS at all.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderName::from_static("x-requested-with"),
+            actix_web::http::header::HeaderName::from_static("x-signalr-user-agent"),
+            actix_web::http::header::HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([actix_web::http::header::LOCATION])
+        .supports_credentials()
+        .max_age(3600);
+    for origin in origins.iter().filter(|o| !o.is_empty()) {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
 }

@@ -1,1 +1,95 @@
-//! placeholder
+//! Real-time delivery: the ASP.NET Core SignalR protocol (JSON hub protocol
+//! v1 over WebSockets) and the `JobsHub`, so that the official
+//! `@microsoft/signalr` clients connect unchanged.
+//!
+//! What it is not: no business rule (who may join which group is the
+//! domain's `Principal::may_join`), no storage (replays read the EventLog
+//! port), no MessagePack, no long polling or server-sent events.
+//!
+//! # Layout
+//! - [`protocol`]: records, handshake, messages; pure functions.
+//! - [`hub`]: the task that owns connections and groups, and its handle.
+//! - [`connection`]: one WebSocket's loop and the hub methods.
+//! - [`http`]: `POST /hubs/jobs/negotiate` and the WebSocket endpoint.
+//! - [`delivery`]: the event handler that sends published events to groups.
+
+pub mod connection;
+pub mod delivery;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smartscheduler_application::TokenVerifier;
+use smartscheduler_domain::ports::EventLog;
+
+pub use delivery::HubDelivery;
+pub use hub::{HubHandle, HubStats};
+
+/// The hub's limits and timers. Defaults follow ASP.NET Core SignalR.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The server pings when it has sent nothing for this long (15 s).
+    pub keep_alive: Duration,
+    /// A connection that sends nothing for this long is closed (30 s).
+    pub client_timeout: Duration,
+    /// Time allowed for the handshake (15 s).
+    pub handshake_timeout: Duration,
+    /// How long a negotiated connection token waits for its WebSocket (15 s).
+    pub negotiate_ttl: Duration,
+    /// Frames queued per connection before it counts as slow and is closed.
+    pub outbound_capacity: usize,
+    /// Largest record accepted from a client (32 KiB).
+    pub max_message_bytes: usize,
+    /// Most events one join replays; past that the client reloads over HTTP.
+    pub max_replay: u32,
+    /// Groups one connection may be in.
+    pub max_groups_per_connection: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            negotiate_ttl: Duration::from_secs(15),
+            outbound_capacity: 1024,
+            max_message_bytes: 32 * 1024,
+            max_replay: 10_000,
+            max_groups_per_connection: 100,
+        }
+    }
+}
+
+/// What the hub's endpoints and connections share (actix app data).
+#[derive(Clone)]
+pub struct HubContext {
+    /// The hub task.
+    pub hub: HubHandle,
+    /// For replays.
+    pub event_log: Arc<dyn EventLog>,
+    /// For bearer tokens.
+    pub verifier: Arc<dyn TokenVerifier>,
+    /// Limits and timers.
+    pub config: Arc<HubConfig>,
+}
+
+impl HubContext {
+    /// Starts the hub task and returns its context.
+    pub fn start(
+        event_log: Arc<dyn EventLog>,
+        verifier: Arc<dyn TokenVerifier>,
+        config: HubConfig,
+    ) -> Self {
+        let hub = hub::spawn(config.negotiate_ttl);
+        Self {
+            hub,
+            event_log,
+            verifier,
+            config: Arc::new(config),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The hub's HTTP side: `POST /hubs/jobs/negotiate?negotiateVersion=1` and
+//! `GET /hubs/jobs[?id=TOKEN]` upgraded to a WebSocket. The bearer token comes
+//! from `Authorization` or, for browsers, the `access_token` query parameter.
+
+use std::time::Instant;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+use smartscheduler_application::AuthError;
+use smartscheduler_domain::Principal;
+
+use crate::hub::PendingConnection;
+use crate::{connection, HubContext};
+
+/// The hub's path.
+pub const HUB_PATH: &str = "/hubs/jobs";
+
+/// Registers the hub routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/hubs/jobs/negotiate", web::post().to(negotiate))
+        .route(HUB_PATH, web::get().to(connect));
+}
+
+#[derive(Debug, Deserialize)]
+struct HubQuery {
+    id: Option<String>,
+    access_token: Option<String>,
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+    if status == StatusCode::UNAUTHORIZED {
+        response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+    }
+    let slug = title.to_ascii_lowercase().replace(' ', "-");
+    response.body(json!({ "type": format!("/problems/{slug}"), "title": title, "status": status.as_u16(), "detail": detail }).to_string())
+}
+
+fn query(req: &HttpRequest) -> HubQuery {
+    web::Query::<HubQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or(HubQuery {
+            id: None,
+            access_token: None,
+        })
+}
+
+fn authenticate(
+    ctx: &HubContext,
+    req: &HttpRequest,
+    query: &HubQuery,
+) -> Result<Principal, AuthError> {
+    let header_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    let token = header_token
+        .or_else(|| query.access_token.clone())
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)?;
+    ctx.verifier.verify(&token)
+}
+
+fn unauthorized(err: &AuthError) -> HttpResponse {
+    problem(StatusCode::UNAUTHORIZED, "Unauthorized", &err.to_string())
+}
+
+/// 16 random bytes, base64url: URL-safe without encoding, as ASP.NET makes them.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Negotiate: authenticates, then hands out a connection id and a secret,
+/// single-use connection token for the WebSocket URL. Only WebSockets with
+/// the Text format is offered.
+pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
+    let query = query(&req);
+    let principal = match authenticate(&ctx, &req, &query) {
+        Ok(p) => p,
+        Err(err) => return unauthorized(&err),
+    };
+    let connection_id = random_id();
+    let token = random_id();
+    let pending = PendingConnection {
+        connection_id: connection_id.clone(),
+        principal,
+        created: Instant::now(),
+    };
+    if ctx.hub.negotiated(token.clone(), pending).await.is_err() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "the hub is stopping",
+        );
+    }
+    HttpResponse::Ok().json(json!({
+        "negotiateVersion": 1,
+        "connectionId": connection_id,
+        "connectionToken": token,
+        "availableTransports": [{ "transport": "WebSockets", "transferFormats": ["Text"] }]
+    }))
+}
+
+/// The WebSocket: with `id`, the connection negotiated before (404 when
+/// unknown, used or expired); without, a new one (skipNegotiation).
+pub async fn connect(
+    req: HttpRequest,
+    body: web::Payload,
+    ctx: web::Data<HubContext>,
+) -> HttpResponse {
+    let query = query(&req);
+    let principal = match &query.id {
+        Some(id) => {
+            let Ok(Some(pending)) = ctx.hub.claim(id.clone()).await else {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "No connection with that ID: negotiate again.",
+                );
+            };
+            // A token presented now must be valid and speak for the same subject.
+            match authenticate(&ctx, &req, &query) {
+                Ok(p) if p.subject == pending.principal.subject => p,
+                Ok(_) => {
+                    return problem(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        "the token does not match the negotiated connection",
+                    )
+                }
+                Err(AuthError::Missing) => pending.principal,
+                Err(err) => return unauthorized(&err),
+            }
+        }
+        None => match authenticate(&ctx, &req, &query) {
+            Ok(p) => p,
+            Err(err) => return unauthorized(&err),
+        },
+    };
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "this endpoint expects a WebSocket upgrade",
+            )
+        }
+    };
+    let ctx = ctx.get_ref().clone();
+    // The message stream is not Send: the loop runs on this worker's runtime.
+    actix_web::rt::spawn(connection::run(ctx, principal, session, stream));
+    response
+}

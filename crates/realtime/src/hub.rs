@@ -1,0 +1,534 @@
+//! The JobsHub: one task owns every connection, group membership and pending
+//! negotiation; everyone else holds a cloneable [`HubHandle`] and talks to it
+//! through a private [`Command`] enum.
+//!
+//! Fan-out never waits for a connection: each connection has a bounded queue
+//! of already-serialized frames, filled with `try_send`. A connection whose
+//! queue is full is dropped from every group and told to close (with
+//! `allowReconnect`), so one slow client never slows the others or the
+//! publisher.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use smartscheduler_domain::{Group, Principal};
+use tokio::sync::{mpsc, oneshot};
+
+/// A connection's key inside this process.
+pub type ConnKey = u64;
+
+/// A serialized event frame, shared by every connection it goes to.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The whole record(s), ending in 0x1E, ready for a text message.
+    pub text: ByteString,
+    /// The event's sequence.
+    pub sequence: i64,
+    /// The groups the event was sent to.
+    pub groups: Arc<[Group]>,
+}
+
+/// Why the hub asks a connection to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its outbound queue was full.
+    SlowConsumer,
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+/// A negotiated connection waiting for its WebSocket.
+#[derive(Debug, Clone)]
+pub struct PendingConnection {
+    /// The public connection id.
+    pub connection_id: String,
+    /// Who negotiated it.
+    pub principal: Principal,
+    /// When.
+    pub created: Instant,
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Open connections.
+    pub connections: usize,
+    /// Groups with at least one member.
+    pub groups: usize,
+    /// Negotiations not yet used.
+    pub pending: usize,
+    /// Frames queued to connections.
+    pub frames_sent: u64,
+    /// Connections closed for being slow.
+    pub slow_closes: u64,
+}
+
+enum Command {
+    Negotiated {
+        token: String,
+        pending: PendingConnection,
+    },
+    Claim {
+        token: String,
+        reply: oneshot::Sender<Option<PendingConnection>>,
+    },
+    Register {
+        key: ConnKey,
+        outbound: mpsc::Sender<Frame>,
+        close: oneshot::Sender<CloseReason>,
+    },
+    Unregister {
+        key: ConnKey,
+    },
+    Join {
+        key: ConnKey,
+        group: Group,
+        reply: oneshot::Sender<bool>,
+    },
+    Leave {
+        key: ConnKey,
+        group: Group,
+        reply: oneshot::Sender<()>,
+    },
+    Broadcast {
+        frame: Frame,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<HubStats>,
+    },
+}
+
+/// The hub has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hub has stopped")]
+pub struct HubStopped;
+
+/// The way in to the hub task. Cheap to clone.
+#[derive(Clone)]
+pub struct HubHandle {
+    commands: mpsc::Sender<Command>,
+    next_key: Arc<AtomicU64>,
+}
+
+impl HubHandle {
+    async fn send(&self, command: Command) -> Result<(), HubStopped> {
+        self.commands.send(command).await.map_err(|_| HubStopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, HubStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| HubStopped)
+    }
+
+    /// A fresh key for a new connection.
+    pub fn next_key(&self) -> ConnKey {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Remembers a negotiation until its WebSocket arrives (or it expires).
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn negotiated(
+        &self,
+        token: String,
+        pending: PendingConnection,
+    ) -> Result<(), HubStopped> {
+        self.send(Command::Negotiated { token, pending }).await
+    }
+
+    /// Takes a negotiation by its token; each token can be used once.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn claim(&self, token: String) -> Result<Option<PendingConnection>, HubStopped> {
+        self.ask(|reply| Command::Claim { token, reply }).await
+    }
+
+    /// Adds a connection with its outbound queue and close signal.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn register(
+        &self,
+        key: ConnKey,
+        outbound: mpsc::Sender<Frame>,
+        close: oneshot::Sender<CloseReason>,
+    ) -> Result<(), HubStopped> {
+        self.send(Command::Register {
+            key,
+            outbound,
+            close,
+        })
+        .await
+    }
+
+    /// Removes a connection and its memberships.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn unregister(&self, key: ConnKey) -> Result<(), HubStopped> {
+        self.send(Command::Unregister { key }).await
+    }
+
+    /// Adds the connection to `group`; `false` when the connection is gone.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn join(&self, key: ConnKey, group: Group) -> Result<bool, HubStopped> {
+        self.ask(|reply| Command::Join { key, group, reply }).await
+    }
+
+    /// Removes the connection from `group` (harmless when not a member).
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn leave(&self, key: ConnKey, group: Group) -> Result<(), HubStopped> {
+        self.ask(|reply| Command::Leave { key, group, reply }).await
+    }
+
+    /// Queues `frame` to every member of its groups, once per connection.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn broadcast(&self, frame: Frame) -> Result<(), HubStopped> {
+        self.send(Command::Broadcast { frame }).await
+    }
+
+    /// Asks every connection to close with `allowReconnect` and waits until
+    /// the hub has told them all.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn shutdown(&self) -> Result<(), HubStopped> {
+        self.ask(|reply| Command::Shutdown { reply }).await
+    }
+
+    /// Current counters.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn stats(&self) -> Result<HubStats, HubStopped> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+}
+
+struct Connection {
+    outbound: mpsc::Sender<Frame>,
+    close: Option<oneshot::Sender<CloseReason>>,
+    groups: HashSet<Group>,
+}
+
+struct Hub {
+    connections: HashMap<ConnKey, Connection>,
+    groups: HashMap<Group, HashSet<ConnKey>>,
+    pending: HashMap<String, PendingConnection>,
+    negotiate_ttl: Duration,
+    stats: HubStats,
+}
+
+/// Starts the hub task on the current runtime. Negotiations unused for
+/// `negotiate_ttl` are forgotten.
+pub fn spawn(negotiate_ttl: Duration) -> HubHandle {
+    let (tx, rx) = mpsc::channel(4096);
+    let hub = Hub {
+        connections: HashMap::new(),
+        groups: HashMap::new(),
+        pending: HashMap::new(),
+        negotiate_ttl,
+        stats: HubStats::default(),
+    };
+    tokio::spawn(hub.run(rx));
+    HubHandle {
+        commands: tx,
+        next_key: Arc::new(AtomicU64::new(1)),
+    }
+}
+
+impl Hub {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                _ = sweep.tick() => {
+                    let ttl = self.negotiate_ttl;
+                    self.pending.retain(|_, p| p.created.elapsed() < ttl);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Negotiated { token, pending } => {
+                self.pending.insert(token, pending);
+            }
+            Command::Claim { token, reply } => {
+                let ttl = self.negotiate_ttl;
+                let pending = self
+                    .pending
+                    .remove(&token)
+                    .filter(|p| p.created.elapsed() < ttl);
+                let _ = reply.send(pending);
+            }
+            Command::Register {
+                key,
+                outbound,
+                close,
+            } => {
+                self.connections.insert(
+                    key,
+                    Connection {
+                        outbound,
+                        close: Some(close),
+                        groups: HashSet::new(),
+                    },
+                );
+            }
+            Command::Unregister { key } => self.remove(key),
+            Command::Join { key, group, reply } => {
+                let joined = match self.connections.get_mut(&key) {
+                    Some(conn) => {
+                        conn.groups.insert(group.clone());
+                        self.groups.entry(group).or_default().insert(key);
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(joined);
+            }
+            Command::Leave { key, group, reply } => {
+                if let Some(conn) = self.connections.get_mut(&key) {
+                    conn.groups.remove(&group);
+                }
+                self.remove_member(&group, key);
+                let _ = reply.send(());
+            }
+            Command::Broadcast { frame } => self.broadcast(frame),
+            Command::Shutdown { reply } => {
+                for conn in self.connections.values_mut() {
+                    if let Some(close) = conn.close.take() {
+                        let _ = close.send(CloseReason::ShuttingDown);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Command::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.connections = self.connections.len();
+                stats.groups = self.groups.len();
+                stats.pending = self.pending.len();
+                let _ = reply.send(stats);
+            }
+        }
+    }
+
+    fn broadcast(&mut self, frame: Frame) {
+        let mut targets: Vec<ConnKey> = Vec::new();
+        for group in frame.groups.iter() {
+            if let Some(members) = self.groups.get(group) {
+                targets.extend(members.iter().copied());
+            }
+        }
+        if frame.groups.len() > 1 {
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        let mut slow = Vec::new();
+        for key in targets {
+            let Some(conn) = self.connections.get(&key) else {
+                continue;
+            };
+            match conn.outbound.try_send(frame.clone()) {
+                Ok(()) => self.stats.frames_sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push((key, true)),
+                Err(mpsc::error::TrySendError::Closed(_)) => slow.push((key, false)),
+            }
+        }
+        for (key, full) in slow {
+            if let Some(mut conn) = self.connections.remove(&key) {
+                if full {
+                    self.stats.slow_closes += 1;
+                    tracing::warn!(
+                        conn = key,
+                        "closing a slow connection: its outbound queue is full"
+                    );
+                    if let Some(close) = conn.close.take() {
+                        let _ = close.send(CloseReason::SlowConsumer);
+                    }
+                }
+                for group in conn.groups {
+                    self.remove_member(&group, key);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: ConnKey) {
+        if let Some(conn) = self.connections.remove(&key) {
+            for group in conn.groups {
+                self.remove_member(&group, key);
+            }
+        }
+    }
+
+    fn remove_member(&mut self, group: &Group, key: ConnKey) {
+        if let Some(members) = self.groups.get_mut(group) {
+            members.remove(&key);
+            if members.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smartscheduler_domain::{ContractorId, Region};
+
+    fn frame(seq: i64, groups: Vec<Group>) -> Frame {
+        Frame {
+            text: ByteString::from(format!("{seq}\u{1e}")),
+            sequence: seq,
+            groups: groups.into(),
+        }
+    }
+
+    async fn connect(
+        hub: &HubHandle,
+        capacity: usize,
+    ) -> (
+        ConnKey,
+        mpsc::Receiver<Frame>,
+        oneshot::Receiver<CloseReason>,
+    ) {
+        let key = hub.next_key();
+        let (tx, rx) = mpsc::channel(capacity);
+        let (ctx, crx) = oneshot::channel();
+        hub.register(key, tx, ctx).await.unwrap();
+        (key, rx, crx)
+    }
+
+    #[tokio::test]
+    async fn members_of_either_group_get_the_frame_once_and_others_get_nothing() {
+        let hub = spawn(Duration::from_secs(15));
+        let north = Group::dispatch(&Region::new("north").unwrap());
+        let south = Group::dispatch(&Region::new("south").unwrap());
+        let me = Group::contractor(ContractorId::new());
+        let (a, mut a_rx, _a_close) = connect(&hub, 8).await;
+        let (b, mut b_rx, _b_close) = connect(&hub, 8).await;
+        let (c, mut c_rx, _c_close) = connect(&hub, 8).await;
+        assert!(hub.join(a, north.clone()).await.unwrap());
+        assert!(hub.join(a, me.clone()).await.unwrap());
+        assert!(hub.join(b, me.clone()).await.unwrap());
+        assert!(hub.join(c, south.clone()).await.unwrap());
+
+        hub.broadcast(frame(1, vec![north.clone(), me.clone()]))
+            .await
+            .unwrap();
+        let stats = hub.stats().await.unwrap();
+        assert_eq!(
+            stats.frames_sent, 2,
+            "a is in both groups but gets one copy"
+        );
+        assert_eq!(a_rx.recv().await.unwrap().sequence, 1);
+        assert_eq!(b_rx.recv().await.unwrap().sequence, 1);
+        assert!(a_rx.try_recv().is_err());
+        assert!(c_rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn leaving_and_unregistering_clean_up_membership() {
+        let hub = spawn(Duration::from_secs(15));
+        let north = Group::dispatch(&Region::new("north").unwrap());
+        let (a, mut a_rx, _close) = connect(&hub, 8).await;
+        hub.join(a, north.clone()).await.unwrap();
+        assert_eq!(hub.stats().await.unwrap().groups, 1);
+        hub.leave(a, north.clone()).await.unwrap();
+        hub.broadcast(frame(1, vec![north.clone()])).await.unwrap();
+        assert_eq!(hub.stats().await.unwrap().groups, 0);
+        assert!(a_rx.try_recv().is_err());
+
+        hub.join(a, north.clone()).await.unwrap();
+        hub.unregister(a).await.unwrap();
+        let stats = hub.stats().await.unwrap();
+        assert_eq!((stats.connections, stats.groups), (0, 0));
+        assert!(
+            !hub.join(a, north).await.unwrap(),
+            "a gone connection cannot join"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_only_that_connection() {
+        let hub = spawn(Duration::from_secs(15));
+        let north = Group::dispatch(&Region::new("north").unwrap());
+        let (slow, _slow_rx, slow_close) = connect(&hub, 2).await;
+        let (fast, mut fast_rx, mut fast_close) = connect(&hub, 64).await;
+        hub.join(slow, north.clone()).await.unwrap();
+        hub.join(fast, north.clone()).await.unwrap();
+        for seq in 1..=10 {
+            hub.broadcast(frame(seq, vec![north.clone()]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(slow_close.await.unwrap(), CloseReason::SlowConsumer);
+        for seq in 1..=10 {
+            assert_eq!(fast_rx.recv().await.unwrap().sequence, seq);
+        }
+        assert!(
+            fast_close.try_recv().is_err(),
+            "the fast connection stays open"
+        );
+        let stats = hub.stats().await.unwrap();
+        assert_eq!(stats.connections, 1);
+        assert_eq!(stats.slow_closes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_negotiation_is_claimed_once_and_expires() {
+        let hub = spawn(Duration::from_millis(200));
+        let principal = Principal {
+            subject: "s".into(),
+            role: smartscheduler_domain::Role::Admin,
+            regions: vec![],
+            contractor_id: None,
+        };
+        let pending = PendingConnection {
+            connection_id: "c1".into(),
+            principal,
+            created: Instant::now(),
+        };
+        hub.negotiated("t1".into(), pending.clone()).await.unwrap();
+        hub.negotiated("t2".into(), pending).await.unwrap();
+        assert_eq!(
+            hub.claim("t1".into()).await.unwrap().unwrap().connection_id,
+            "c1"
+        );
+        assert!(
+            hub.claim("t1".into()).await.unwrap().is_none(),
+            "a token is single-use"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            hub.claim("t2".into()).await.unwrap().is_none(),
+            "an unused negotiation expires"
+        );
+    }
+}
