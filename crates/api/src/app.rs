@@ -57,6 +57,7 @@ impl Application {
             config.redis_url.is_none(),
             "SMARTSCHEDULER_REDIS_URL is set, but this build serves a single node only"
         );
+        crate::http::metrics::handle();
         let secret = config.secret.resolve()?;
         let verifier: Arc<dyn TokenVerifier> = Arc::new(
             JwtTokens::hs256(secret.as_bytes()).context("the token secret is not usable")?,

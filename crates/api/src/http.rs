@@ -5,6 +5,7 @@ pub mod contractors;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod problem;
 
 use actix_web::web;
@@ -36,7 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/events/{id}", web::get().to(events::get)),
         )
         .route("/health/live", web::get().to(health::live))
-        .route("/health/ready", web::get().to(health::ready));
+        .route("/health/ready", web::get().to(health::ready))
+        .route("/metrics", web::get().to(metrics::render));
 }
 
 /// Checks an optional page size against [`MAX_LIMIT`].

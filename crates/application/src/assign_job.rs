@@ -99,6 +99,28 @@ impl AssignJob {
         principal: &Principal,
         request: AssignJobRequest,
     ) -> Result<Assignment, AssignJobError> {
+        let result = self.assign(principal, request).await;
+        let outcome = match &result {
+            Ok(_) => "created",
+            Err(AssignJobError::JobNotFound(_) | AssignJobError::ContractorNotFound(_)) => {
+                "not_found"
+            }
+            Err(AssignJobError::Forbidden(_)) => "forbidden",
+            Err(AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_)) => {
+                "conflict"
+            }
+            Err(AssignJobError::Unavailable(_)) => "unavailable",
+            Err(AssignJobError::Unexpected(_)) => "error",
+        };
+        metrics::counter!("smartscheduler_assignments_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn assign(
+        &self,
+        principal: &Principal,
+        request: AssignJobRequest,
+    ) -> Result<Assignment, AssignJobError> {
         let mut job = self
             .jobs
             .get(request.job_id)

@@ -222,12 +222,16 @@ impl OutboxRelay {
             return;
         }
         let mut published = Vec::with_capacity(claimed.len());
+        let mut lags = Vec::with_capacity(claimed.len());
         for ClaimedEvent {
             event,
             sequence,
             attempts,
         } in claimed
         {
+            if attempts > 0 {
+                metrics::counter!("smartscheduler_event_retries_total").increment(1);
+            }
             let event_id = event.event_id();
             let groups = event.audience();
             let event_type = event.event_type();
@@ -240,16 +244,26 @@ impl OutboxRelay {
                 }
             }
             match failure {
-                None => published.push(PublishedRow {
-                    event_id,
-                    sequence,
-                    groups,
-                }),
+                None => {
+                    published.push(PublishedRow {
+                        event_id,
+                        sequence,
+                        groups,
+                    });
+                    lags.push(published_event.event.occurred_at_utc());
+                }
                 Some(error) => {
                     let attempt = attempts + 1;
                     let retry_at = (attempt < self.config.max_attempts)
                         .then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
                     tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
+                    let outcome = if retry_at.is_some() {
+                        "retry_scheduled"
+                    } else {
+                        "failed"
+                    };
+                    metrics::counter!("smartscheduler_event_failures_total", "outcome" => outcome)
+                        .increment(1);
                     if let Err(err) = self.log.record_failure(event_id, error, retry_at).await {
                         tracing::warn!(%event_id, error = %err, "could not record a handler failure");
                     }
@@ -260,9 +274,16 @@ impl OutboxRelay {
             return;
         }
         let count = published.len();
-        if let Err(err) = self.log.mark_published(published, Timestamp::now()).await {
+        let now = Timestamp::now();
+        if let Err(err) = self.log.mark_published(published, now).await {
             // The rows stay Pending and are delivered again: at-least-once.
             tracing::warn!(error = %err, count, "could not mark events Published; they will be delivered again");
+            return;
+        }
+        metrics::counter!("smartscheduler_events_published_total").increment(count as u64);
+        let lag = metrics::histogram!("smartscheduler_publish_lag_seconds");
+        for occurred in lags {
+            lag.record((now.unix_millis() - occurred.unix_millis()).max(0) as f64 / 1000.0);
         }
     }
 
