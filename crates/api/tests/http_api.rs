@@ -1100,6 +1100,31 @@ async fn a_contractor_token_may_not_assign_a_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contractor_cannot_probe_which_jobs_exist_through_assign() {
+    let app = spawn_app().await;
+    let contractor = app.contractor_id("north").await;
+    let token = app.contractor(Uuid::parse_str(&contractor).unwrap());
+    // An unknown job and a body that is not even valid: still 403, not 404 or 400.
+    let unknown = Uuid::new_v4().to_string();
+    assert_assign_refused(
+        &app,
+        Some(&token),
+        &unknown,
+        &assign_body(&contractor),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_assign_refused(
+        &app,
+        Some(&token),
+        &unknown,
+        &json!({ "contractorId": "nope", "startUtc": "x", "endUtc": "y" }),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assigning_without_a_valid_token_is_a_401_problem() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
@@ -1479,6 +1504,31 @@ async fn a_body_over_64_kib_is_a_413_problem_on_every_post() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_64_kib_without_a_length_is_a_413_problem() {
+    let app = spawn_app().await;
+    let chunk = "x".repeat(8 * 1024);
+    let mut body = String::new();
+    for _ in 0..9 {
+        body.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    body.push_str("0\r\n\r\n");
+    let request = format!(
+        "POST /api/contractors HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}",
+        app.admin()
+    );
+    let (status, head, payload) = app.raw_http(request).await;
+    assert_eq!(status, 413, "{head}\n{payload}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let problem: Value = serde_json::from_str(&payload).expect("a JSON problem");
+    assert_eq!(problem["status"], 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_as_text_plain_is_a_415_problem_on_every_post() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
@@ -1659,34 +1709,58 @@ async fn two_concurrent_assignments_of_the_same_job_have_exactly_one_winner() {
         .await;
 }
 
+// ===========================================================================
+// Idempotency-Key (in the contract, not implemented yet)
+// ===========================================================================
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_probe() {
+#[ignore = "the contract's Idempotency-Key is not implemented: a repeat answers 409"]
+async fn repeating_an_assignment_with_the_same_idempotency_key_returns_the_first_answer_and_publishes_nothing_new(
+) {
     let app = spawn_app().await;
-    for _ in 0..50 {
-        let token = app.admin();
-        let addr = app.address.trim_start_matches("http://").to_owned();
-        let out = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let head = format!("POST /api/contractors HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
-        let mut req = head.into_bytes();
-        let chunk = "x".repeat(8192);
-        for _ in 0..9 { req.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes()); }
-        req.extend_from_slice(b"0\r\n\r\n");
-        let w = s.write_all(&req);
-        let mut buf = Vec::new();
-        let r = s.read_to_end(&mut buf);
-        (w.is_ok(), r.map(|_| ()).map_err(|e| e.to_string()), String::from_utf8_lossy(&buf).to_string())
-    }).await.unwrap();
-        println!(
-            "{:?}",
-            (
-                out.0,
-                out.1,
-                out.2.lines().next().map(str::to_owned),
-                out.2.contains("problem+json")
-            )
-        );
-    }
+    let job_id = app.job_id("north").await;
+    let contractor = app.contractor_id("north").await;
+    let send = || async {
+        app.request(
+            Method::POST,
+            &format!("/api/jobs/{job_id}/assign"),
+            Some(&app.admin()),
+        )
+        .header("Idempotency-Key", "assign-once-1")
+        .json(&assign_body(&contractor))
+        .send()
+        .await
+        .unwrap()
+    };
+    let first = expect_json(send().await, StatusCode::CREATED).await;
+    let again = expect_json(send().await, StatusCode::CREATED).await;
+    assert_eq!(again, first, "the first answer, again");
+    assert_eq!(app.event_count().await, 1, "nothing new was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the contract's Idempotency-Key is not implemented: another body answers 409"]
+async fn reusing_an_idempotency_key_with_another_body_is_a_422_problem() {
+    let app = spawn_app().await;
+    let job_id = app.job_id("north").await;
+    let contractor = app.contractor_id("north").await;
+    let path = format!("/api/jobs/{job_id}/assign");
+    let response = app
+        .request(Method::POST, &path, Some(&app.admin()))
+        .header("Idempotency-Key", "assign-once-2")
+        .json(&assign_body(&contractor))
+        .send()
+        .await
+        .unwrap();
+    expect_json(response, StatusCode::CREATED).await;
+    let before = app.event_count().await;
+    let response = app
+        .request(Method::POST, &path, Some(&app.admin()))
+        .header("Idempotency-Key", "assign-once-2")
+        .json(&json!({ "contractorId": contractor, "startUtc": START, "endUtc": "2030-01-15T12:00:00Z" }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(app.event_count().await, before, "nothing new was published");
 }

@@ -38,8 +38,8 @@ pub enum AssignJobError {
     /// No such contractor.
     #[error("contractor {0} does not exist")]
     ContractorNotFound(ContractorId),
-    /// The caller may not assign jobs of this region.
-    #[error("you may not assign jobs in region '{0}'")]
+    /// The caller may not assign this job (role or region).
+    #[error("you may not assign this job: {0}")]
     Forbidden(String),
     /// The job has a contractor already.
     #[error("job {0} is already assigned")]
@@ -121,13 +121,22 @@ impl AssignJob {
         principal: &Principal,
         request: AssignJobRequest,
     ) -> Result<Assignment, AssignJobError> {
+        // Role first: a contractor must not learn which job ids exist.
+        if !principal.is_back_office() {
+            return Err(AssignJobError::Forbidden(
+                "only admins and dispatchers assign jobs".into(),
+            ));
+        }
         let mut job = self
             .jobs
             .get(request.job_id)
             .await?
             .ok_or(AssignJobError::JobNotFound(request.job_id))?;
         if !principal.dispatches(job.region()) {
-            return Err(AssignJobError::Forbidden(job.region().to_string()));
+            return Err(AssignJobError::Forbidden(format!(
+                "you do not dispatch region '{}'",
+                job.region()
+            )));
         }
         let contractor = self
             .contractors
@@ -326,7 +335,10 @@ mod tests {
             .execute(&dispatcher("south"), request)
             .await
             .unwrap_err();
-        assert_eq!(err, AssignJobError::Forbidden("north".into()));
+        assert_eq!(
+            err,
+            AssignJobError::Forbidden("you do not dispatch region 'north'".into())
+        );
     }
 
     #[tokio::test]

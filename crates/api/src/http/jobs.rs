@@ -131,6 +131,11 @@ pub async fn assign(
     id: web::Path<String>,
     body: web::Json<AssignBody>,
 ) -> Result<HttpResponse, ApiError> {
+    if !principal.is_back_office() {
+        return Err(ApiError::Forbidden(
+            "only admins and dispatchers assign jobs".into(),
+        ));
+    }
     let request = body.validate(job_id(&id)?)?;
     let assignment = use_case.execute(&principal, request).await?;
     Ok(HttpResponse::Created().json(assignment))

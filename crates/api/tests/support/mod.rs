@@ -131,6 +131,37 @@ impl TestApp {
         builder.send().await.expect("the request is answered")
     }
 
+    /// Sends `request` (a whole HTTP/1.1 request, which should say
+    /// `Connection: close`) over a plain socket; returns the status code,
+    /// the head and the body of the answer. For what a client library does
+    /// not send (chunked bodies of unknown length).
+    pub async fn raw_http(&self, request: String) -> (u16, String, String) {
+        let address = self.address.trim_start_matches("http://").to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(address).expect("a connection");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("a timeout");
+            // The server may answer before it has read everything.
+            let _ = stream.write_all(request.as_bytes());
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            let (head, body) = answer
+                .split_once("\r\n\r\n")
+                .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no status line: {head:?}"));
+            (status, head.to_owned(), body.to_owned())
+        })
+        .await
+        .expect("the socket task did not panic")
+    }
+
     /// `GET path` without a token.
     pub async fn get(&self, path: &str) -> Response {
         self.send(self.request(Method::GET, path, None)).await
