@@ -1,0 +1,310 @@
+//! Tests that run the real `smartscheduler` binary as a process: crash
+//! safety under SIGKILL, graceful stop on SIGTERM, start-up logging.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const SECRET: &str = "process-test-secret-0123456789abcdef";
+
+struct Server {
+    child: Child,
+    base: String,
+    /// Every stderr line, for assertions about logs.
+    lines: mpsc::Receiver<String>,
+}
+
+fn start(dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+        .arg("serve")
+        .env("SMARTSCHEDULER_BIND", "127.0.0.1:0")
+        .env(
+            "SMARTSCHEDULER_DATABASE_URL",
+            format!("sqlite://{}/db.sqlite", dir.display()),
+        )
+        .env("SMARTSCHEDULER_JWT_SECRET", SECRET)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a 'listening on' line within 30 s");
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on ".len()..];
+            let base: String = rest
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+                .collect();
+            return Server {
+                child,
+                base,
+                lines: rx,
+            };
+        }
+    }
+}
+
+fn token(role: &str, regions: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+        .args(["token", "--role", role, "--jwt-secret", SECRET])
+        .args(regions.iter().flat_map(|r| ["--region", r]))
+        .output()
+        .expect("token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: Value,
+) -> reqwest::Result<reqwest::Response> {
+    client.post(url).bearer_auth(token).json(&body).send().await
+}
+
+/// Every EventLog row (one page of up to 1000 holds them all here).
+async fn all_events(client: &reqwest::Client, base: &str, token: &str) -> Vec<Value> {
+    let page: Value = client
+        .get(format!("{base}/api/events?limit=1000"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let admin = token("Admin", &[]);
+    let client = reqwest::Client::new();
+    const N: usize = 300;
+
+    // Arrange: N jobs and N contractors, so every assignment can succeed.
+    let mut pairs = Vec::with_capacity(N);
+    for i in 0..N {
+        let c: Value = post(
+            &client,
+            format!("{}/api/contractors", server.base),
+            &admin,
+            json!({"name": format!("C{i}"), "region": "north"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let j: Value = post(
+            &client,
+            format!("{}/api/jobs", server.base),
+            &admin,
+            json!({"jobType": "Flooring", "region": "north", "durationMinutes": 60}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        pairs.push((
+            j["id"].as_str().unwrap().to_owned(),
+            c["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+
+    // Act: fire the burst, SIGKILL once a third of it has answered.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for (job, contractor) in pairs.clone() {
+        let client = client.clone();
+        let url = format!("{}/api/jobs/{job}/assign", server.base);
+        let admin = admin.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let body = json!({"contractorId": contractor, "startUtc": "2030-01-01T09:00:00Z", "endUtc": "2030-01-01T10:00:00Z"});
+            let outcome = match post(&client, url, &admin, body).await {
+                Ok(r) if r.status() == 201 => Some(r.json::<Value>().await.ok()),
+                Ok(_) => Some(None),
+                Err(_) => Some(None),
+            };
+            let _ = done.send((job, outcome.flatten()));
+        });
+    }
+    drop(done_tx);
+    let mut answered = Vec::new();
+    let mut killed = false;
+    while let Some((job, created)) = done_rx.recv().await {
+        answered.push((job, created));
+        if !killed && answered.len() >= N / 3 {
+            server.child.kill().unwrap(); // SIGKILL
+            killed = true;
+        }
+    }
+    server.child.wait().unwrap();
+    assert!(killed);
+    let created: Vec<Value> = answered.iter().filter_map(|(_, c)| c.clone()).collect();
+    assert!(
+        created.len() >= N / 3,
+        "at least the answers before the kill were 201"
+    );
+    eprintln!(
+        "burst: {} of {N} answered 201 before the kill",
+        created.len()
+    );
+    assert!(
+        created.len() < N,
+        "the kill landed after the whole burst: nothing was tested"
+    );
+
+    // Restart on the same database.
+    let server = start(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = all_events(&client, &server.base, &admin).await;
+        if rows.iter().all(|r| r["status"] == "Published") {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Pending rows left 30 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Assert: every 201 has exactly one Published row, with its sequence.
+    let mut by_event = std::collections::HashMap::new();
+    for row in &rows {
+        assert!(
+            by_event
+                .insert(row["eventId"].as_str().unwrap().to_owned(), row.clone())
+                .is_none(),
+            "an event id appears twice"
+        );
+    }
+    for assignment in &created {
+        let row = by_event
+            .get(assignment["eventId"].as_str().unwrap())
+            .expect("every 201 has its EventLog row");
+        assert_eq!(row["status"], "Published");
+        assert_eq!(row["payload"]["assignmentId"], assignment["assignmentId"]);
+        assert!(row["sequence"].as_i64().unwrap() > 0);
+    }
+    // No row without its assignment and no assignment without its row: the
+    // assigned jobs and the rows are the same set, one row per job.
+    let assigned: Value = client
+        .get(format!(
+            "{}/api/jobs?status=Assigned&limit=1000",
+            server.base
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut assigned_jobs: Vec<String> = assigned
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut row_jobs: Vec<String> = rows
+        .iter()
+        .map(|r| r["payload"]["jobId"].as_str().unwrap().to_owned())
+        .collect();
+    assigned_jobs.sort();
+    row_jobs.sort();
+    assert_eq!(assigned_jobs, row_jobs);
+    // Sequences are unique.
+    let mut sequences: Vec<i64> = rows
+        .iter()
+        .map(|r| r["sequence"].as_i64().unwrap())
+        .collect();
+    sequences.sort_unstable();
+    sequences.dedup();
+    assert_eq!(sequences.len(), rows.len());
+    drop(server);
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{}/health/ready", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "still running 12 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let lines: Vec<String> = server.lines.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("stopped")),
+        "logs: {lines:#?}"
+    );
+}
+
+#[test]
+fn the_token_command_refuses_a_contractor_without_an_id() {
+    let out = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+        .args(["token", "--role", "Contractor", "--jwt-secret", SECRET])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--contractor-id"));
+}
