@@ -6,13 +6,16 @@ use smartscheduler_domain::ports::{
     AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError,
 };
 
+use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     /// Not a URL this build serves.
-    #[error("unsupported database URL {0} (expected sqlite://PATH or sqlite::memory:)")]
+    #[error(
+        "unsupported database URL {0} (expected sqlite://PATH, sqlite::memory: or postgres://…)"
+    )]
     Unsupported(String),
     /// Connecting or migrating failed.
     #[error("could not open the database {0}: {1}")]
@@ -24,6 +27,8 @@ pub enum DatabaseError {
 pub enum Database {
     /// SQLite (`sqlite://PATH`, `sqlite::memory:`).
     Sqlite(SqliteStore),
+    /// PostgreSQL (`postgres://…`, `postgresql://…`).
+    Postgres(PostgresStore),
 }
 
 impl Database {
@@ -38,6 +43,12 @@ impl Database {
                 .map(Self::Sqlite)
                 .map_err(|e| DatabaseError::Connect(redact(url), e.to_string()));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return PostgresStore::connect(url)
+                .await
+                .map(Self::Postgres)
+                .map_err(|e| DatabaseError::Connect(redact(url), e.to_string()));
+        }
         Err(DatabaseError::Unsupported(redact(url)))
     }
 
@@ -45,24 +56,28 @@ impl Database {
     pub fn contractors(&self) -> Arc<dyn ContractorRepository> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
     /// The job repository.
     pub fn jobs(&self) -> Arc<dyn JobRepository> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
     /// The assignment unit of work.
     pub fn assignments(&self) -> Arc<dyn AssignmentStore> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
     /// The EventLog.
     pub fn event_log(&self) -> Arc<dyn EventLog> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
     /// Whether the database answers (for `/health/ready`).
@@ -72,12 +87,14 @@ impl Database {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.ping().await,
+            Self::Postgres(s) => s.ping().await,
         }
     }
     /// Closes the connections.
     pub async fn close(&self) {
         match self {
             Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
         }
     }
 }

@@ -1,16 +1,18 @@
-//! Adapters behind the domain's ports: sqlx storage (SQLite today; the
-//! PostgreSQL adapter follows the same shape) and JWT bearer tokens.
+//! Adapters behind the domain's ports: sqlx storage (SQLite and PostgreSQL,
+//! with the same semantics) and JWT bearer tokens.
 //!
 //! What it is not: no HTTP and no use-case logic. Driver errors are mapped to
 //! the domain's `StoreError` here and never leave the crate.
 //!
 //! # Layout
 //! - [`sqlite`]: every storage port on SQLite.
+//! - [`postgres`]: every storage port on PostgreSQL.
 //! - [`tokens`]: HS256 JWTs and the generated-secret file.
 //! - [`database`]: picks the adapter from a URL and hands out the ports.
 
 pub mod database;
 mod errors;
+pub mod postgres;
 pub mod sqlite;
 pub mod tokens;
 

@@ -1,0 +1,374 @@
+//! Black-box tests of `PostgresStore` through the domain's ports: the shared
+//! suite (`support`) plus what only a server shared by several nodes can show.
+//!
+//! Every test creates its own database `ss_test_<random>` on the server at
+//! `SMARTSCHEDULER_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and drops it at the end. When
+//! the server cannot be reached, the tests are skipped with a message on
+//! stderr, unless `CI=true`: then they fail.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventStatus, StoreError};
+use smartscheduler_domain::{EventId, Sequence};
+use smartscheduler_infrastructure::database::redact;
+use smartscheduler_infrastructure::postgres::PostgresStore;
+use smartscheduler_infrastructure::Database;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use support::{event_ids, ids_of, later, published, sequences, Backend, Db};
+use tokio::sync::Barrier;
+
+/// The server used when `SMARTSCHEDULER_TEST_POSTGRES_URL` is not set.
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The URL of a database to connect to for creating and dropping the test
+/// databases.
+fn base_url() -> String {
+    std::env::var("SMARTSCHEDULER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// `url` pointing at `database` instead.
+fn with_database(url: &str, database: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let authority = head.find("://").map_or(0, |i| i + 3);
+    let path = head[authority..]
+        .find('/')
+        .map_or(head.len(), |i| authority + i);
+    match query {
+        Some(query) => format!("{}/{database}?{query}", &head[..path]),
+        None => format!("{}/{database}", &head[..path]),
+    }
+}
+
+/// Whether this runs in CI (`CI=true`), where PostgreSQL must be there.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|ci| ci.eq_ignore_ascii_case("true") || ci == "1")
+}
+
+/// Connects to the server, giving up after a few seconds.
+async fn connect_admin(url: &str) -> Result<PgConnection, String> {
+    match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out after 10 s".to_owned()),
+    }
+}
+
+/// A database made for one test, dropped (best effort) when this is dropped,
+/// even when the test panics.
+struct TestDatabase {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates the database, or returns `None` (after saying why) when the
+    /// server cannot be reached outside CI.
+    async fn create() -> Option<Self> {
+        let base = base_url();
+        let mut admin = match connect_admin(&base).await {
+            Ok(conn) => conn,
+            Err(e) if in_ci() => panic!(
+                "PostgreSQL is required when CI=true but is not reachable at {}: {e}. \
+                 Start a PostgreSQL server there or point SMARTSCHEDULER_TEST_POSTGRES_URL at one.",
+                redact(&base)
+            ),
+            Err(e) => {
+                eprintln!(
+                    "skipped: PostgreSQL not reachable at {} ({e})",
+                    redact(&base)
+                );
+                return None;
+            }
+        };
+        let name = format!("ss_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .unwrap_or_else(|e| panic!("create the test database {name}: {e}"));
+        let _ = admin.close().await;
+        let url = with_database(&base, &name);
+        Some(Self { base, name, url })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        // Drop runs inside the test's runtime, which cannot be blocked on: a
+        // thread with its own runtime does the work.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut admin) = connect_admin(&base).await {
+                    if let Err(e) = admin.execute(sql.as_str()).await {
+                        eprintln!("could not drop a test database: {e}");
+                    }
+                    let _ = admin.close().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// A fresh PostgreSQL database per test.
+struct Postgres;
+
+impl Backend for Postgres {
+    type Store = PostgresStore;
+    type Raw = PgPool;
+    type Guard = TestDatabase;
+
+    async fn fresh() -> Option<Db<Self>> {
+        let database = TestDatabase::create().await?;
+        let store = PostgresStore::connect(&database.url)
+            .await
+            .expect("the store connects to the new database and migrates it");
+        let raw = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&database.url)
+            .await
+            .expect("a raw connection to the same database");
+        Some(Db {
+            store,
+            raw,
+            guard: database,
+        })
+    }
+
+    async fn count(raw: &PgPool, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        sqlx::query_scalar(&sql)
+            .fetch_one(raw)
+            .await
+            .expect("count rows")
+    }
+}
+
+support::store_suite!(Postgres);
+
+// ---------------------------------------------------------------------------
+// Several nodes on one database
+// ---------------------------------------------------------------------------
+
+/// Waits until `n` sessions of this database wait for a lock.
+async fn until_waiting_for_locks(raw: &PgPool, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(raw)
+        .await
+        .expect("read pg_stat_activity");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} sessions should be waiting for a lock, {waiting} are"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_claiming_at_once_never_share_a_row_or_a_sequence() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let events = db.commit_events(10).await;
+    let node_a = db.store.clone();
+    let node_b = PostgresStore::connect(&db.guard.url)
+        .await
+        .expect("a second node on the same database");
+    // Hold the sequence counter so that both claims are certainly in flight
+    // at once: each has locked its rows and waits for the counter.
+    let mut counter = db.raw.begin().await.unwrap();
+    sqlx::query("SELECT last FROM event_sequence WHERE id = 1 FOR UPDATE")
+        .execute(&mut *counter)
+        .await
+        .unwrap();
+    let a = tokio::spawn(async move { node_a.claim_due(later(), 5).await });
+    let b = tokio::spawn({
+        let node_b = node_b.clone();
+        async move { node_b.claim_due(later(), 5).await }
+    });
+    until_waiting_for_locks(&db.raw, 2).await;
+    counter.rollback().await.unwrap();
+    let a = a.await.unwrap().unwrap();
+    let b = b.await.unwrap().unwrap();
+
+    assert_eq!(a.len(), 5, "{a:?}");
+    assert_eq!(b.len(), 5, "{b:?}");
+    let ids_a: HashSet<EventId> = event_ids(&a).into_iter().collect();
+    let ids_b: HashSet<EventId> = event_ids(&b).into_iter().collect();
+    assert!(ids_a.is_disjoint(&ids_b), "a row went to both nodes");
+    let mut all: Vec<EventId> = ids_a.union(&ids_b).copied().collect();
+    all.sort();
+    let mut expected = ids_of(&events);
+    expected.sort();
+    assert_eq!(all, expected, "every due row went to one node");
+    for claimed in [&a, &b] {
+        let commit_order: Vec<EventId> = ids_of(&events)
+            .into_iter()
+            .filter(|id| event_ids(claimed).contains(id))
+            .collect();
+        assert_eq!(event_ids(claimed), commit_order, "each in commit order");
+    }
+    // One node took the counter first and got 1..=5, the other 6..=10.
+    let (first, second) = if a[0].sequence < b[0].sequence {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(sequences(first), (1..=5).map(Sequence).collect::<Vec<_>>());
+    assert_eq!(
+        sequences(second),
+        (6..=10).map(Sequence).collect::<Vec<_>>()
+    );
+    node_b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_racing_publish_every_row_once_and_never_reuse_a_sequence() {
+    const ROWS: i64 = 40;
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let events = db.commit_events(ROWS).await;
+    let second = PostgresStore::connect(&db.guard.url)
+        .await
+        .expect("a second node on the same database");
+    let nodes = [db.store.clone(), second.clone()];
+    let barrier = Arc::new(Barrier::new(nodes.len()));
+    let mut relays = Vec::new();
+    for node in nodes {
+        let barrier = Arc::clone(&barrier);
+        // A relay: claim a few due rows, "deliver" them, mark them published,
+        // until nothing is due. A row the other node claimed meanwhile may be
+        // claimed again; only the latest claim can publish it.
+        relays.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut claims: Vec<Vec<ClaimedEvent>> = Vec::new();
+            loop {
+                let claimed = node.claim_due(later(), 3).await.expect("claim_due");
+                if claimed.is_empty() {
+                    return claims;
+                }
+                node.mark_published(published(&claimed), later())
+                    .await
+                    .expect("mark_published");
+                claims.push(claimed);
+            }
+        }));
+    }
+    let mut claims = Vec::new();
+    for relay in relays {
+        claims.extend(relay.await.expect("the relay does not panic"));
+    }
+
+    let mut handed_out: Vec<Sequence> = Vec::new();
+    for claim in &claims {
+        let s = sequences(claim);
+        assert!(
+            s.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+            "one claim takes one block of sequences: {s:?}"
+        );
+        handed_out.extend(s);
+    }
+    let distinct: HashSet<Sequence> = handed_out.iter().copied().collect();
+    assert_eq!(distinct.len(), handed_out.len(), "a sequence was reused");
+
+    let listed = db.list(Some(Sequence(0)), None, 1000).await;
+    assert_eq!(listed.len(), ROWS as usize, "every row is published once");
+    assert!(listed.iter().all(|e| e.status == EventStatus::Published));
+    let mut listed_ids: Vec<EventId> = listed.iter().map(|e| e.event_id).collect();
+    listed_ids.sort();
+    let mut expected = ids_of(&events);
+    expected.sort();
+    assert_eq!(listed_ids, expected);
+    for entry in &listed {
+        let sequence = entry.sequence.expect("a published row has a sequence");
+        assert!(
+            distinct.contains(&sequence),
+            "published with a sequence one of its claims got"
+        );
+    }
+    second.close().await;
+}
+
+// ---------------------------------------------------------------------------
+// Connecting
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_database_opens_postgres_and_postgresql_urls() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let url = db.guard.url.clone();
+    let other_scheme = url.replacen("postgres://", "postgresql://", 1);
+    for url in [url, other_scheme] {
+        let database = Database::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(database, Database::Postgres(_)));
+        database.ping().await.expect("the database answers");
+        database
+            .contractors()
+            .list(None, 10)
+            .await
+            .expect("the ports work");
+        database.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_closed_store_is_unavailable() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    db.store.ping().await.expect("the store answers");
+
+    db.store.close().await;
+
+    assert!(matches!(
+        db.store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        db.store.claim_due(later(), 10).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn the_test_database_url_replaces_only_the_database_name() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database("postgresql://u:p@host/db?sslmode=disable", "x"),
+        "postgresql://u:p@host/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://host", "x"), "postgres://host/x");
+}
