@@ -1,14 +1,29 @@
-//! One WebSocket connection: the handshake, then one `select!` loop over the
-//! client's messages, the outbound queue the hub fills, the hub's close
-//! signal and a one-second tick for keep-alive and timeouts. Every exit path
+//! One logical hub connection and the WebSocket that carries it.
+//!
+//! After the handshake, one `select!` loop runs over the client's messages,
+//! the outbound queue the hub fills, the hub's close signal and a one-second
+//! tick (keep-alive pings, client timeout, stateful-reconnect acks).
+//!
+//! With stateful reconnect (negotiated with `useStatefulReconnect=true` and
+//! handshake version 2), every trackable record sent (invocations and
+//! completions) is numbered and kept until the client acks it. When the
+//! socket drops without a Close record, the logical connection is parked in
+//! the hub (still a member of its groups, its queue still filling) for the
+//! reconnect window; a new WebSocket with the same connection token resumes
+//! it: the server sends `Sequence` with its oldest unacknowledged number,
+//! re-sends those records, and carries on. Otherwise every exit path
 //! unregisters from the hub.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{
-    AggregatedMessage, CloseCode, CloseReason as WsCloseReason, MessageStream, Session,
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsCloseReason,
+    MessageStream, Session,
 };
+use bytestring::ByteString;
 use serde_json::{json, Value};
 use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
 use tokio::sync::{mpsc, oneshot};
@@ -17,10 +32,12 @@ use crate::hub::{CloseReason, ConnKey, Frame};
 use crate::protocol::{self, HubMessage, RecordBuffer};
 use crate::HubContext;
 
-/// Why the loop ends; decides the Close record.
+/// Why the socket loop ends; decides the Close record and whether to park.
 enum Stop {
-    /// The client closed or went away: nothing more to send.
-    Gone,
+    /// The socket went away without a Close record: park when stateful.
+    Dropped,
+    /// The client said goodbye (a Close record): nothing more to send.
+    ClientClosed,
     /// Send a Close record with this error and reconnect permission.
     Close {
         error: String,
@@ -28,35 +45,36 @@ enum Stop {
     },
 }
 
-/// Writes to the socket, giving up when the hub says close or the client
-/// stops reading for too long.
+/// The socket side: writes with a timeout, racing the hub's close signal.
 struct Writer {
     session: Session,
-    close: Option<oneshot::Receiver<CloseReason>>,
     last_sent: Instant,
     write_timeout: Duration,
 }
 
 impl Writer {
-    async fn send(&mut self, text: impl Into<bytestring::ByteString>) -> Result<(), Stop> {
-        let text = text.into();
-        let write = self.session.text(text);
-        let result = match self.close.as_mut() {
-            Some(close) => tokio::select! {
-                r = tokio::time::timeout(self.write_timeout, write) => r,
-                reason = close => {
-                    self.close = None;
+    async fn send(
+        &mut self,
+        close: &mut Option<oneshot::Receiver<CloseReason>>,
+        text: ByteString,
+    ) -> Result<(), Stop> {
+        let write = tokio::time::timeout(self.write_timeout, self.session.text(text));
+        let result = match close.as_mut() {
+            Some(signal) => tokio::select! {
+                r = write => r,
+                reason = signal => {
+                    *close = None;
                     return Err(close_for(reason.unwrap_or(CloseReason::ShuttingDown)));
                 }
             },
-            None => tokio::time::timeout(self.write_timeout, write).await,
+            None => write.await,
         };
         match result {
             Ok(Ok(())) => {
                 self.last_sent = Instant::now();
                 Ok(())
             }
-            Ok(Err(_)) => Err(Stop::Gone),
+            Ok(Err(_)) => Err(Stop::Dropped),
             Err(_) => Err(Stop::Close {
                 error: "The client stopped reading.".into(),
                 allow_reconnect: true,
@@ -72,6 +90,9 @@ fn close_for(reason: CloseReason) -> Stop {
             allow_reconnect: true,
         },
         CloseReason::ShuttingDown => Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true },
+        CloseReason::ReconnectWindowExpired => {
+            Stop::Close { error: "The reconnect window expired.".into(), allow_reconnect: true }
+        }
     }
 }
 
@@ -105,12 +126,78 @@ impl Membership {
     }
 }
 
-/// Runs the connection until it ends.
+/// Stateful reconnect bookkeeping (handshake version 2).
+#[derive(Default)]
+struct Stateful {
+    /// Trackable records sent so far; the last one's number.
+    sent: u64,
+    /// Sent, not yet acknowledged: (number, record).
+    unacked: VecDeque<(u64, ByteString)>,
+    unacked_bytes: usize,
+    /// The number the next trackable record from the client takes.
+    next_expected: u64,
+    /// The highest client record processed.
+    processed: u64,
+    /// The highest number acknowledged to the client.
+    acked_to_client: u64,
+}
+
+impl Stateful {
+    fn new() -> Self {
+        Self {
+            next_expected: 1,
+            ..Self::default()
+        }
+    }
+    /// The number the server announces in its Sequence on reattach.
+    fn resend_from(&self) -> u64 {
+        self.unacked.front().map_or(self.sent + 1, |(n, _)| *n)
+    }
+    fn ack(&mut self, upto: u64) {
+        while let Some((n, text)) = self.unacked.front() {
+            if *n > upto {
+                break;
+            }
+            self.unacked_bytes -= text.len();
+            self.unacked.pop_front();
+        }
+    }
+}
+
+/// A logical connection: hub membership, queues and protocol state. It
+/// outlives its socket when parked for a stateful reconnect.
+pub struct Conn {
+    ctx: HubContext,
+    principal: Principal,
+    key: ConnKey,
+    /// The connection token (absent with skipNegotiation).
+    token: Option<String>,
+    membership: Membership,
+    outbound: mpsc::Receiver<Frame>,
+    queued_bytes: Arc<AtomicUsize>,
+    close: Option<oneshot::Receiver<CloseReason>>,
+    stateful: Option<Stateful>,
+}
+
+impl Conn {
+    /// Who this connection speaks for.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+    /// The hub key.
+    pub fn key(&self) -> ConnKey {
+        self.key
+    }
+}
+
+/// Runs a new connection: handshake, then the socket loop.
 pub(crate) async fn run(
     ctx: HubContext,
     principal: Principal,
     session: Session,
     stream: MessageStream,
+    token: Option<String>,
+    stateful_negotiated: bool,
 ) {
     let max = ctx.config.max_message_bytes;
     let mut stream = stream
@@ -119,15 +206,14 @@ pub(crate) async fn run(
         .max_continuation_size(max);
     let mut writer = Writer {
         session,
-        close: None,
         last_sent: Instant::now(),
         write_timeout: ctx.config.client_timeout,
     };
     let mut records = RecordBuffer::new(max);
 
     // Handshake: nothing may be sent before its reply.
-    let leftover = match handshake(&ctx, &mut stream, &mut writer, &mut records).await {
-        Ok(leftover) => leftover,
+    let (version, leftover) = match handshake(&ctx, &mut stream, &mut writer, &mut records).await {
+        Ok(ok) => ok,
         Err(stop) => {
             finish(writer, stop).await;
             return;
@@ -135,10 +221,15 @@ pub(crate) async fn run(
     };
 
     let key = ctx.hub.next_key();
-    let (tx, mut outbound) = mpsc::channel::<Frame>(ctx.config.outbound_capacity);
+    let (tx, outbound) = mpsc::channel::<Frame>(ctx.config.outbound_capacity);
     let (close_tx, close_rx) = oneshot::channel();
-    writer.close = Some(close_rx);
-    if ctx.hub.register(key, tx, close_tx).await.is_err() {
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    if ctx
+        .hub
+        .register(key, tx, queued_bytes.clone(), close_tx)
+        .await
+        .is_err()
+    {
         finish(
             writer,
             Stop::Close {
@@ -149,38 +240,103 @@ pub(crate) async fn run(
         .await;
         return;
     }
-    let mut conn = Conn {
-        ctx: ctx.clone(),
+    let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect)
+        .then(Stateful::new);
+    let conn = Conn {
+        ctx,
         principal,
         key,
+        token,
         membership: Membership::default(),
+        outbound,
+        queued_bytes,
+        close: Some(close_rx),
+        stateful,
     };
+    drive(conn, writer, stream, records, leftover).await;
+}
+
+/// Resumes a parked stateful connection on a new socket: no handshake; the
+/// server's Sequence first, then every unacknowledged record, then live.
+pub(crate) async fn resume(mut conn: Box<Conn>, session: Session, stream: MessageStream) {
+    let max = conn.ctx.config.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let mut writer = Writer {
+        session,
+        last_sent: Instant::now(),
+        write_timeout: conn.ctx.config.client_timeout,
+    };
+    tracing::info!(conn = conn.key, "stateful reconnect: resuming");
+    let resent = {
+        let state = conn
+            .stateful
+            .as_ref()
+            .expect("only stateful connections are parked");
+        let mut records = vec![ByteString::from(protocol::sequence(state.resend_from()))];
+        records.extend(state.unacked.iter().map(|(_, text)| text.clone()));
+        records
+    };
+    for text in resent {
+        if let Err(stop) = writer.send(&mut conn.close, text).await {
+            end(*conn, writer, stop).await;
+            return;
+        }
+    }
+    drive(*conn, writer, stream, RecordBuffer::new(max), Vec::new()).await;
+}
+
+async fn drive(
+    mut conn: Conn,
+    mut writer: Writer,
+    mut stream: AggregatedMessageStream,
+    mut records: RecordBuffer,
+    leftover: Vec<Vec<u8>>,
+) {
     let stop = conn
-        .serve(
-            &mut stream,
-            &mut writer,
-            &mut records,
-            &mut outbound,
-            leftover,
-        )
+        .serve(&mut stream, &mut writer, &mut records, leftover)
         .await;
-    let _ = ctx.hub.unregister(key).await;
+    end(conn, writer, stop).await;
+}
+
+/// Parks a stateful connection whose socket dropped; otherwise unregisters
+/// and closes.
+async fn end(conn: Conn, writer: Writer, stop: Stop) {
+    if matches!(stop, Stop::Dropped) && conn.stateful.is_some() {
+        if let Some(token) = conn.token.clone() {
+            let hub = conn.ctx.hub.clone();
+            let key = conn.key;
+            tracing::info!(
+                conn = key,
+                "socket dropped: parked for a stateful reconnect"
+            );
+            if hub.park(token, Box::new(conn)).await.is_ok() {
+                return;
+            }
+            let _ = hub.unregister(key).await;
+            return;
+        }
+    }
+    let _ = conn.ctx.hub.unregister(conn.key).await;
     finish(writer, stop).await;
 }
 
 async fn handshake(
     ctx: &HubContext,
-    stream: &mut actix_ws::AggregatedMessageStream,
+    stream: &mut AggregatedMessageStream,
     writer: &mut Writer,
     records: &mut RecordBuffer,
-) -> Result<Vec<Vec<u8>>, Stop> {
+) -> Result<(u64, Vec<Vec<u8>>), Stop> {
     let deadline = tokio::time::sleep(ctx.config.handshake_timeout);
     tokio::pin!(deadline);
+    let mut no_close = None;
     loop {
         tokio::select! {
             () = &mut deadline => {
-                let _ = writer.send(protocol::handshake_error("Handshake was canceled.")).await;
-                return Err(Stop::Gone);
+                let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
+                return Err(Stop::ClientClosed);
             }
             message = stream.recv() => {
                 let bytes = match message {
@@ -188,17 +344,17 @@ async fn handshake(
                     Some(Ok(AggregatedMessage::Binary(bytes))) => bytes,
                     Some(Ok(AggregatedMessage::Ping(p))) => { let _ = writer.session.pong(&p).await; continue; }
                     Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Close(_))) | None => return Err(Stop::Gone),
+                    Some(Ok(AggregatedMessage::Close(_))) | None => return Err(Stop::ClientClosed),
                     Some(Err(_)) => {
-                        let _ = writer.send(protocol::handshake_error("Handshake was canceled.")).await;
-                        return Err(Stop::Gone);
+                        let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
+                        return Err(Stop::ClientClosed);
                     }
                 };
                 let mut complete = match records.push(&bytes) {
                     Ok(complete) => complete,
                     Err(_) => {
-                        let _ = writer.send(protocol::handshake_error("Handshake was canceled.")).await;
-                        return Err(Stop::Gone);
+                        let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
+                        return Err(Stop::ClientClosed);
                     }
                 };
                 if complete.is_empty() {
@@ -206,13 +362,13 @@ async fn handshake(
                 }
                 let first = complete.remove(0);
                 return match protocol::parse_handshake(&first) {
-                    Ok(_) => {
-                        writer.send(protocol::HANDSHAKE_OK).await?;
-                        Ok(complete)
+                    Ok(request) => {
+                        writer.send(&mut no_close, protocol::HANDSHAKE_OK.into()).await?;
+                        Ok((request.version, complete))
                     }
                     Err(error) => {
-                        let _ = writer.send(protocol::handshake_error(&error)).await;
-                        Err(Stop::Gone)
+                        let _ = writer.send(&mut no_close, protocol::handshake_error(&error).into()).await;
+                        Err(Stop::ClientClosed)
                     }
                 };
             }
@@ -222,19 +378,13 @@ async fn handshake(
 
 /// Sends the Close record when there is one, then closes the socket with 1000.
 async fn finish(mut writer: Writer, stop: Stop) {
-    writer.close = None;
     if let Stop::Close {
         error,
         allow_reconnect,
     } = stop
     {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            writer
-                .session
-                .text(protocol::close(Some(&error), allow_reconnect)),
-        )
-        .await;
+        let record = protocol::close(Some(&error), allow_reconnect);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.session.text(record)).await;
     }
     let reason = WsCloseReason {
         code: CloseCode::Normal,
@@ -243,23 +393,42 @@ async fn finish(mut writer: Writer, stop: Stop) {
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.session.close(Some(reason))).await;
 }
 
-struct Conn {
-    ctx: HubContext,
-    principal: Principal,
-    key: ConnKey,
-    membership: Membership,
-}
-
 /// A refused or failed hub call: the text the client's `invoke` rejects with.
 struct CallError(String);
 
+fn is_trackable(message: &HubMessage) -> bool {
+    matches!(
+        message,
+        HubMessage::Invocation { .. }
+            | HubMessage::StreamInvocation { .. }
+            | HubMessage::Ignored(_)
+    )
+}
+
 impl Conn {
+    /// Sends a trackable record, numbering and buffering it when stateful.
+    async fn send_tracked(&mut self, writer: &mut Writer, text: ByteString) -> Result<(), Stop> {
+        if let Some(state) = self.stateful.as_mut() {
+            state.sent += 1;
+            state.unacked_bytes += text.len();
+            state.unacked.push_back((state.sent, text.clone()));
+            if state.unacked_bytes > self.ctx.config.stateful_buffer_bytes {
+                return Err(Stop::Close {
+                    error:
+                        "Too many unacknowledged messages; reconnect and rejoin with afterSequence."
+                            .into(),
+                    allow_reconnect: true,
+                });
+            }
+        }
+        writer.send(&mut self.close, text).await
+    }
+
     async fn serve(
         &mut self,
-        stream: &mut actix_ws::AggregatedMessageStream,
+        stream: &mut AggregatedMessageStream,
         writer: &mut Writer,
         records: &mut RecordBuffer,
-        outbound: &mut mpsc::Receiver<Frame>,
         leftover: Vec<Vec<u8>>,
     ) -> Stop {
         let mut last_received = Instant::now();
@@ -281,7 +450,7 @@ impl Conn {
                         }
                         Some(Ok(AggregatedMessage::Ping(p))) => { let _ = writer.session.pong(&p).await; continue; }
                         Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                        Some(Ok(AggregatedMessage::Close(_))) | None => return Stop::Gone,
+                        Some(Ok(AggregatedMessage::Close(_))) | None => return Stop::Dropped,
                         Some(Err(err)) => {
                             return Stop::Close { error: format!("Connection closed with an error: {err}"), allow_reconnect: false };
                         }
@@ -296,33 +465,43 @@ impl Conn {
                         }
                     }
                 }
-                frame = outbound.recv() => match frame {
+                frame = self.outbound.recv() => match frame {
                     Some(frame) => {
+                        self.queued_bytes.fetch_sub(frame.text.len(), Ordering::Relaxed);
                         if self.membership.wants(&frame) {
-                            if let Err(stop) = writer.send(frame.text).await {
+                            if let Err(stop) = self.send_tracked(writer, frame.text).await {
                                 return stop;
                             }
                         }
                     }
                     // The hub dropped us (it was full) and the close signal follows.
                     None => {
-                        let reason = match writer.close.take() {
+                        let reason = match self.close.take() {
                             Some(close) => close.await.unwrap_or(CloseReason::SlowConsumer),
                             None => CloseReason::SlowConsumer,
                         };
                         return close_for(reason);
                     }
                 },
-                reason = async { writer.close.as_mut().expect("set after register").await } => {
-                    writer.close = None;
+                reason = async { self.close.as_mut().expect("set until it fires").await }, if self.close.is_some() => {
+                    self.close = None;
                     return close_for(reason.unwrap_or(CloseReason::ShuttingDown));
                 }
                 _ = tick.tick() => {
                     if last_received.elapsed() >= self.ctx.config.client_timeout {
                         return Stop::Close { error: "Server timeout elapsed without receiving a message from the client.".into(), allow_reconnect: true };
                     }
+                    if let Some(state) = self.stateful.as_mut() {
+                        if state.processed > state.acked_to_client {
+                            state.acked_to_client = state.processed;
+                            let ack = protocol::ack(state.processed);
+                            if let Err(stop) = writer.send(&mut self.close, ack.into()).await {
+                                return stop;
+                            }
+                        }
+                    }
                     if writer.last_sent.elapsed() >= self.ctx.config.keep_alive {
-                        if let Err(stop) = writer.send(protocol::PING).await {
+                        if let Err(stop) = writer.send(&mut self.close, protocol::PING.into()).await {
                             return stop;
                         }
                     }
@@ -336,6 +515,34 @@ impl Conn {
             error: err.to_string(),
             allow_reconnect: false,
         })?;
+        if let Some(state) = self.stateful.as_mut() {
+            match message {
+                HubMessage::Ack { sequence_id } => {
+                    state.ack(sequence_id);
+                    return Ok(());
+                }
+                HubMessage::Sequence { sequence_id } => {
+                    if sequence_id > state.next_expected {
+                        return Err(Stop::Close {
+                            error: "Sequence ID greater than amount of messages we've received."
+                                .into(),
+                            allow_reconnect: false,
+                        });
+                    }
+                    state.next_expected = sequence_id;
+                    return Ok(());
+                }
+                ref m if is_trackable(m) => {
+                    let number = state.next_expected;
+                    state.next_expected += 1;
+                    if number <= state.processed {
+                        return Ok(()); // a re-sent duplicate
+                    }
+                    state.processed = number;
+                }
+                _ => {}
+            }
+        }
         match message {
             HubMessage::Invocation {
                 invocation_id,
@@ -348,7 +555,7 @@ impl Conn {
                         Ok(result) => protocol::completion_result(&id, &result),
                         Err(CallError(error)) => protocol::completion_error(&id, &error),
                     };
-                    writer.send(reply).await?;
+                    self.send_tracked(writer, reply.into()).await?;
                 }
                 Ok(())
             }
@@ -356,14 +563,13 @@ impl Conn {
                 invocation_id,
                 target,
             } => {
-                writer
-                    .send(protocol::completion_error(
-                        &invocation_id,
-                        &format!("Streaming is not supported for '{target}'."),
-                    ))
-                    .await
+                let reply = protocol::completion_error(
+                    &invocation_id,
+                    &format!("Streaming is not supported for '{target}'."),
+                );
+                self.send_tracked(writer, reply.into()).await
             }
-            HubMessage::Close { .. } => Err(Stop::Gone),
+            HubMessage::Close { .. } => Err(Stop::ClientClosed),
             HubMessage::Ping
             | HubMessage::Ignored(_)
             | HubMessage::Unknown(_)
@@ -435,7 +641,12 @@ impl Conn {
         // Join first, so live events queue up while the replay is read: no gap.
         match self.ctx.hub.join(self.key, group.clone()).await {
             Ok(true) => {}
-            _ => return Err(Stop::Gone),
+            _ => {
+                return Err(Stop::Close {
+                    error: "Server is shutting down.".into(),
+                    allow_reconnect: true,
+                })
+            }
         }
         self.membership.groups.insert(group.clone());
         let Some(after) = after else {
@@ -470,12 +681,12 @@ impl Conn {
         }
         let mut floor = after;
         let replayed = missed.len();
+        metrics::counter!("smartscheduler_hub_replayed_events_total").increment(replayed as u64);
         for (event, sequence) in missed {
             floor = floor.max(sequence.0);
             let target = event.event_type().as_str();
             let published = PublishedEvent { event, sequence };
-            writer
-                .send(protocol::invocation(target, &published))
+            self.send_tracked(writer, protocol::invocation(target, &published).into())
                 .await?;
             self.membership.replayed.insert(sequence.0);
         }

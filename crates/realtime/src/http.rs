@@ -25,10 +25,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(HUB_PATH, web::get().to(connect));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct HubQuery {
     id: Option<String>,
+    #[serde(rename = "access_token")]
     access_token: Option<String>,
+    use_stateful_reconnect: Option<String>,
 }
 
 fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
@@ -44,10 +47,7 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
 fn query(req: &HttpRequest) -> HubQuery {
     web::Query::<HubQuery>::from_query(req.query_string())
         .map(web::Query::into_inner)
-        .unwrap_or(HubQuery {
-            id: None,
-            access_token: None,
-        })
+        .unwrap_or_default()
 }
 
 fn authenticate(
@@ -82,18 +82,22 @@ fn random_id() -> String {
 
 /// Negotiate: authenticates, then hands out a connection id and a secret,
 /// single-use connection token for the WebSocket URL. Only WebSockets with
-/// the Text format is offered.
+/// the Text format is offered. `useStatefulReconnect` is answered only when
+/// the client asked for it (the client refuses it otherwise).
 pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
     let query = query(&req);
     let principal = match authenticate(&ctx, &req, &query) {
         Ok(p) => p,
         Err(err) => return unauthorized(&err),
     };
+    let stateful = ctx.config.allow_stateful_reconnect
+        && query.use_stateful_reconnect.as_deref() == Some("true");
     let connection_id = random_id();
     let token = random_id();
     let pending = PendingConnection {
         connection_id: connection_id.clone(),
         principal,
+        stateful,
         created: Instant::now(),
     };
     if ctx.hub.negotiated(token.clone(), pending).await.is_err() {
@@ -103,62 +107,121 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
             "the hub is stopping",
         );
     }
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "negotiateVersion": 1,
         "connectionId": connection_id,
         "connectionToken": token,
         "availableTransports": [{ "transport": "WebSockets", "transferFormats": ["Text"] }]
-    }))
+    });
+    if stateful {
+        body["useStatefulReconnect"] = json!(true);
+    }
+    HttpResponse::Ok().json(body)
 }
 
-/// The WebSocket: with `id`, the connection negotiated before (404 when
-/// unknown, used or expired); without, a new one (skipNegotiation).
+/// Checks a token presented on the WebSocket against the negotiated subject;
+/// a missing token is fine (the connection token is itself a secret).
+fn same_subject(
+    ctx: &HubContext,
+    req: &HttpRequest,
+    query: &HubQuery,
+    negotiated: &Principal,
+) -> Result<Principal, HttpResponse> {
+    match authenticate(ctx, req, query) {
+        Ok(p) if p.subject == negotiated.subject => Ok(p),
+        Ok(_) => Err(problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the token does not match the negotiated connection",
+        )),
+        Err(AuthError::Missing) => Ok(negotiated.clone()),
+        Err(err) => Err(unauthorized(&err)),
+    }
+}
+
+enum Attach {
+    New {
+        principal: Principal,
+        token: Option<String>,
+        stateful: bool,
+    },
+    Resume(Box<crate::connection::Conn>),
+}
+
+/// The WebSocket: with `id`, the connection negotiated before, or a parked
+/// stateful connection coming back (404 when unknown, used or expired);
+/// without, a new one (skipNegotiation).
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
     ctx: web::Data<HubContext>,
 ) -> HttpResponse {
     let query = query(&req);
-    let principal = match &query.id {
+    let attach = match &query.id {
         Some(id) => {
-            let Ok(Some(pending)) = ctx.hub.claim(id.clone()).await else {
+            if let Ok(Some(pending)) = ctx.hub.claim(id.clone()).await {
+                match same_subject(&ctx, &req, &query, &pending.principal) {
+                    Ok(principal) => Attach::New {
+                        principal,
+                        token: Some(id.clone()),
+                        stateful: pending.stateful,
+                    },
+                    Err(response) => return response,
+                }
+            } else if let Ok(Some(parked)) = ctx.hub.resume(id.clone()).await {
+                if let Err(response) = same_subject(&ctx, &req, &query, parked.principal()) {
+                    // Not this caller's connection: let its window run out.
+                    let _ = ctx.hub.park(id.clone(), parked).await;
+                    return response;
+                }
+                Attach::Resume(parked)
+            } else {
                 return problem(
                     StatusCode::NOT_FOUND,
                     "Not found",
                     "No connection with that ID: negotiate again.",
                 );
-            };
-            // A token presented now must be valid and speak for the same subject.
-            match authenticate(&ctx, &req, &query) {
-                Ok(p) if p.subject == pending.principal.subject => p,
-                Ok(_) => {
-                    return problem(
-                        StatusCode::FORBIDDEN,
-                        "Forbidden",
-                        "the token does not match the negotiated connection",
-                    )
-                }
-                Err(AuthError::Missing) => pending.principal,
-                Err(err) => return unauthorized(&err),
             }
         }
         None => match authenticate(&ctx, &req, &query) {
-            Ok(p) => p,
+            Ok(principal) => Attach::New {
+                principal,
+                token: None,
+                stateful: false,
+            },
             Err(err) => return unauthorized(&err),
         },
     };
     let (response, session, stream) = match actix_ws::handle(&req, body) {
         Ok(parts) => parts,
         Err(_) => {
+            if let Attach::Resume(parked) = attach {
+                if let Some(id) = &query.id {
+                    let _ = ctx.hub.park(id.clone(), parked).await;
+                }
+            }
             return problem(
                 StatusCode::BAD_REQUEST,
                 "Bad request",
                 "this endpoint expects a WebSocket upgrade",
-            )
+            );
         }
     };
     let ctx = ctx.get_ref().clone();
     // The message stream is not Send: the loop runs on this worker's runtime.
-    actix_web::rt::spawn(connection::run(ctx, principal, session, stream));
+    match attach {
+        Attach::New {
+            principal,
+            token,
+            stateful,
+        } => {
+            actix_web::rt::spawn(connection::run(
+                ctx, principal, session, stream, token, stateful,
+            ));
+        }
+        Attach::Resume(parked) => {
+            actix_web::rt::spawn(connection::resume(parked, session, stream));
+        }
+    }
     response
 }

@@ -1,21 +1,24 @@
-//! The JobsHub: one task owns every connection, group membership and pending
-//! negotiation; everyone else holds a cloneable [`HubHandle`] and talks to it
-//! through a private [`Command`] enum.
+//! The JobsHub: one task owns every connection, group membership, pending
+//! negotiation and parked (stateful-reconnect) connection; everyone else
+//! holds a cloneable [`HubHandle`] and talks to it through a private
+//! [`Command`] enum.
 //!
-//! Fan-out never waits for a connection: each connection has a bounded queue
-//! of already-serialized frames, filled with `try_send`. A connection whose
-//! queue is full is dropped from every group and told to close (with
-//! `allowReconnect`), so one slow client never slows the others or the
-//! publisher.
+//! Fan-out never waits for a connection: each connection has a queue of
+//! already-serialized frames, bounded in messages and in bytes, filled with
+//! `try_send`. A connection whose queue is full is dropped from every group
+//! and told to close (with `allowReconnect`), so one slow client never slows
+//! the others or the publisher.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use smartscheduler_domain::{Group, Principal};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::Conn;
 
 /// A connection's key inside this process.
 pub type ConnKey = u64;
@@ -38,6 +41,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is stopping.
     ShuttingDown,
+    /// A parked connection was not resumed in time.
+    ReconnectWindowExpired,
 }
 
 /// A negotiated connection waiting for its WebSocket.
@@ -47,6 +52,8 @@ pub struct PendingConnection {
     pub connection_id: String,
     /// Who negotiated it.
     pub principal: Principal,
+    /// Whether stateful reconnect was negotiated.
+    pub stateful: bool,
     /// When.
     pub created: Instant,
 }
@@ -54,16 +61,25 @@ pub struct PendingConnection {
 /// Counters for tests and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubStats {
-    /// Open connections.
+    /// Open connections (parked ones included).
     pub connections: usize,
     /// Groups with at least one member.
     pub groups: usize,
     /// Negotiations not yet used.
     pub pending: usize,
+    /// Connections parked for a stateful reconnect.
+    pub parked: usize,
     /// Frames queued to connections.
     pub frames_sent: u64,
+    /// Frames not queued because the connection was full or gone.
+    pub frames_dropped: u64,
     /// Connections closed for being slow.
     pub slow_closes: u64,
+}
+
+struct Parked {
+    conn: Box<Conn>,
+    since: Instant,
 }
 
 enum Command {
@@ -78,10 +94,19 @@ enum Command {
     Register {
         key: ConnKey,
         outbound: mpsc::Sender<Frame>,
+        queued_bytes: Arc<AtomicUsize>,
         close: oneshot::Sender<CloseReason>,
     },
     Unregister {
         key: ConnKey,
+    },
+    Park {
+        token: String,
+        conn: Box<Conn>,
+    },
+    Resume {
+        token: String,
+        reply: oneshot::Sender<Option<Box<Conn>>>,
     },
     Join {
         key: ConnKey,
@@ -155,7 +180,8 @@ impl HubHandle {
         self.ask(|reply| Command::Claim { token, reply }).await
     }
 
-    /// Adds a connection with its outbound queue and close signal.
+    /// Adds a connection with its outbound queue, its queued-bytes counter
+    /// and its close signal.
     ///
     /// # Errors
     /// [`HubStopped`].
@@ -163,11 +189,13 @@ impl HubHandle {
         &self,
         key: ConnKey,
         outbound: mpsc::Sender<Frame>,
+        queued_bytes: Arc<AtomicUsize>,
         close: oneshot::Sender<CloseReason>,
     ) -> Result<(), HubStopped> {
         self.send(Command::Register {
             key,
             outbound,
+            queued_bytes,
             close,
         })
         .await
@@ -179,6 +207,23 @@ impl HubHandle {
     /// [`HubStopped`].
     pub async fn unregister(&self, key: ConnKey) -> Result<(), HubStopped> {
         self.send(Command::Unregister { key }).await
+    }
+
+    /// Keeps a stateful connection whose socket dropped, still a member of
+    /// its groups, until it is resumed or its window expires.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn park(&self, token: String, conn: Box<Conn>) -> Result<(), HubStopped> {
+        self.send(Command::Park { token, conn }).await
+    }
+
+    /// Takes a parked connection by its token.
+    ///
+    /// # Errors
+    /// [`HubStopped`].
+    pub async fn resume(&self, token: String) -> Result<Option<Box<Conn>>, HubStopped> {
+        self.ask(|reply| Command::Resume { token, reply }).await
     }
 
     /// Adds the connection to `group`; `false` when the connection is gone.
@@ -225,6 +270,7 @@ impl HubHandle {
 
 struct Connection {
     outbound: mpsc::Sender<Frame>,
+    queued_bytes: Arc<AtomicUsize>,
     close: Option<oneshot::Sender<CloseReason>>,
     groups: HashSet<Group>,
 }
@@ -233,19 +279,31 @@ struct Hub {
     connections: HashMap<ConnKey, Connection>,
     groups: HashMap<Group, HashSet<ConnKey>>,
     pending: HashMap<String, PendingConnection>,
+    parked: HashMap<String, Parked>,
     negotiate_ttl: Duration,
+    reconnect_window: Duration,
+    max_queued_bytes: usize,
     stats: HubStats,
 }
 
 /// Starts the hub task on the current runtime. Negotiations unused for
-/// `negotiate_ttl` are forgotten.
-pub fn spawn(negotiate_ttl: Duration) -> HubHandle {
+/// `negotiate_ttl` are forgotten; parked connections not resumed within
+/// `reconnect_window` are closed; a connection with more than
+/// `max_queued_bytes` queued is slow.
+pub fn spawn(
+    negotiate_ttl: Duration,
+    reconnect_window: Duration,
+    max_queued_bytes: usize,
+) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
     let hub = Hub {
         connections: HashMap::new(),
         groups: HashMap::new(),
         pending: HashMap::new(),
+        parked: HashMap::new(),
         negotiate_ttl,
+        reconnect_window,
+        max_queued_bytes,
         stats: HubStats::default(),
     };
     tokio::spawn(hub.run(rx));
@@ -257,7 +315,7 @@ pub fn spawn(negotiate_ttl: Duration) -> HubHandle {
 
 impl Hub {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -265,10 +323,25 @@ impl Hub {
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                _ = sweep.tick() => {
-                    let ttl = self.negotiate_ttl;
-                    self.pending.retain(|_, p| p.created.elapsed() < ttl);
-                }
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let ttl = self.negotiate_ttl;
+        self.pending.retain(|_, p| p.created.elapsed() < ttl);
+        let window = self.reconnect_window;
+        let expired: Vec<String> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= window)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for token in expired {
+            if let Some(parked) = self.parked.remove(&token) {
+                tracing::info!(conn = parked.conn.key(), "reconnect window expired");
+                self.remove(parked.conn.key());
             }
         }
     }
@@ -289,18 +362,48 @@ impl Hub {
             Command::Register {
                 key,
                 outbound,
+                queued_bytes,
                 close,
             } => {
                 self.connections.insert(
                     key,
                     Connection {
                         outbound,
+                        queued_bytes,
                         close: Some(close),
                         groups: HashSet::new(),
                     },
                 );
             }
             Command::Unregister { key } => self.remove(key),
+            Command::Park { token, conn } => {
+                if self.connections.contains_key(&conn.key()) {
+                    self.parked.insert(
+                        token,
+                        Parked {
+                            conn,
+                            since: Instant::now(),
+                        },
+                    );
+                }
+            }
+            Command::Resume { token, reply } => {
+                let window = self.reconnect_window;
+                let conn = match self.parked.remove(&token) {
+                    Some(p)
+                        if p.since.elapsed() < window
+                            && self.connections.contains_key(&p.conn.key()) =>
+                    {
+                        Some(p.conn)
+                    }
+                    Some(p) => {
+                        self.remove(p.conn.key());
+                        None
+                    }
+                    None => None,
+                };
+                let _ = reply.send(conn);
+            }
             Command::Join { key, group, reply } => {
                 let joined = match self.connections.get_mut(&key) {
                     Some(conn) => {
@@ -333,6 +436,7 @@ impl Hub {
                 stats.connections = self.connections.len();
                 stats.groups = self.groups.len();
                 stats.pending = self.pending.len();
+                stats.parked = self.parked.len();
                 let _ = reply.send(stats);
             }
         }
@@ -349,18 +453,27 @@ impl Hub {
             targets.sort_unstable();
             targets.dedup();
         }
+        let size = frame.text.len();
         let mut slow = Vec::new();
         for key in targets {
             let Some(conn) = self.connections.get(&key) else {
                 continue;
             };
+            if conn.queued_bytes.load(Ordering::Relaxed) + size > self.max_queued_bytes {
+                slow.push((key, true));
+                continue;
+            }
             match conn.outbound.try_send(frame.clone()) {
-                Ok(()) => self.stats.frames_sent += 1,
+                Ok(()) => {
+                    conn.queued_bytes.fetch_add(size, Ordering::Relaxed);
+                    self.stats.frames_sent += 1;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => slow.push((key, true)),
                 Err(mpsc::error::TrySendError::Closed(_)) => slow.push((key, false)),
             }
         }
         for (key, full) in slow {
+            self.stats.frames_dropped += 1;
             if let Some(mut conn) = self.connections.remove(&key) {
                 if full {
                     self.stats.slow_closes += 1;
@@ -380,7 +493,10 @@ impl Hub {
     }
 
     fn remove(&mut self, key: ConnKey) {
-        if let Some(conn) = self.connections.remove(&key) {
+        if let Some(mut conn) = self.connections.remove(&key) {
+            if let Some(close) = conn.close.take() {
+                let _ = close.send(CloseReason::ReconnectWindowExpired);
+            }
             for group in conn.groups {
                 self.remove_member(&group, key);
             }
@@ -421,13 +537,15 @@ mod tests {
         let key = hub.next_key();
         let (tx, rx) = mpsc::channel(capacity);
         let (ctx, crx) = oneshot::channel();
-        hub.register(key, tx, ctx).await.unwrap();
+        hub.register(key, tx, Arc::new(AtomicUsize::new(0)), ctx)
+            .await
+            .unwrap();
         (key, rx, crx)
     }
 
     #[tokio::test]
     async fn members_of_either_group_get_the_frame_once_and_others_get_nothing() {
-        let hub = spawn(Duration::from_secs(15));
+        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let south = Group::dispatch(&Region::new("south").unwrap());
         let me = Group::contractor(ContractorId::new());
@@ -455,7 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn leaving_and_unregistering_clean_up_membership() {
-        let hub = spawn(Duration::from_secs(15));
+        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let (a, mut a_rx, _close) = connect(&hub, 8).await;
         hub.join(a, north.clone()).await.unwrap();
@@ -477,7 +595,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_closes_only_that_connection() {
-        let hub = spawn(Duration::from_secs(15));
+        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let (slow, _slow_rx, slow_close) = connect(&hub, 2).await;
         let (fast, mut fast_rx, mut fast_close) = connect(&hub, 64).await;
@@ -503,7 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_negotiation_is_claimed_once_and_expires() {
-        let hub = spawn(Duration::from_millis(200));
+        let hub = spawn(Duration::from_millis(200), Duration::from_secs(15), 1 << 20);
         let principal = Principal {
             subject: "s".into(),
             role: smartscheduler_domain::Role::Admin,
@@ -513,6 +631,7 @@ mod tests {
         let pending = PendingConnection {
             connection_id: "c1".into(),
             principal,
+            stateful: false,
             created: Instant::now(),
         };
         hub.negotiated("t1".into(), pending.clone()).await.unwrap();

@@ -41,6 +41,14 @@ pub struct HubConfig {
     pub negotiate_ttl: Duration,
     /// Frames queued per connection before it counts as slow and is closed.
     pub outbound_capacity: usize,
+    /// Bytes queued per connection before it counts as slow and is closed.
+    pub outbound_max_bytes: usize,
+    /// Whether clients may negotiate stateful reconnect.
+    pub allow_stateful_reconnect: bool,
+    /// How long a dropped stateful connection waits for its client (15 s).
+    pub reconnect_window: Duration,
+    /// Unacknowledged bytes a stateful connection may hold before it is closed.
+    pub stateful_buffer_bytes: usize,
     /// Largest record accepted from a client (32 KiB).
     pub max_message_bytes: usize,
     /// Most events one join replays; past that the client reloads over HTTP.
@@ -57,6 +65,10 @@ impl Default for HubConfig {
             handshake_timeout: Duration::from_secs(15),
             negotiate_ttl: Duration::from_secs(15),
             outbound_capacity: 1024,
+            outbound_max_bytes: 1024 * 1024,
+            allow_stateful_reconnect: true,
+            reconnect_window: Duration::from_secs(15),
+            stateful_buffer_bytes: 1024 * 1024,
             max_message_bytes: 32 * 1024,
             max_replay: 10_000,
             max_groups_per_connection: 100,
@@ -84,7 +96,11 @@ impl HubContext {
         verifier: Arc<dyn TokenVerifier>,
         config: HubConfig,
     ) -> Self {
-        let hub = hub::spawn(config.negotiate_ttl);
+        let hub = hub::spawn(
+            config.negotiate_ttl,
+            config.reconnect_window,
+            config.outbound_max_bytes,
+        );
         Self {
             hub,
             event_log,

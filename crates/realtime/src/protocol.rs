@@ -319,6 +319,30 @@ pub fn close(error: Option<&str>, allow_reconnect: bool) -> String {
     })
 }
 
+#[derive(Serialize)]
+struct SequenceRecord {
+    #[serde(rename = "type")]
+    kind: u8,
+    #[serde(rename = "sequenceId")]
+    sequence_id: u64,
+}
+
+/// An Ack (stateful reconnect): every record up to `sequence_id` was processed.
+pub fn ack(sequence_id: u64) -> String {
+    record(&SequenceRecord {
+        kind: 8,
+        sequence_id,
+    })
+}
+
+/// A Sequence (stateful reconnect): the number of the first record that follows.
+pub fn sequence(sequence_id: u64) -> String {
+    record(&SequenceRecord {
+        kind: 9,
+        sequence_id,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +471,12 @@ mod tests {
         );
         assert_eq!(close(None, false), "{\"type\":7}\u{1e}");
         assert_eq!(one("{\"type\":7}\u{1e}"), HubMessage::Close { error: None });
+    }
+
+    #[test]
+    fn vector_10_ack_and_sequence_are_emitted_as_specified() {
+        assert_eq!(ack(3), "{\"type\":8,\"sequenceId\":3}\u{1e}");
+        assert_eq!(sequence(4), "{\"type\":9,\"sequenceId\":4}\u{1e}");
     }
 
     #[test]
