@@ -49,28 +49,21 @@ impl Application {
     ///
     /// # Errors
     /// As [`Application::build`].
-    pub async fn build_with(
-        config: ServeConfig,
-        handlers: HandlerRegistry,
-    ) -> anyhow::Result<Self> {
+    pub async fn build_with(config: ServeConfig, handlers: HandlerRegistry) -> anyhow::Result<Self> {
         anyhow::ensure!(
             config.redis_url.is_none(),
             "SMARTSCHEDULER_REDIS_URL is set, but this build serves a single node only"
         );
         crate::http::metrics::handle();
         let secret = config.secret.resolve()?;
-        let verifier: Arc<dyn TokenVerifier> = Arc::new(
-            JwtTokens::hs256(secret.as_bytes()).context("the token secret is not usable")?,
-        );
+        let verifier: Arc<dyn TokenVerifier> =
+            Arc::new(JwtTokens::hs256(secret.as_bytes()).context("the token secret is not usable")?);
 
         let db = Database::connect(&config.database_url()).await?;
         let event_log: Arc<dyn EventLog> = db.event_log();
 
         let hub = HubContext::start(event_log.clone(), verifier.clone(), HubConfig::default());
-        let handlers = handlers.register(
-            EventType::JobAssigned,
-            Arc::new(HubDelivery::new(hub.hub.clone())),
-        );
+        let handlers = handlers.register(EventType::JobAssigned, Arc::new(HubDelivery::new(hub.hub.clone())));
         let (publisher, relay) = outbox(event_log.clone(), handlers, RelayConfig::default());
         let stop_relay = Arc::new(Notify::new());
         let stop = stop_relay.clone();
@@ -79,8 +72,7 @@ impl Application {
         let catalog = Catalog::new(db.contractors(), db.jobs());
         let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
 
-        let listener = TcpListener::bind(&config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let listener = TcpListener::bind(&config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         let address = listener.local_addr()?;
         let catalog = web::Data::new(catalog);
         let assign = web::Data::new(assign);
@@ -120,15 +112,7 @@ impl Application {
         .disable_signals()
         .run();
 
-        Ok(Self {
-            port: address.port(),
-            host: address.ip().to_string(),
-            server,
-            relay,
-            stop_relay,
-            db,
-            hub,
-        })
+        Ok(Self { port: address.port(), host: address.ip().to_string(), server, relay, stop_relay, db, hub })
     }
 
     /// The port it listens on (useful with port 0).
@@ -153,13 +137,8 @@ impl Application {
         });
         let result = self.server.await;
         self.stop_relay.notify_one();
-        if tokio::time::timeout(RELAY_STOP_TIMEOUT, self.relay)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "the relay did not stop in time; Pending rows are published at the next start"
-            );
+        if tokio::time::timeout(RELAY_STOP_TIMEOUT, self.relay).await.is_err() {
+            tracing::warn!("the relay did not stop in time; Pending rows are published at the next start");
         }
         self.db.close().await;
         tracing::info!("stopped");

@@ -7,12 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// `smartscheduler`: job assignment events over HTTP and SignalR.
 #[derive(Debug, Parser)]
-#[command(
-    name = "smartscheduler",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "smartscheduler", version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -91,12 +86,9 @@ pub struct TokenArgs {
 impl ServeConfig {
     /// The database URL, defaulting to `sqlite://{data_dir}/smartscheduler.db`.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}/smartscheduler.db",
-                self.secret.data_dir.display()
-            )
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/smartscheduler.db", self.secret.data_dir.display()))
     }
 
     /// Settings for tests: port 0, in-memory SQLite, a fixed secret.
@@ -105,10 +97,7 @@ impl ServeConfig {
             bind: "127.0.0.1:0".into(),
             database_url: Some("sqlite::memory:".into()),
             redis_url: None,
-            secret: SecretArgs {
-                jwt_secret: Some(secret.into()),
-                data_dir: PathBuf::from("data"),
-            },
+            secret: SecretArgs { jwt_secret: Some(secret.into()), data_dir: PathBuf::from("data") },
             cors_origins: Vec::new(),
             log_format: "text".into(),
         }
@@ -127,9 +116,7 @@ impl SecretArgs {
         }
         let path = self.data_dir.join("jwt-secret");
         let (secret, created) = smartscheduler_infrastructure::tokens::load_or_create_secret(&path)
-            .map_err(|e| {
-                anyhow::anyhow!("cannot use the token secret file {}: {e}", path.display())
-            })?;
+            .map_err(|e| anyhow::anyhow!("cannot use the token secret file {}: {e}", path.display()))?;
         tracing::warn!(
             path = %path.display(),
             created,

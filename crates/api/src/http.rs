@@ -46,8 +46,6 @@ pub(crate) fn limit(value: Option<u32>) -> Result<u32, ApiError> {
     match value {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::validation(format!(
-            "limit: must be between 1 and {MAX_LIMIT}"
-        ))),
+        Some(_) => Err(ApiError::validation(format!("limit: must be between 1 and {MAX_LIMIT}"))),
     }
 }

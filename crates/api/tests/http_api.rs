@@ -11,10 +11,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{
-    claims, expect_json, expect_problem, id_of, is_utc_z, is_uuid, keys, spawn_app, TestApp, END,
-    START,
-};
+use support::{claims, expect_json, expect_problem, id_of, is_utc_z, is_uuid, keys, spawn_app, TestApp, END, START};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -31,11 +28,7 @@ async fn assert_assign_refused(
     let response = app.assign(token, job_id, body).await;
     let problem = expect_problem(response, status).await;
     let after = app.event_rows().await;
-    assert_eq!(
-        after.len(),
-        before.len(),
-        "a refused assignment ({status}) added an EventLog row: {after:#?}"
-    );
+    assert_eq!(after.len(), before.len(), "a refused assignment ({status}) added an EventLog row: {after:#?}");
     problem
 }
 
@@ -56,34 +49,20 @@ async fn creating_a_contractor_returns_201_with_a_location_header_and_the_contra
             &json!({ "name": "Ana Flores", "region": "north", "skills": ["Tile", "Flooring"] }),
         )
         .await;
-    let location = response
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = expect_json(response, StatusCode::CREATED).await;
 
-    assert_eq!(
-        keys(&body),
-        ["createdAtUtc", "id", "name", "region", "skills"]
-    );
+    assert_eq!(keys(&body), ["createdAtUtc", "id", "name", "region", "skills"]);
     assert!(is_uuid(&body["id"]), "{body:#}");
     assert_eq!(body["name"], "Ana Flores");
     assert_eq!(body["region"], "north");
     assert_eq!(body["skills"], json!(["Tile", "Flooring"]));
     assert!(is_utc_z(&body["createdAtUtc"]), "{body:#}");
     let id = id_of(&body, "id");
-    assert_eq!(
-        location.as_deref(),
-        Some(format!("/api/contractors/{id}").as_str())
-    );
+    assert_eq!(location.as_deref(), Some(format!("/api/contractors/{id}").as_str()));
 
     // The Location can be followed.
-    let fetched = app
-        .request(Method::GET, &location.unwrap(), Some(&app.admin()))
-        .send()
-        .await
-        .unwrap();
+    let fetched = app.request(Method::GET, &location.unwrap(), Some(&app.admin())).send().await.unwrap();
     assert_eq!(expect_json(fetched, StatusCode::OK).await, body);
 }
 
@@ -91,10 +70,7 @@ async fn creating_a_contractor_returns_201_with_a_location_header_and_the_contra
 async fn a_dispatcher_may_create_a_contractor_and_skills_default_to_an_empty_list() {
     let app = spawn_app().await;
     let response = app
-        .post_contractor(
-            Some(&app.dispatcher(&["north"])),
-            &json!({ "name": "  Bo  ", "region": "east-2.b_c" }),
-        )
+        .post_contractor(Some(&app.dispatcher(&["north"])), &json!({ "name": "  Bo  ", "region": "east-2.b_c" }))
         .await;
     let body = expect_json(response, StatusCode::CREATED).await;
     assert_eq!(body["skills"], json!([]));
@@ -106,9 +82,7 @@ async fn a_dispatcher_may_create_a_contractor_and_skills_default_to_an_empty_lis
 async fn getting_a_contractor_by_id_returns_200_with_the_contractor() {
     let app = spawn_app().await;
     let created = app.create_contractor("north").await;
-    let response = app
-        .get_contractor(Some(&app.dispatcher(&["south"])), &id_of(&created, "id"))
-        .await;
+    let response = app.get_contractor(Some(&app.dispatcher(&["south"])), &id_of(&created, "id")).await;
     assert_eq!(expect_json(response, StatusCode::OK).await, created);
 }
 
@@ -116,9 +90,7 @@ async fn getting_a_contractor_by_id_returns_200_with_the_contractor() {
 async fn getting_an_unknown_contractor_is_a_404_problem() {
     let app = spawn_app().await;
     app.create_contractor("north").await;
-    let response = app
-        .get_contractor(Some(&app.admin()), &Uuid::new_v4().to_string())
-        .await;
+    let response = app.get_contractor(Some(&app.admin()), &Uuid::new_v4().to_string()).await;
     expect_problem(response, StatusCode::NOT_FOUND).await;
 }
 
@@ -138,45 +110,26 @@ async fn listing_contractors_returns_all_of_them_or_only_those_of_one_region() {
     let token = app.admin();
 
     let all = expect_json(app.list_contractors(Some(&token), "").await, StatusCode::OK).await;
-    let all: HashSet<String> = all
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|c| id_of(c, "id"))
-        .collect();
+    let all: HashSet<String> = all.as_array().expect("a JSON array").iter().map(|c| id_of(c, "id")).collect();
     assert_eq!(all, HashSet::from([n1.clone(), n2.clone(), s1.clone()]));
 
-    let north = expect_json(
-        app.list_contractors(Some(&token), "region=north").await,
-        StatusCode::OK,
-    )
-    .await;
+    let north = expect_json(app.list_contractors(Some(&token), "region=north").await, StatusCode::OK).await;
     let north = north.as_array().expect("a JSON array");
     assert!(north.iter().all(|c| c["region"] == "north"), "{north:#?}");
     let north: HashSet<String> = north.iter().map(|c| id_of(c, "id")).collect();
     assert_eq!(north, HashSet::from([n1, n2]));
 
-    let west = expect_json(
-        app.list_contractors(Some(&token), "region=west").await,
-        StatusCode::OK,
-    )
-    .await;
+    let west = expect_json(app.list_contractors(Some(&token), "region=west").await, StatusCode::OK).await;
     assert_eq!(west, json!([]));
 
-    let one = expect_json(
-        app.list_contractors(Some(&token), "limit=1").await,
-        StatusCode::OK,
-    )
-    .await;
+    let one = expect_json(app.list_contractors(Some(&token), "limit=1").await, StatusCode::OK).await;
     assert_eq!(one.as_array().map(Vec::len), Some(1), "limit=1 gives one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_a_contractor_without_a_name_is_a_400_problem() {
     let app = spawn_app().await;
-    let response = app
-        .post_contractor(Some(&app.admin()), &json!({ "region": "north" }))
-        .await;
+    let response = app.post_contractor(Some(&app.admin()), &json!({ "region": "north" })).await;
     expect_problem(response, StatusCode::BAD_REQUEST).await;
 }
 
@@ -184,23 +137,11 @@ async fn creating_a_contractor_without_a_name_is_a_400_problem() {
 async fn creating_a_contractor_with_an_empty_or_blank_name_is_a_400_problem() {
     let app = spawn_app().await;
     for name in ["", "   "] {
-        let response = app
-            .post_contractor(
-                Some(&app.admin()),
-                &json!({ "name": name, "region": "north" }),
-            )
-            .await;
+        let response = app.post_contractor(Some(&app.admin()), &json!({ "name": name, "region": "north" })).await;
         let problem = expect_problem(response, StatusCode::BAD_REQUEST).await;
-        assert!(
-            problem["detail"].as_str().unwrap().contains("name"),
-            "the detail names the field: {problem:#}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("name"), "the detail names the field: {problem:#}");
     }
-    let list = expect_json(
-        app.list_contractors(Some(&app.admin()), "").await,
-        StatusCode::OK,
-    )
-    .await;
+    let list = expect_json(app.list_contractors(Some(&app.admin()), "").await, StatusCode::OK).await;
     assert_eq!(list, json!([]), "nothing was stored");
 }
 
@@ -208,29 +149,17 @@ async fn creating_a_contractor_with_an_empty_or_blank_name_is_a_400_problem() {
 async fn creating_a_contractor_with_a_bad_region_is_a_400_problem() {
     let app = spawn_app().await;
     for region in ["a/b", "", "north ", &"x".repeat(65)] {
-        let response = app
-            .post_contractor(
-                Some(&app.admin()),
-                &json!({ "name": "Ana", "region": region }),
-            )
-            .await;
+        let response = app.post_contractor(Some(&app.admin()), &json!({ "name": "Ana", "region": region })).await;
         let problem = expect_problem(response, StatusCode::BAD_REQUEST).await;
-        assert!(
-            problem["detail"].as_str().unwrap().contains("region"),
-            "region {region:?}: {problem:#}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("region"), "region {region:?}: {problem:#}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_a_contractor_with_an_unknown_field_is_a_400_problem() {
     let app = spawn_app().await;
-    let response = app
-        .post_contractor(
-            Some(&app.admin()),
-            &json!({ "name": "Ana", "region": "north", "rating": 5 }),
-        )
-        .await;
+    let response =
+        app.post_contractor(Some(&app.admin()), &json!({ "name": "Ana", "region": "north", "rating": 5 })).await;
     expect_problem(response, StatusCode::BAD_REQUEST).await;
 }
 
@@ -250,9 +179,7 @@ async fn creating_a_contractor_with_malformed_json_is_a_400_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_contractors_with_a_bad_region_is_a_400_problem() {
     let app = spawn_app().await;
-    let response = app
-        .list_contractors(Some(&app.admin()), "region=a%2Fb")
-        .await;
+    let response = app.list_contractors(Some(&app.admin()), "region=a%2Fb").await;
     expect_problem(response, StatusCode::BAD_REQUEST).await;
 }
 
@@ -261,17 +188,12 @@ async fn contractor_endpoints_without_a_token_are_401_problems_with_a_bearer_cha
     let app = spawn_app().await;
     let id = app.contractor_id("north").await;
     let responses = [
-        app.post_contractor(None, &json!({ "name": "Ana", "region": "north" }))
-            .await,
+        app.post_contractor(None, &json!({ "name": "Ana", "region": "north" })).await,
         app.get_contractor(None, &id).await,
         app.list_contractors(None, "region=north").await,
     ];
     for response in responses {
-        let challenge = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let challenge = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         expect_problem(response, StatusCode::UNAUTHORIZED).await;
         assert_eq!(challenge.as_deref(), Some("Bearer"));
     }
@@ -281,9 +203,7 @@ async fn contractor_endpoints_without_a_token_are_401_problems_with_a_bearer_cha
 async fn a_garbage_token_is_a_401_problem() {
     let app = spawn_app().await;
     for token in ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30."] {
-        let response = app
-            .post_contractor(Some(token), &json!({ "name": "Ana", "region": "north" }))
-            .await;
+        let response = app.post_contractor(Some(token), &json!({ "name": "Ana", "region": "north" })).await;
         expect_problem(response, StatusCode::UNAUTHORIZED).await;
     }
 }
@@ -291,12 +211,7 @@ async fn a_garbage_token_is_a_401_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_a_401_problem() {
     let app = spawn_app().await;
-    let response = app
-        .post_contractor(
-            Some(&app.expired_admin()),
-            &json!({ "name": "Ana", "region": "north" }),
-        )
-        .await;
+    let response = app.post_contractor(Some(&app.expired_admin()), &json!({ "name": "Ana", "region": "north" })).await;
     expect_problem(response, StatusCode::UNAUTHORIZED).await;
     let response = app.list_contractors(Some(&app.expired_admin()), "").await;
     expect_problem(response, StatusCode::UNAUTHORIZED).await;
@@ -305,12 +220,7 @@ async fn an_expired_token_is_a_401_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_signed_with_another_secret_is_a_401_problem() {
     let app = spawn_app().await;
-    let response = app
-        .post_contractor(
-            Some(&app.foreign_admin()),
-            &json!({ "name": "Ana", "region": "north" }),
-        )
-        .await;
+    let response = app.post_contractor(Some(&app.foreign_admin()), &json!({ "name": "Ana", "region": "north" })).await;
     expect_problem(response, StatusCode::UNAUTHORIZED).await;
 }
 
@@ -340,24 +250,15 @@ async fn a_contractor_token_is_a_403_problem_on_every_contractor_endpoint() {
     let id = app.contractor_id("north").await;
     let token = app.contractor(Uuid::parse_str(&id).unwrap());
     let responses = [
-        app.post_contractor(Some(&token), &json!({ "name": "Ana", "region": "north" }))
-            .await,
+        app.post_contractor(Some(&token), &json!({ "name": "Ana", "region": "north" })).await,
         app.get_contractor(Some(&token), &id).await,
         app.list_contractors(Some(&token), "").await,
     ];
     for response in responses {
         expect_problem(response, StatusCode::FORBIDDEN).await;
     }
-    let list = expect_json(
-        app.list_contractors(Some(&app.admin()), "").await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(
-        list.as_array().map(Vec::len),
-        Some(1),
-        "nothing was created"
-    );
+    let list = expect_json(app.list_contractors(Some(&app.admin()), "").await, StatusCode::OK).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "nothing was created");
 }
 
 // ===========================================================================
@@ -380,11 +281,7 @@ async fn a_dispatcher_creates_a_job_in_its_own_region_and_it_is_unassigned() {
             }),
         )
         .await;
-    let location = response
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let job = expect_json(response, StatusCode::CREATED).await;
     assert!(is_uuid(&job["id"]), "{job:#}");
     assert_eq!(job["status"], "Unassigned");
@@ -393,10 +290,7 @@ async fn a_dispatcher_creates_a_job_in_its_own_region_and_it_is_unassigned() {
     assert_eq!(job["durationMinutes"], 90);
     assert_eq!(job["title"], "Kitchen");
     assert_eq!(job["address"], "1 Main St");
-    assert_eq!(
-        job["desiredStartUtc"], "2030-01-15T09:00:00Z",
-        "times are returned in UTC with Z"
-    );
+    assert_eq!(job["desiredStartUtc"], "2030-01-15T09:00:00Z", "times are returned in UTC with Z");
     assert!(is_utc_z(&job["createdAtUtc"]), "{job:#}");
     if let Some(location) = location {
         assert_eq!(location, format!("/api/jobs/{}", id_of(&job, "id")));
@@ -406,12 +300,8 @@ async fn a_dispatcher_creates_a_job_in_its_own_region_and_it_is_unassigned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_needs_only_job_type_region_and_duration() {
     let app = spawn_app().await;
-    let response = app
-        .post_job(
-            Some(&app.admin()),
-            &json!({ "jobType": "Tile", "region": "north", "durationMinutes": 30 }),
-        )
-        .await;
+    let response =
+        app.post_job(Some(&app.admin()), &json!({ "jobType": "Tile", "region": "north", "durationMinutes": 30 })).await;
     let job = expect_json(response, StatusCode::CREATED).await;
     assert_eq!(job["status"], "Unassigned");
     assert!(job["title"].is_null());
@@ -437,10 +327,7 @@ async fn an_admin_creates_jobs_in_any_region() {
     let app = spawn_app().await;
     for region in ["north", "south", "far-east.9"] {
         let response = app
-            .post_job(
-                Some(&app.admin()),
-                &json!({ "jobType": "Flooring", "region": region, "durationMinutes": 60 }),
-            )
+            .post_job(Some(&app.admin()), &json!({ "jobType": "Flooring", "region": region, "durationMinutes": 60 }))
             .await;
         let job = expect_json(response, StatusCode::CREATED).await;
         assert_eq!(job["region"], region);
@@ -453,11 +340,7 @@ async fn a_contractor_token_may_not_create_or_read_jobs() {
     let job_id = app.job_id("north").await;
     let token = app.contractor(Uuid::new_v4());
     let responses = [
-        app.post_job(
-            Some(&token),
-            &json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60 }),
-        )
-        .await,
+        app.post_job(Some(&token), &json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60 })).await,
         app.get_job(Some(&token), &job_id).await,
         app.list_jobs(Some(&token), "").await,
     ];
@@ -471,11 +354,7 @@ async fn job_endpoints_without_a_token_are_401_problems() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
     let responses = [
-        app.post_job(
-            None,
-            &json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60 }),
-        )
-        .await,
+        app.post_job(None, &json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60 })).await,
         app.get_job(None, &job_id).await,
         app.list_jobs(None, "").await,
         app.get_job(Some(&app.expired_admin()), &job_id).await,
@@ -496,13 +375,7 @@ async fn a_job_with_a_zero_or_negative_duration_is_a_400_problem() {
             )
             .await;
         let problem = expect_problem(response, StatusCode::BAD_REQUEST).await;
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap()
-                .contains("durationMinutes"),
-            "{problem:#}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("durationMinutes"), "{problem:#}");
     }
     let jobs = expect_json(app.list_jobs(Some(&app.admin()), "").await, StatusCode::OK).await;
     assert_eq!(jobs, json!([]), "no job was stored");
@@ -538,13 +411,7 @@ async fn a_job_with_an_unparsable_desired_start_is_a_400_problem() {
             )
             .await;
         let problem = expect_problem(response, StatusCode::BAD_REQUEST).await;
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap()
-                .contains("desiredStartUtc"),
-            "{problem:#}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("desiredStartUtc"), "{problem:#}");
     }
 }
 
@@ -570,11 +437,7 @@ async fn getting_a_job_by_id_returns_it_and_unknown_or_malformed_ids_are_404_pro
     let job = app.create_job("north").await;
     let token = app.dispatcher(&["north"]);
 
-    let fetched = expect_json(
-        app.get_job(Some(&token), &id_of(&job, "id")).await,
-        StatusCode::OK,
-    )
-    .await;
+    let fetched = expect_json(app.get_job(Some(&token), &id_of(&job, "id")).await, StatusCode::OK).await;
     assert_eq!(fetched, job);
 
     let response = app.get_job(Some(&token), &Uuid::new_v4().to_string()).await;
@@ -594,64 +457,32 @@ async fn listing_jobs_filters_by_region_and_status() {
     let token = app.admin();
 
     let ids = |list: &Value| -> HashSet<String> {
-        list.as_array()
-            .expect("a JSON array")
-            .iter()
-            .map(|j| id_of(j, "id"))
-            .collect()
+        list.as_array().expect("a JSON array").iter().map(|j| id_of(j, "id")).collect()
     };
 
     let all = expect_json(app.list_jobs(Some(&token), "").await, StatusCode::OK).await;
-    assert_eq!(
-        ids(&all),
-        HashSet::from([north_a.clone(), north_b.clone(), south.clone()])
-    );
+    assert_eq!(ids(&all), HashSet::from([north_a.clone(), north_b.clone(), south.clone()]));
 
-    let north = expect_json(
-        app.list_jobs(Some(&token), "region=north").await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(
-        ids(&north),
-        HashSet::from([north_a.clone(), north_b.clone()])
-    );
+    let north = expect_json(app.list_jobs(Some(&token), "region=north").await, StatusCode::OK).await;
+    assert_eq!(ids(&north), HashSet::from([north_a.clone(), north_b.clone()]));
 
-    let unassigned = expect_json(
-        app.list_jobs(Some(&token), "region=north&status=Unassigned")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let unassigned =
+        expect_json(app.list_jobs(Some(&token), "region=north&status=Unassigned").await, StatusCode::OK).await;
     assert_eq!(ids(&unassigned), HashSet::from([north_b.clone()]));
     assert_eq!(unassigned[0]["status"], "Unassigned");
 
-    let assigned = expect_json(
-        app.list_jobs(Some(&token), "region=north&status=Assigned")
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let assigned = expect_json(app.list_jobs(Some(&token), "region=north&status=Assigned").await, StatusCode::OK).await;
     assert_eq!(ids(&assigned), HashSet::from([north_a.clone()]));
     assert_eq!(assigned[0]["status"], "Assigned");
 
-    let all_unassigned = expect_json(
-        app.list_jobs(Some(&token), "status=Unassigned").await,
-        StatusCode::OK,
-    )
-    .await;
+    let all_unassigned = expect_json(app.list_jobs(Some(&token), "status=Unassigned").await, StatusCode::OK).await;
     assert_eq!(ids(&all_unassigned), HashSet::from([north_b, south]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_jobs_with_an_unknown_status_or_a_bad_region_is_a_400_problem() {
     let app = spawn_app().await;
-    for query in [
-        "status=Bogus",
-        "status=assigned",
-        "region=north&status=",
-        "region=a%2Fb",
-    ] {
+    for query in ["status=Bogus", "status=assigned", "region=north&status=", "region=a%2Fb"] {
         let response = app.list_jobs(Some(&app.admin()), query).await;
         expect_problem(response, StatusCode::BAD_REQUEST).await;
     }
@@ -673,11 +504,7 @@ async fn a_limit_outside_1_to_1000_is_a_400_problem_on_every_list() {
     }
     for limit in ["1", "1000"] {
         let query = format!("limit={limit}");
-        expect_json(
-            app.list_contractors(Some(&token), &query).await,
-            StatusCode::OK,
-        )
-        .await;
+        expect_json(app.list_contractors(Some(&token), &query).await, StatusCode::OK).await;
         expect_json(app.list_jobs(Some(&token), &query).await, StatusCode::OK).await;
         expect_json(app.list_events(Some(&token), &query).await, StatusCode::OK).await;
     }
@@ -689,11 +516,7 @@ async fn a_job_reads_as_assigned_after_its_assignment() {
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
     app.assign_ok(&job_id, &contractor, START, END).await;
-    let job = expect_json(
-        app.get_job(Some(&app.admin()), &job_id).await,
-        StatusCode::OK,
-    )
-    .await;
+    let job = expect_json(app.get_job(Some(&app.admin()), &job_id).await, StatusCode::OK).await;
     assert_eq!(job["status"], "Assigned");
 }
 
@@ -706,13 +529,7 @@ async fn assigning_a_job_returns_201_with_exactly_the_contract_assignment_fields
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
-    let response = app
-        .assign(
-            Some(&app.dispatcher(&["north"])),
-            &job_id,
-            &assign_body(&contractor),
-        )
-        .await;
+    let response = app.assign(Some(&app.dispatcher(&["north"])), &job_id, &assign_body(&contractor)).await;
     let assignment = expect_json(response, StatusCode::CREATED).await;
 
     assert_eq!(
@@ -772,14 +589,8 @@ async fn assignment_times_given_with_an_offset_come_back_in_utc_with_z() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
-    let assignment = app
-        .assign_ok(
-            &job_id,
-            &contractor,
-            "2030-01-15T10:00:00+01:00",
-            "2030-01-15T12:30:00.250+01:00",
-        )
-        .await;
+    let assignment =
+        app.assign_ok(&job_id, &contractor, "2030-01-15T10:00:00+01:00", "2030-01-15T12:30:00.250+01:00").await;
     assert_eq!(assignment["startUtc"], "2030-01-15T09:00:00Z");
     assert_eq!(assignment["endUtc"], "2030-01-15T11:30:00.250Z");
 }
@@ -788,18 +599,10 @@ async fn assignment_times_given_with_an_offset_come_back_in_utc_with_z() {
 async fn assigning_with_a_contractor_id_that_is_not_a_uuid_is_a_400_problem() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
-    let problem = assert_assign_refused(
-        &app,
-        Some(&app.admin()),
-        &job_id,
-        &assign_body("not-a-uuid"),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("contractorId"),
-        "{problem:#}"
-    );
+    let problem =
+        assert_assign_refused(&app, Some(&app.admin()), &job_id, &assign_body("not-a-uuid"), StatusCode::BAD_REQUEST)
+            .await;
+    assert!(problem["detail"].as_str().unwrap().contains("contractorId"), "{problem:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,10 +618,7 @@ async fn assigning_with_an_end_before_the_start_is_a_400_problem() {
         StatusCode::BAD_REQUEST,
     )
     .await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("endUtc"),
-        "{problem:#}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("endUtc"), "{problem:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,10 +663,7 @@ async fn assigning_with_an_unknown_source_is_a_400_problem() {
             StatusCode::BAD_REQUEST,
         )
         .await;
-        assert!(
-            problem["detail"].as_str().unwrap().contains("source"),
-            "{problem:#}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("source"), "{problem:#}");
     }
 }
 
@@ -881,14 +678,7 @@ async fn assigning_with_a_missing_field_is_a_400_problem() {
         json!({ "contractorId": contractor, "startUtc": START }),
         json!({}),
     ] {
-        assert_assign_refused(
-            &app,
-            Some(&app.admin()),
-            &job_id,
-            &body,
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        assert_assign_refused(&app, Some(&app.admin()), &job_id, &body, StatusCode::BAD_REQUEST).await;
     }
 }
 
@@ -905,10 +695,7 @@ async fn assigning_with_an_audit_id_that_is_not_a_uuid_is_a_400_problem() {
         StatusCode::BAD_REQUEST,
     )
     .await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("auditId"),
-        "{problem:#}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("auditId"), "{problem:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,20 +709,9 @@ async fn assigning_with_unparsable_times_or_an_unknown_field_is_a_400_problem() 
         json!({ "contractorId": contractor, "startUtc": START, "endUtc": END, "notes": "x" }),
         json!({ "contractorId": 42, "startUtc": START, "endUtc": END }),
     ] {
-        assert_assign_refused(
-            &app,
-            Some(&app.admin()),
-            &job_id,
-            &body,
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        assert_assign_refused(&app, Some(&app.admin()), &job_id, &body, StatusCode::BAD_REQUEST).await;
     }
-    let job = expect_json(
-        app.get_job(Some(&app.admin()), &job_id).await,
-        StatusCode::OK,
-    )
-    .await;
+    let job = expect_json(app.get_job(Some(&app.admin()), &job_id).await, StatusCode::OK).await;
     assert_eq!(job["status"], "Unassigned");
 }
 
@@ -951,14 +727,8 @@ async fn assigning_an_unknown_job_is_a_404_problem() {
         StatusCode::NOT_FOUND,
     )
     .await;
-    assert_assign_refused(
-        &app,
-        Some(&app.admin()),
-        "not-a-job-id",
-        &assign_body(&contractor),
-        StatusCode::NOT_FOUND,
-    )
-    .await;
+    assert_assign_refused(&app, Some(&app.admin()), "not-a-job-id", &assign_body(&contractor), StatusCode::NOT_FOUND)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,11 +743,7 @@ async fn assigning_to_an_unknown_contractor_is_a_404_problem_and_leaves_the_job_
         StatusCode::NOT_FOUND,
     )
     .await;
-    let job = expect_json(
-        app.get_job(Some(&app.admin()), &job_id).await,
-        StatusCode::OK,
-    )
-    .await;
+    let job = expect_json(app.get_job(Some(&app.admin()), &job_id).await, StatusCode::OK).await;
     assert_eq!(job["status"], "Unassigned");
 }
 
@@ -990,14 +756,7 @@ async fn assigning_an_already_assigned_job_is_a_409_problem() {
     app.assign_ok(&job_id, &first, START, END).await;
 
     // Again to the same contractor, and to another one at another time.
-    assert_assign_refused(
-        &app,
-        Some(&app.admin()),
-        &job_id,
-        &assign_body(&first),
-        StatusCode::CONFLICT,
-    )
-    .await;
+    assert_assign_refused(&app, Some(&app.admin()), &job_id, &assign_body(&first), StatusCode::CONFLICT).await;
     assert_assign_refused(
         &app,
         Some(&app.admin()),
@@ -1036,11 +795,7 @@ async fn assigning_a_contractor_with_an_overlapping_assignment_is_a_409_problem(
         )
         .await;
     }
-    let job = expect_json(
-        app.get_job(Some(&app.admin()), &second_job).await,
-        StatusCode::OK,
-    )
-    .await;
+    let job = expect_json(app.get_job(Some(&app.admin()), &second_job).await, StatusCode::OK).await;
     assert_eq!(job["status"], "Unassigned", "the refused job stays free");
 }
 
@@ -1052,10 +807,8 @@ async fn touching_intervals_of_one_contractor_do_not_overlap() {
     let after = app.job_id("north").await;
     let before = app.job_id("north").await;
     app.assign_ok(&middle, &contractor, START, END).await;
-    app.assign_ok(&after, &contractor, END, "2030-01-15T12:00:00Z")
-        .await;
-    app.assign_ok(&before, &contractor, "2030-01-15T08:00:00Z", START)
-        .await;
+    app.assign_ok(&after, &contractor, END, "2030-01-15T12:00:00Z").await;
+    app.assign_ok(&before, &contractor, "2030-01-15T08:00:00Z", START).await;
     assert_eq!(app.event_count().await, 3);
 }
 
@@ -1073,13 +826,7 @@ async fn a_dispatcher_of_another_region_may_not_assign_the_job() {
     )
     .await;
     // The job's own dispatcher may.
-    let response = app
-        .assign(
-            Some(&app.dispatcher(&["north"])),
-            &job_id,
-            &assign_body(&contractor),
-        )
-        .await;
+    let response = app.assign(Some(&app.dispatcher(&["north"])), &job_id, &assign_body(&contractor)).await;
     expect_json(response, StatusCode::CREATED).await;
 }
 
@@ -1089,14 +836,7 @@ async fn a_contractor_token_may_not_assign_a_job() {
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
     let token = app.contractor(Uuid::parse_str(&contractor).unwrap());
-    assert_assign_refused(
-        &app,
-        Some(&token),
-        &job_id,
-        &assign_body(&contractor),
-        StatusCode::FORBIDDEN,
-    )
-    .await;
+    assert_assign_refused(&app, Some(&token), &job_id, &assign_body(&contractor), StatusCode::FORBIDDEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1106,14 +846,7 @@ async fn a_contractor_cannot_probe_which_jobs_exist_through_assign() {
     let token = app.contractor(Uuid::parse_str(&contractor).unwrap());
     // An unknown job and a body that is not even valid: still 403, not 404 or 400.
     let unknown = Uuid::new_v4().to_string();
-    assert_assign_refused(
-        &app,
-        Some(&token),
-        &unknown,
-        &assign_body(&contractor),
-        StatusCode::FORBIDDEN,
-    )
-    .await;
+    assert_assign_refused(&app, Some(&token), &unknown, &assign_body(&contractor), StatusCode::FORBIDDEN).await;
     assert_assign_refused(
         &app,
         Some(&token),
@@ -1129,20 +862,9 @@ async fn assigning_without_a_valid_token_is_a_401_problem() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
-    for token in [
-        None,
-        Some("garbage".to_owned()),
-        Some(app.expired_admin()),
-        Some(app.foreign_admin()),
-    ] {
-        assert_assign_refused(
-            &app,
-            token.as_deref(),
-            &job_id,
-            &assign_body(&contractor),
-            StatusCode::UNAUTHORIZED,
-        )
-        .await;
+    for token in [None, Some("garbage".to_owned()), Some(app.expired_admin()), Some(app.foreign_admin())] {
+        assert_assign_refused(&app, token.as_deref(), &job_id, &assign_body(&contractor), StatusCode::UNAUTHORIZED)
+            .await;
     }
 }
 
@@ -1199,10 +921,7 @@ async fn a_committed_assignment_is_published_with_the_contract_payload() {
     assert!(sequence > 0);
     assert!(is_utc_z(&row["publishedAtUtc"]), "{row:#}");
     assert!(is_utc_z(&row["occurredAtUtc"]), "{row:#}");
-    assert_eq!(
-        row["publishedGroups"],
-        json!(["dispatch/north", format!("contractor/{contractor}")])
-    );
+    assert_eq!(row["publishedGroups"], json!(["dispatch/north", format!("contractor/{contractor}")]));
     assert_eq!(row["attempts"], 1);
     assert!(row["lastError"].is_null(), "{row:#}");
 
@@ -1226,10 +945,7 @@ async fn a_committed_assignment_is_published_with_the_contract_payload() {
     assert_eq!(payload["job"]["region"], "north");
     assert_eq!(payload["job"]["status"], "Assigned");
     assert_eq!(payload["job"]["durationMinutes"], 120);
-    assert!(
-        serde_json::to_vec(payload).unwrap().len() < 2048,
-        "the payload stays under 2 KiB"
-    );
+    assert!(serde_json::to_vec(payload).unwrap().len() < 2048, "the payload stays under 2 KiB");
 
     // The same row through GET /api/events/{eventId}.
     let by_id = app.wait_until_event_published(&event_id).await;
@@ -1242,9 +958,7 @@ async fn the_payload_of_a_manual_assignment_has_a_null_audit_id() {
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
     let assignment = app.assign_ok(&job_id, &contractor, START, END).await;
-    let row = app
-        .wait_until_event_published(&id_of(&assignment, "eventId"))
-        .await;
+    let row = app.wait_until_event_published(&id_of(&assignment, "eventId")).await;
     assert_eq!(row["payload"]["source"], "manual");
     assert!(row["payload"]["auditId"].is_null(), "{row:#}");
     assert_eq!(row["payload"]["sequence"], row["sequence"]);
@@ -1258,18 +972,11 @@ async fn an_event_can_be_read_by_id_and_unknown_or_malformed_ids_are_404_problem
     let assignment = app.assign_ok(&job_id, &contractor, START, END).await;
     let event_id = id_of(&assignment, "eventId");
 
-    let row = expect_json(
-        app.get_event(Some(&app.dispatcher(&["north"])), &event_id)
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let row = expect_json(app.get_event(Some(&app.dispatcher(&["north"])), &event_id).await, StatusCode::OK).await;
     assert_eq!(row["eventId"], event_id.as_str());
     assert_eq!(row["eventType"], "JobAssigned");
 
-    let response = app
-        .get_event(Some(&app.admin()), &Uuid::new_v4().to_string())
-        .await;
+    let response = app.get_event(Some(&app.admin()), &Uuid::new_v4().to_string()).await;
     expect_problem(response, StatusCode::NOT_FOUND).await;
     let response = app.get_event(Some(&app.admin()), "nope").await;
     expect_problem(response, StatusCode::NOT_FOUND).await;
@@ -1286,35 +993,24 @@ async fn after_sequence_returns_only_later_events_and_the_next_cursor() {
         event_ids.push(id_of(&assignment, "eventId"));
     }
     let rows = app.wait_for_published(3, Duration::from_secs(5)).await;
-    let mut sequences: Vec<(i64, String)> = rows
-        .iter()
-        .map(|r| (r["sequence"].as_i64().unwrap(), id_of(r, "eventId")))
-        .collect();
+    let mut sequences: Vec<(i64, String)> =
+        rows.iter().map(|r| (r["sequence"].as_i64().unwrap(), id_of(r, "eventId"))).collect();
     sequences.sort();
     let token = app.admin();
 
     // After the first: the two later ones, in sequence order.
-    let page = expect_json(
-        app.list_events(Some(&token), &format!("afterSequence={}", sequences[0].0))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let page =
+        expect_json(app.list_events(Some(&token), &format!("afterSequence={}", sequences[0].0)).await, StatusCode::OK)
+            .await;
     let items = page["items"].as_array().unwrap();
-    let got: Vec<(i64, String)> = items
-        .iter()
-        .map(|r| (r["sequence"].as_i64().unwrap(), id_of(r, "eventId")))
-        .collect();
+    let got: Vec<(i64, String)> =
+        items.iter().map(|r| (r["sequence"].as_i64().unwrap(), id_of(r, "eventId"))).collect();
     assert_eq!(got, sequences[1..].to_vec());
     assert_eq!(page["nextAfterSequence"], json!(sequences[2].0));
 
     // A page of one follows with the cursor.
     let page = expect_json(
-        app.list_events(
-            Some(&token),
-            &format!("afterSequence={}&limit=1", sequences[0].0),
-        )
-        .await,
+        app.list_events(Some(&token), &format!("afterSequence={}&limit=1", sequences[0].0)).await,
         StatusCode::OK,
     )
     .await;
@@ -1323,21 +1019,14 @@ async fn after_sequence_returns_only_later_events_and_the_next_cursor() {
     assert_eq!(page["nextAfterSequence"], json!(sequences[1].0));
 
     // After the last: nothing, and the cursor stays.
-    let page = expect_json(
-        app.list_events(Some(&token), &format!("afterSequence={}", sequences[2].0))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let page =
+        expect_json(app.list_events(Some(&token), &format!("afterSequence={}", sequences[2].0)).await, StatusCode::OK)
+            .await;
     assert_eq!(page["items"], json!([]));
     assert_eq!(page["nextAfterSequence"], json!(sequences[2].0));
 
     // From 0: all three.
-    let page = expect_json(
-        app.list_events(Some(&token), "afterSequence=0").await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = expect_json(app.list_events(Some(&token), "afterSequence=0").await, StatusCode::OK).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     let all: HashSet<String> = sequences.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(all, event_ids.into_iter().collect::<HashSet<_>>());
@@ -1363,17 +1052,9 @@ async fn listing_events_with_an_unknown_status_is_a_400_problem_and_known_ones_f
     app.assign_ok(&job_id, &contractor, START, END).await;
     app.wait_for_published(1, Duration::from_secs(5)).await;
     for (status, expected) in [("Published", 1), ("Pending", 0), ("Failed", 0)] {
-        let page = expect_json(
-            app.list_events(Some(&app.admin()), &format!("status={status}"))
-                .await,
-            StatusCode::OK,
-        )
-        .await;
-        assert_eq!(
-            page["items"].as_array().unwrap().len(),
-            expected,
-            "status={status}: {page:#}"
-        );
+        let page =
+            expect_json(app.list_events(Some(&app.admin()), &format!("status={status}")).await, StatusCode::OK).await;
+        assert_eq!(page["items"].as_array().unwrap().len(), expected, "status={status}: {page:#}");
     }
 }
 
@@ -1384,43 +1065,22 @@ async fn a_contractor_may_not_read_the_event_log() {
     let contractor = app.contractor_id("north").await;
     let assignment = app.assign_ok(&job_id, &contractor, START, END).await;
     let token = app.contractor(Uuid::parse_str(&contractor).unwrap());
-    expect_problem(
-        app.list_events(Some(&token), "").await,
-        StatusCode::FORBIDDEN,
-    )
-    .await;
-    expect_problem(
-        app.get_event(Some(&token), &id_of(&assignment, "eventId"))
-            .await,
-        StatusCode::FORBIDDEN,
-    )
-    .await;
+    expect_problem(app.list_events(Some(&token), "").await, StatusCode::FORBIDDEN).await;
+    expect_problem(app.get_event(Some(&token), &id_of(&assignment, "eventId")).await, StatusCode::FORBIDDEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_log_without_a_valid_token_is_a_401_problem() {
     let app = spawn_app().await;
     expect_problem(app.list_events(None, "").await, StatusCode::UNAUTHORIZED).await;
-    expect_problem(
-        app.get_event(None, &Uuid::new_v4().to_string()).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    expect_problem(
-        app.list_events(Some(&app.foreign_admin()), "").await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    expect_problem(app.get_event(None, &Uuid::new_v4().to_string()).await, StatusCode::UNAUTHORIZED).await;
+    expect_problem(app.list_events(Some(&app.foreign_admin()), "").await, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_service_has_an_empty_event_log() {
     let app = spawn_app().await;
-    let page = expect_json(
-        app.list_events(Some(&app.dispatcher(&["north"])), "").await,
-        StatusCode::OK,
-    )
-    .await;
+    let page = expect_json(app.list_events(Some(&app.dispatcher(&["north"])), "").await, StatusCode::OK).await;
     assert_eq!(page["items"], json!([]));
     assert_eq!(page["nextAfterSequence"], 0);
 }
@@ -1441,27 +1101,16 @@ async fn an_unknown_route_is_a_404_problem() {
     let app = spawn_app().await;
     expect_problem(app.get("/api/nothing-here").await, StatusCode::NOT_FOUND).await;
     expect_problem(app.get("/").await, StatusCode::NOT_FOUND).await;
-    let response = app
-        .request(Method::GET, "/api/assignments", Some(&app.admin()))
-        .send()
-        .await
-        .unwrap();
+    let response = app.request(Method::GET, "/api/assignments", Some(&app.admin())).send().await.unwrap();
     expect_problem(response, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_path_with_an_unsupported_method_is_refused_with_a_problem() {
     let app = spawn_app().await;
-    let response = app
-        .request(Method::DELETE, "/api/contractors", Some(&app.admin()))
-        .send()
-        .await
-        .unwrap();
+    let response = app.request(Method::DELETE, "/api/contractors", Some(&app.admin())).send().await.unwrap();
     let status = response.status();
-    assert!(
-        status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND,
-        "{status}"
-    );
+    assert!(status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND, "{status}");
     expect_problem(response, status).await;
 }
 
@@ -1473,10 +1122,7 @@ async fn a_body_over_64_kib_is_a_413_problem_on_every_post() {
     let filler = "x".repeat(70 * 1024);
     let before = app.event_count().await;
     for (path, body) in [
-        (
-            "/api/contractors".to_owned(),
-            json!({ "name": filler, "region": "north" }),
-        ),
+        ("/api/contractors".to_owned(), json!({ "name": filler, "region": "north" })),
         (
             "/api/jobs".to_owned(),
             json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60, "title": filler }),
@@ -1486,20 +1132,11 @@ async fn a_body_over_64_kib_is_a_413_problem_on_every_post() {
             json!({ "contractorId": contractor, "startUtc": START, "endUtc": END, "source": filler }),
         ),
     ] {
-        let response = app
-            .request(Method::POST, &path, Some(&app.admin()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::POST, &path, Some(&app.admin())).json(&body).send().await.unwrap();
         expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE).await;
     }
     assert_eq!(app.event_count().await, before, "nothing was published");
-    let job = expect_json(
-        app.get_job(Some(&app.admin()), &job_id).await,
-        StatusCode::OK,
-    )
-    .await;
+    let job = expect_json(app.get_job(Some(&app.admin()), &job_id).await, StatusCode::OK).await;
     assert_eq!(job["status"], "Unassigned");
 }
 
@@ -1519,11 +1156,7 @@ async fn a_chunked_body_over_64_kib_without_a_length_is_a_413_problem() {
     );
     let (status, head, payload) = app.raw_http(request).await;
     assert_eq!(status, 413, "{head}\n{payload}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/problem+json"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{head}");
     let problem: Value = serde_json::from_str(&payload).expect("a JSON problem");
     assert_eq!(problem["status"], 413);
 }
@@ -1535,18 +1168,9 @@ async fn a_body_sent_as_text_plain_is_a_415_problem_on_every_post() {
     let contractor = app.contractor_id("north").await;
     let before = app.event_count().await;
     for (path, body) in [
-        (
-            "/api/contractors".to_owned(),
-            json!({ "name": "Ana", "region": "north" }),
-        ),
-        (
-            "/api/jobs".to_owned(),
-            json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60 }),
-        ),
-        (
-            format!("/api/jobs/{job_id}/assign"),
-            assign_body(&contractor),
-        ),
+        ("/api/contractors".to_owned(), json!({ "name": "Ana", "region": "north" })),
+        ("/api/jobs".to_owned(), json!({ "jobType": "Flooring", "region": "north", "durationMinutes": 60 })),
+        (format!("/api/jobs/{job_id}/assign"), assign_body(&contractor)),
     ] {
         let response = app
             .request(Method::POST, &path, Some(&app.admin()))
@@ -1558,11 +1182,7 @@ async fn a_body_sent_as_text_plain_is_a_415_problem_on_every_post() {
         expect_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     }
     assert_eq!(app.event_count().await, before, "nothing was published");
-    let contractors = expect_json(
-        app.list_contractors(Some(&app.admin()), "").await,
-        StatusCode::OK,
-    )
-    .await;
+    let contractors = expect_json(app.list_contractors(Some(&app.admin()), "").await, StatusCode::OK).await;
     assert_eq!(contractors.as_array().map(Vec::len), Some(1));
 }
 
@@ -1571,8 +1191,7 @@ async fn a_body_sent_as_text_plain_is_a_415_problem_on_every_post() {
 // ===========================================================================
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_concurrent_assignments_are_all_committed_and_each_published_once_in_sequence_order(
-) {
+async fn two_hundred_concurrent_assignments_are_all_committed_and_each_published_once_in_sequence_order() {
     const N: usize = 200;
     let app = Arc::new(spawn_app().await);
     let mut pairs = Vec::with_capacity(N);
@@ -1589,9 +1208,7 @@ async fn two_hundred_concurrent_assignments_are_all_committed_and_each_published
         let barrier = barrier.clone();
         tasks.spawn(async move {
             barrier.wait().await;
-            let response = app
-                .assign(Some(&token), &job_id, &assign_body(&contractor))
-                .await;
+            let response = app.assign(Some(&token), &job_id, &assign_body(&contractor)).await;
             (job_id, expect_json(response, StatusCode::CREATED).await)
         });
     }
@@ -1612,10 +1229,7 @@ async fn two_hundred_concurrent_assignments_are_all_committed_and_each_published
     assert_eq!(unique.len(), N, "each eventId appears exactly once");
     for assignment in &assignments {
         let event_id = id_of(assignment, "eventId");
-        assert!(
-            unique.contains(&event_id),
-            "event {event_id} of an assignment is missing"
-        );
+        assert!(unique.contains(&event_id), "event {event_id} of an assignment is missing");
     }
 
     for row in &rows {
@@ -1623,32 +1237,19 @@ async fn two_hundred_concurrent_assignments_are_all_committed_and_each_published
         assert_eq!(row["attempts"], 1);
         assert_eq!(row["payload"]["sequence"], row["sequence"]);
     }
-    let listed: Vec<i64> = rows
-        .iter()
-        .map(|r| {
-            r["sequence"]
-                .as_i64()
-                .expect("a published row has a sequence")
-        })
-        .collect();
+    let listed: Vec<i64> =
+        rows.iter().map(|r| r["sequence"].as_i64().expect("a published row has a sequence")).collect();
     let mut sorted = listed.clone();
     sorted.sort_unstable();
-    assert!(
-        sorted.windows(2).all(|w| w[0] < w[1]),
-        "sequences are unique: {sorted:?}"
-    );
-    assert_eq!(
-        listed, sorted,
-        "published rows are listed in sequence order"
-    );
+    assert!(sorted.windows(2).all(|w| w[0] < w[1]), "sequences are unique: {sorted:?}");
+    assert_eq!(listed, sorted, "published rows are listed in sequence order");
 
     // Paging with the cursor gives them all, strictly increasing.
     let mut cursor = 0;
     let mut paged = Vec::new();
     loop {
         let page = expect_json(
-            app.list_events(Some(&token), &format!("afterSequence={cursor}&limit=64"))
-                .await,
+            app.list_events(Some(&token), &format!("afterSequence={cursor}&limit=64")).await,
             StatusCode::OK,
         )
         .await;
@@ -1674,12 +1275,10 @@ async fn two_concurrent_assignments_of_the_same_job_have_exactly_one_winner() {
         let barrier = Arc::new(Barrier::new(2));
         let mut tasks = tokio::task::JoinSet::new();
         for contractor in [first, second] {
-            let (app, token, barrier, job_id) =
-                (app.clone(), token.clone(), barrier.clone(), job_id.clone());
+            let (app, token, barrier, job_id) = (app.clone(), token.clone(), barrier.clone(), job_id.clone());
             tasks.spawn(async move {
                 barrier.wait().await;
-                app.assign(Some(&token), &job_id, &assign_body(&contractor))
-                    .await
+                app.assign(Some(&token), &job_id, &assign_body(&contractor)).await
             });
         }
         let mut statuses = Vec::new();
@@ -1692,21 +1291,12 @@ async fn two_concurrent_assignments_of_the_same_job_have_exactly_one_winner() {
             statuses.push(status);
         }
         statuses.sort();
-        assert_eq!(
-            statuses,
-            [StatusCode::CREATED, StatusCode::CONFLICT],
-            "round {round}"
-        );
+        assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT], "round {round}");
         let job = expect_json(app.get_job(Some(&token), &job_id).await, StatusCode::OK).await;
         assert_eq!(job["status"], "Assigned");
     }
-    assert_eq!(
-        app.event_count().await,
-        ROUNDS,
-        "one event per job, none for the losers"
-    );
-    app.wait_for_published(ROUNDS, Duration::from_secs(10))
-        .await;
+    assert_eq!(app.event_count().await, ROUNDS, "one event per job, none for the losers");
+    app.wait_for_published(ROUNDS, Duration::from_secs(10)).await;
 }
 
 // ===========================================================================
@@ -1714,23 +1304,17 @@ async fn two_concurrent_assignments_of_the_same_job_have_exactly_one_winner() {
 // ===========================================================================
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the contract's Idempotency-Key is not implemented: a repeat answers 409"]
-async fn repeating_an_assignment_with_the_same_idempotency_key_returns_the_first_answer_and_publishes_nothing_new(
-) {
+async fn repeating_an_assignment_with_the_same_idempotency_key_returns_the_first_answer_and_publishes_nothing_new() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
     let contractor = app.contractor_id("north").await;
     let send = || async {
-        app.request(
-            Method::POST,
-            &format!("/api/jobs/{job_id}/assign"),
-            Some(&app.admin()),
-        )
-        .header("Idempotency-Key", "assign-once-1")
-        .json(&assign_body(&contractor))
-        .send()
-        .await
-        .unwrap()
+        app.request(Method::POST, &format!("/api/jobs/{job_id}/assign"), Some(&app.admin()))
+            .header("Idempotency-Key", "assign-once-1")
+            .json(&assign_body(&contractor))
+            .send()
+            .await
+            .unwrap()
     };
     let first = expect_json(send().await, StatusCode::CREATED).await;
     let again = expect_json(send().await, StatusCode::CREATED).await;
@@ -1739,7 +1323,6 @@ async fn repeating_an_assignment_with_the_same_idempotency_key_returns_the_first
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the contract's Idempotency-Key is not implemented: another body answers 409"]
 async fn reusing_an_idempotency_key_with_another_body_is_a_422_problem() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;
@@ -1763,4 +1346,62 @@ async fn reusing_an_idempotency_key_with_another_body_is_a_422_problem() {
         .unwrap();
     expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(app.event_count().await, before, "nothing new was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_repeats_of_one_idempotency_key_all_get_the_one_first_answer() {
+    let app = spawn_app().await;
+    let job_id = app.job_id("north").await;
+    let contractor = app.contractor_id("north").await;
+    let path = format!("/api/jobs/{job_id}/assign");
+    let sends = (0..10).map(|_| {
+        app.request(Method::POST, &path, Some(&app.admin()))
+            .header("Idempotency-Key", "race-1")
+            .json(&assign_body(&contractor))
+            .send()
+    });
+    let responses = futures_util::future::join_all(sends).await;
+    let mut bodies = Vec::new();
+    for response in responses {
+        bodies.push(expect_json(response.unwrap(), StatusCode::CREATED).await);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "every repeat returns the same assignment");
+    assert_eq!(app.event_count().await, 1, "one event for ten requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_per_caller_and_must_be_visible_ascii() {
+    let app = spawn_app().await;
+    let job_id = app.job_id("north").await;
+    let contractor = app.contractor_id("north").await;
+    let path = format!("/api/jobs/{job_id}/assign");
+    for bad in ["", " ", &"k".repeat(256)] {
+        let response = app
+            .request(Method::POST, &path, Some(&app.admin()))
+            .header("Idempotency-Key", bad)
+            .json(&assign_body(&contractor))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    assert_eq!(app.event_count().await, 0);
+    // The same key from another caller is another key: it does not replay
+    // the first caller's answer (here it meets the assigned job: 409).
+    let first = app
+        .request(Method::POST, &path, Some(&app.admin()))
+        .header("Idempotency-Key", "shared")
+        .json(&assign_body(&contractor))
+        .send()
+        .await
+        .unwrap();
+    expect_json(first, StatusCode::CREATED).await;
+    let other = app
+        .request(Method::POST, &path, Some(&app.dispatcher(&["north"])))
+        .header("Idempotency-Key", "shared")
+        .json(&assign_body(&contractor))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(other, StatusCode::CONFLICT).await;
 }

@@ -22,10 +22,7 @@ fn start(dir: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
         .arg("serve")
         .env("SMARTSCHEDULER_BIND", "127.0.0.1:0")
-        .env(
-            "SMARTSCHEDULER_DATABASE_URL",
-            format!("sqlite://{}/db.sqlite", dir.display()),
-        )
+        .env("SMARTSCHEDULER_DATABASE_URL", format!("sqlite://{}/db.sqlite", dir.display()))
         .env("SMARTSCHEDULER_JWT_SECRET", SECRET)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
@@ -50,15 +47,8 @@ fn start(dir: &Path) -> Server {
             .expect("a 'listening on' line within 30 s");
         if let Some(at) = line.find("listening on http://") {
             let rest = &line[at + "listening on ".len()..];
-            let base: String = rest
-                .chars()
-                .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-                .collect();
-            return Server {
-                child,
-                base,
-                lines: rx,
-            };
+            let base: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '\u{1b}').collect();
+            return Server { child, base, lines: rx };
         }
     }
 }
@@ -69,20 +59,11 @@ fn token(role: &str, regions: &[&str]) -> String {
         .args(regions.iter().flat_map(|r| ["--region", r]))
         .output()
         .expect("token runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn post(
-    client: &reqwest::Client,
-    url: String,
-    token: &str,
-    body: Value,
-) -> reqwest::Result<reqwest::Response> {
+async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -> reqwest::Result<reqwest::Response> {
     client.post(url).bearer_auth(token).json(&body).send().await
 }
 
@@ -133,10 +114,7 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
         .json()
         .await
         .unwrap();
-        pairs.push((
-            j["id"].as_str().unwrap().to_owned(),
-            c["id"].as_str().unwrap().to_owned(),
-        ));
+        pairs.push((j["id"].as_str().unwrap().to_owned(), c["id"].as_str().unwrap().to_owned()));
     }
 
     // Act: fire the burst, SIGKILL once a third of it has answered.
@@ -169,18 +147,9 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
     server.child.wait().unwrap();
     assert!(killed);
     let created: Vec<Value> = answered.iter().filter_map(|(_, c)| c.clone()).collect();
-    assert!(
-        created.len() >= N / 3,
-        "at least the answers before the kill were 201"
-    );
-    eprintln!(
-        "burst: {} of {N} answered 201 before the kill",
-        created.len()
-    );
-    assert!(
-        created.len() < N,
-        "the kill landed after the whole burst: nothing was tested"
-    );
+    assert!(created.len() >= N / 3, "at least the answers before the kill were 201");
+    eprintln!("burst: {} of {N} answered 201 before the kill", created.len());
+    assert!(created.len() < N, "the kill landed after the whole burst: nothing was tested");
 
     // Restart on the same database.
     let server = start(dir.path());
@@ -190,10 +159,7 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
         if rows.iter().all(|r| r["status"] == "Published") {
             break rows;
         }
-        assert!(
-            Instant::now() < deadline,
-            "Pending rows left 30 s after the restart"
-        );
+        assert!(Instant::now() < deadline, "Pending rows left 30 s after the restart");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
@@ -201,16 +167,12 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
     let mut by_event = std::collections::HashMap::new();
     for row in &rows {
         assert!(
-            by_event
-                .insert(row["eventId"].as_str().unwrap().to_owned(), row.clone())
-                .is_none(),
+            by_event.insert(row["eventId"].as_str().unwrap().to_owned(), row.clone()).is_none(),
             "an event id appears twice"
         );
     }
     for assignment in &created {
-        let row = by_event
-            .get(assignment["eventId"].as_str().unwrap())
-            .expect("every 201 has its EventLog row");
+        let row = by_event.get(assignment["eventId"].as_str().unwrap()).expect("every 201 has its EventLog row");
         assert_eq!(row["status"], "Published");
         assert_eq!(row["payload"]["assignmentId"], assignment["assignmentId"]);
         assert!(row["sequence"].as_i64().unwrap() > 0);
@@ -218,10 +180,7 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
     // No row without its assignment and no assignment without its row: the
     // assigned jobs and the rows are the same set, one row per job.
     let assigned: Value = client
-        .get(format!(
-            "{}/api/jobs?status=Assigned&limit=1000",
-            server.base
-        ))
+        .get(format!("{}/api/jobs?status=Assigned&limit=1000", server.base))
         .bearer_auth(&admin)
         .send()
         .await
@@ -229,24 +188,14 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
         .json()
         .await
         .unwrap();
-    let mut assigned_jobs: Vec<String> = assigned
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect();
-    let mut row_jobs: Vec<String> = rows
-        .iter()
-        .map(|r| r["payload"]["jobId"].as_str().unwrap().to_owned())
-        .collect();
+    let mut assigned_jobs: Vec<String> =
+        assigned.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect();
+    let mut row_jobs: Vec<String> = rows.iter().map(|r| r["payload"]["jobId"].as_str().unwrap().to_owned()).collect();
     assigned_jobs.sort();
     row_jobs.sort();
     assert_eq!(assigned_jobs, row_jobs);
     // Sequences are unique.
-    let mut sequences: Vec<i64> = rows
-        .iter()
-        .map(|r| r["sequence"].as_i64().unwrap())
-        .collect();
+    let mut sequences: Vec<i64> = rows.iter().map(|r| r["sequence"].as_i64().unwrap()).collect();
     sequences.sort_unstable();
     sequences.dedup();
     assert_eq!(sequences.len(), rows.len());
@@ -265,38 +214,21 @@ async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
     let client = reqwest::Client::new();
-    assert_eq!(
-        client
-            .get(format!("{}/health/ready", server.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client.get(format!("{}/health/ready", server.base)).send().await.unwrap().status(), 200);
 
     let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = loop {
         if let Some(exit) = server.child.try_wait().unwrap() {
             break exit;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(12),
-            "still running 12 s after SIGTERM"
-        );
+        assert!(started.elapsed() < Duration::from_secs(12), "still running 12 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit:?}");
     let lines: Vec<String> = server.lines.try_iter().collect();
-    assert!(
-        lines.iter().any(|l| l.contains("stopped")),
-        "logs: {lines:#?}"
-    );
+    assert!(lines.iter().any(|l| l.contains("stopped")), "logs: {lines:#?}");
 }
 
 #[test]

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use smartscheduler_domain::ports::{
-    AssignmentStore, CommitAssignmentError, ContractorRepository, EventPublisher, JobRepository,
+    AssignmentStore, CommitAssignmentError, ContractorRepository, EventPublisher, IdempotencyKey, JobRepository,
     StoreError,
 };
 use smartscheduler_domain::{
-    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, JobId,
-    NewAssignment, Principal, TimeRange, Timestamp,
+    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, JobId, NewAssignment, Principal,
+    TimeRange, Timestamp,
 };
 use tracing::instrument;
 
@@ -27,6 +27,29 @@ pub struct AssignJobRequest {
     pub source: AssignmentSource,
     /// External audit record.
     pub audit_id: Option<AuditId>,
+    /// The `Idempotency-Key` header and the request's fingerprint, if sent.
+    pub idempotency: Option<IdempotencyRequest>,
+}
+
+/// An `Idempotency-Key` with what the request said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRequest {
+    /// The key.
+    pub key: String,
+    /// The job and body, canonical: a repeat has the same, a reuse another.
+    pub fingerprint: String,
+}
+
+/// How long an idempotency key is honoured.
+pub const IDEMPOTENCY_TTL_MILLIS: i64 = 24 * 60 * 60 * 1000;
+
+/// A successful assign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assigned {
+    /// The assignment (the first one, for a repeat).
+    pub assignment: Assignment,
+    /// Whether this answers a repeat of an `Idempotency-Key`.
+    pub replayed: bool,
 }
 
 /// Why a job was not assigned. Nothing was written and nothing published.
@@ -47,6 +70,9 @@ pub enum AssignJobError {
     /// The contractor is busy then.
     #[error("contractor {0} already has an overlapping assignment")]
     ContractorBusy(ContractorId),
+    /// The `Idempotency-Key` was used before with another request.
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
     /// Storage is unavailable; the caller may retry.
     #[error("storage is unavailable")]
     Unavailable(String),
@@ -81,12 +107,7 @@ impl AssignJob {
         store: Arc<dyn AssignmentStore>,
         publisher: Arc<dyn EventPublisher>,
     ) -> Self {
-        Self {
-            jobs,
-            contractors,
-            store,
-            publisher,
-        }
+        Self { jobs, contractors, store, publisher }
     }
 
     /// Assigns the job for `principal`.
@@ -94,21 +115,15 @@ impl AssignJob {
     /// # Errors
     /// [`AssignJobError`]; then nothing was written or published.
     #[instrument(skip_all, err, fields(job_id = %request.job_id, contractor_id = %request.contractor_id))]
-    pub async fn execute(
-        &self,
-        principal: &Principal,
-        request: AssignJobRequest,
-    ) -> Result<Assignment, AssignJobError> {
+    pub async fn execute(&self, principal: &Principal, request: AssignJobRequest) -> Result<Assigned, AssignJobError> {
         let result = self.assign(principal, request).await;
         let outcome = match &result {
+            Ok(Assigned { replayed: true, .. }) => "replayed",
             Ok(_) => "created",
-            Err(AssignJobError::JobNotFound(_) | AssignJobError::ContractorNotFound(_)) => {
-                "not_found"
-            }
+            Err(AssignJobError::IdempotencyKeyReused) => "idempotency_key_reused",
+            Err(AssignJobError::JobNotFound(_) | AssignJobError::ContractorNotFound(_)) => "not_found",
             Err(AssignJobError::Forbidden(_)) => "forbidden",
-            Err(AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_)) => {
-                "conflict"
-            }
+            Err(AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_)) => "conflict",
             Err(AssignJobError::Unavailable(_)) => "unavailable",
             Err(AssignJobError::Unexpected(_)) => "error",
         };
@@ -116,27 +131,31 @@ impl AssignJob {
         result
     }
 
-    async fn assign(
-        &self,
-        principal: &Principal,
-        request: AssignJobRequest,
-    ) -> Result<Assignment, AssignJobError> {
+    async fn assign(&self, principal: &Principal, request: AssignJobRequest) -> Result<Assigned, AssignJobError> {
         // Role first: a contractor must not learn which job ids exist.
         if !principal.is_back_office() {
-            return Err(AssignJobError::Forbidden(
-                "only admins and dispatchers assign jobs".into(),
-            ));
+            return Err(AssignJobError::Forbidden("only admins and dispatchers assign jobs".into()));
         }
-        let mut job = self
-            .jobs
-            .get(request.job_id)
-            .await?
-            .ok_or(AssignJobError::JobNotFound(request.job_id))?;
+        let Some(idempotency) = request.idempotency.clone() else {
+            return self.assign_new(principal, request).await;
+        };
+        if let Some(first) = self.first_answer(principal, &idempotency).await? {
+            return Ok(first);
+        }
+        let result = self.assign_new(principal, request).await;
+        if let Err(AssignJobError::JobAlreadyAssigned(_) | AssignJobError::IdempotencyKeyReused) = &result {
+            // A racing repeat may have committed first: answer as it did.
+            if let Some(first) = self.first_answer(principal, &idempotency).await? {
+                return Ok(first);
+            }
+        }
+        result
+    }
+
+    async fn assign_new(&self, principal: &Principal, request: AssignJobRequest) -> Result<Assigned, AssignJobError> {
+        let mut job = self.jobs.get(request.job_id).await?.ok_or(AssignJobError::JobNotFound(request.job_id))?;
         if !principal.dispatches(job.region()) {
-            return Err(AssignJobError::Forbidden(format!(
-                "you do not dispatch region '{}'",
-                job.region()
-            )));
+            return Err(AssignJobError::Forbidden(format!("you do not dispatch region '{}'", job.region())));
         }
         let contractor = self
             .contractors
@@ -150,34 +169,47 @@ impl AssignJob {
             source: request.source,
             audit_id: request.audit_id,
         };
-        let (assignment, event) =
-            job.assign(&contractor, new, Timestamp::now())
-                .map_err(|refusal| match refusal {
-                    AssignRefusal::AlreadyAssigned(id) => AssignJobError::JobAlreadyAssigned(id),
-                })?;
+        let (assignment, event) = job.assign(&contractor, new, Timestamp::now()).map_err(|refusal| match refusal {
+            AssignRefusal::AlreadyAssigned(id) => AssignJobError::JobAlreadyAssigned(id),
+        })?;
         let event = DomainEvent::from(event);
 
-        self.store
-            .commit_assignment(&job, &assignment, &event)
-            .await
-            .map_err(|e| match e {
-                CommitAssignmentError::JobNotFound => AssignJobError::JobNotFound(job.id()),
-                CommitAssignmentError::ContractorNotFound => {
-                    AssignJobError::ContractorNotFound(contractor.id())
-                }
-                CommitAssignmentError::JobAlreadyAssigned => {
-                    AssignJobError::JobAlreadyAssigned(job.id())
-                }
-                CommitAssignmentError::ContractorBusy => {
-                    AssignJobError::ContractorBusy(contractor.id())
-                }
-                CommitAssignmentError::Store(e) => e.into(),
-            })?;
+        let key = request.idempotency.as_ref().map(|i| IdempotencyKey {
+            scope: principal.subject.clone(),
+            key: i.key.clone(),
+            fingerprint: i.fingerprint.clone(),
+        });
+        let committed = self.store.commit_assignment(&job, &assignment, &event, key).await;
+        committed.map_err(|e| match e {
+            CommitAssignmentError::JobNotFound => AssignJobError::JobNotFound(job.id()),
+            CommitAssignmentError::ContractorNotFound => AssignJobError::ContractorNotFound(contractor.id()),
+            CommitAssignmentError::JobAlreadyAssigned => AssignJobError::JobAlreadyAssigned(job.id()),
+            CommitAssignmentError::ContractorBusy => AssignJobError::ContractorBusy(contractor.id()),
+            CommitAssignmentError::IdempotencyKeyTaken => AssignJobError::IdempotencyKeyReused,
+            CommitAssignmentError::Store(e) => e.into(),
+        })?;
 
         tracing::info!(assignment_id = %assignment.id(), event_id = %assignment.event_id(), "job assigned");
         // After the commit, never before: a refused or failed commit publishes nothing.
         self.publisher.publish(event);
-        Ok(assignment)
+        Ok(Assigned { assignment, replayed: false })
+    }
+
+    /// The first answer under this caller's key, if the key is live; an
+    /// error when it was used for another request.
+    async fn first_answer(
+        &self,
+        principal: &Principal,
+        idempotency: &IdempotencyRequest,
+    ) -> Result<Option<Assigned>, AssignJobError> {
+        let not_before = Timestamp::now().plus_millis(-IDEMPOTENCY_TTL_MILLIS);
+        match self.store.find_idempotent(principal.subject.clone(), idempotency.key.clone(), not_before).await? {
+            Some((fingerprint, assignment)) if fingerprint == idempotency.fingerprint => {
+                Ok(Some(Assigned { assignment, replayed: true }))
+            }
+            Some(_) => Err(AssignJobError::IdempotencyKeyReused),
+            None => Ok(None),
+        }
     }
 }
 
@@ -194,12 +226,7 @@ mod tests {
     };
 
     fn dispatcher(region: &str) -> Principal {
-        Principal {
-            subject: "d".into(),
-            role: Role::Dispatcher,
-            regions: vec![region.into()],
-            contractor_id: None,
-        }
+        Principal { subject: "d".into(), role: Role::Dispatcher, regions: vec![region.into()], contractor_id: None }
     }
 
     fn fixtures() -> (Job, Contractor, AssignJobRequest) {
@@ -213,19 +240,15 @@ mod tests {
             None,
             now,
         );
-        let contractor = Contractor::create(
-            PersonName::new("Ana").unwrap(),
-            Region::new("north").unwrap(),
-            vec![],
-            now,
-        )
-        .unwrap();
+        let contractor =
+            Contractor::create(PersonName::new("Ana").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
         let request = AssignJobRequest {
             job_id: job.id(),
             contractor_id: contractor.id(),
             range: TimeRange::new(now, now.plus_millis(3_600_000)).unwrap(),
             source: AssignmentSource::Manual,
             audit_id: None,
+            idempotency: None,
         };
         (job, contractor, request)
     }
@@ -236,9 +259,7 @@ mod tests {
         jobs.expect_get().returning(move |_| Ok(Some(j.clone())));
         let mut contractors = MockContractorRepository::new();
         let c = contractor.clone();
-        contractors
-            .expect_get()
-            .returning(move |_| Ok(Some(c.clone())));
+        contractors.expect_get().returning(move |_| Ok(Some(c.clone())));
         (jobs, contractors)
     }
 
@@ -248,12 +269,7 @@ mod tests {
         store: MockAssignmentStore,
         publisher: MockEventPublisher,
     ) -> AssignJob {
-        AssignJob::new(
-            Arc::new(jobs),
-            Arc::new(contractors),
-            Arc::new(store),
-            Arc::new(publisher),
-        )
+        AssignJob::new(Arc::new(jobs), Arc::new(contractors), Arc::new(store), Arc::new(publisher))
     }
 
     #[tokio::test]
@@ -267,7 +283,7 @@ mod tests {
             .expect_commit_assignment()
             .times(1)
             .in_sequence(&mut order)
-            .withf(move |job, assignment, event| {
+            .withf(move |job, assignment, event, _| {
                 let DomainEvent::JobAssigned(e) = event;
                 job.status() == JobStatus::Assigned
                     && e.job_id == job_id
@@ -276,19 +292,15 @@ mod tests {
                     && e.job.title.as_ref().map(|t| t.as_str()) == Some("Kitchen")
                     && e.region.as_str() == "north"
             })
-            .returning(|_, _, _| Ok(()));
+            .returning(|_, _, _, _| Ok(()));
         let mut publisher = MockEventPublisher::new();
-        publisher
-            .expect_publish()
-            .times(1)
-            .in_sequence(&mut order)
-            .with(always())
-            .return_const(());
+        publisher.expect_publish().times(1).in_sequence(&mut order).with(always()).return_const(());
 
         let assignment = use_case(jobs, contractors, store, publisher)
             .execute(&dispatcher("north"), request)
             .await
-            .unwrap();
+            .unwrap()
+            .assignment;
         assert_eq!(assignment.job_id(), job.id());
         assert_eq!(assignment.region().as_str(), "north");
     }
@@ -296,29 +308,19 @@ mod tests {
     #[tokio::test]
     async fn a_refused_commit_publishes_nothing() {
         for (refusal, expected) in [
-            (
-                CommitAssignmentError::JobAlreadyAssigned,
-                "already assigned",
-            ),
+            (CommitAssignmentError::JobAlreadyAssigned, "already assigned"),
             (CommitAssignmentError::ContractorBusy, "overlapping"),
-            (
-                CommitAssignmentError::Store(StoreError::Unavailable("down".into())),
-                "unavailable",
-            ),
+            (CommitAssignmentError::Store(StoreError::Unavailable("down".into())), "unavailable"),
         ] {
             let (job, contractor, request) = fixtures();
             let (jobs, contractors) = repos(&job, &contractor);
             let mut store = MockAssignmentStore::new();
             let r = refusal.clone();
-            store
-                .expect_commit_assignment()
-                .returning(move |_, _, _| Err(r.clone()));
+            store.expect_commit_assignment().returning(move |_, _, _, _| Err(r.clone()));
             let mut publisher = MockEventPublisher::new();
             publisher.expect_publish().never();
-            let err = use_case(jobs, contractors, store, publisher)
-                .execute(&dispatcher("north"), request)
-                .await
-                .unwrap_err();
+            let err =
+                use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
         }
     }
@@ -331,14 +333,9 @@ mod tests {
         store.expect_commit_assignment().never();
         let mut publisher = MockEventPublisher::new();
         publisher.expect_publish().never();
-        let err = use_case(jobs, contractors, store, publisher)
-            .execute(&dispatcher("south"), request)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err,
-            AssignJobError::Forbidden("you do not dispatch region 'north'".into())
-        );
+        let err =
+            use_case(jobs, contractors, store, publisher).execute(&dispatcher("south"), request).await.unwrap_err();
+        assert_eq!(err, AssignJobError::Forbidden("you do not dispatch region 'north'".into()));
     }
 
     #[tokio::test]
@@ -363,10 +360,8 @@ mod tests {
         store.expect_commit_assignment().never();
         let mut publisher = MockEventPublisher::new();
         publisher.expect_publish().never();
-        let err = use_case(jobs, contractors, store, publisher)
-            .execute(&dispatcher("north"), request)
-            .await
-            .unwrap_err();
+        let err =
+            use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap_err();
         assert_eq!(err, AssignJobError::ContractorNotFound(contractor.id()));
     }
 
@@ -389,10 +384,61 @@ mod tests {
         store.expect_commit_assignment().never();
         let mut publisher = MockEventPublisher::new();
         publisher.expect_publish().never();
-        let err = use_case(jobs, contractors, store, publisher)
-            .execute(&dispatcher("north"), request)
-            .await
-            .unwrap_err();
+        let err =
+            use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap_err();
         assert_eq!(err, AssignJobError::JobAlreadyAssigned(job.id()));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_returns_the_first_answer_and_publishes_nothing() {
+        let (job, contractor, mut request) = fixtures();
+        let (jobs, contractors) = repos(&job, &contractor);
+        let mut first_job = job.clone();
+        let new = NewAssignment {
+            contractor_id: contractor.id(),
+            range: request.range,
+            source: request.source,
+            audit_id: None,
+        };
+        let (first, _) = first_job.assign(&contractor, new, Timestamp::now()).unwrap();
+        let stored = first.clone();
+        let mut store = MockAssignmentStore::new();
+        store
+            .expect_find_idempotent()
+            .withf(|scope, key, _| scope == "d" && key == "k1")
+            .returning(move |_, _, _| Ok(Some(("fp".into(), stored.clone()))));
+        store.expect_commit_assignment().never();
+        let mut publisher = MockEventPublisher::new();
+        publisher.expect_publish().never();
+        let uc = use_case(jobs, contractors, store, publisher);
+
+        request.idempotency = Some(IdempotencyRequest { key: "k1".into(), fingerprint: "fp".into() });
+        let again = uc.execute(&dispatcher("north"), request.clone()).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.assignment, first);
+
+        request.idempotency = Some(IdempotencyRequest { key: "k1".into(), fingerprint: "other".into() });
+        let err = uc.execute(&dispatcher("north"), request).await.unwrap_err();
+        assert_eq!(err, AssignJobError::IdempotencyKeyReused);
+    }
+
+    #[tokio::test]
+    async fn a_new_idempotency_key_is_stored_with_the_assignment_in_its_transaction() {
+        let (job, contractor, mut request) = fixtures();
+        let (jobs, contractors) = repos(&job, &contractor);
+        let mut store = MockAssignmentStore::new();
+        store.expect_find_idempotent().returning(|_, _, _| Ok(None));
+        store
+            .expect_commit_assignment()
+            .times(1)
+            .withf(|_, _, _, key| {
+                key.as_ref().is_some_and(|k| k.scope == "d" && k.key == "k2" && k.fingerprint == "fp")
+            })
+            .returning(|_, _, _, _| Ok(()));
+        let mut publisher = MockEventPublisher::new();
+        publisher.expect_publish().times(1).return_const(());
+        request.idempotency = Some(IdempotencyRequest { key: "k2".into(), fingerprint: "fp".into() });
+        let done = use_case(jobs, contractors, store, publisher).execute(&dispatcher("north"), request).await.unwrap();
+        assert!(!done.replayed);
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use smartscheduler_domain::ports::{ContractorRepository, JobFilter, JobRepository, StoreError};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName,
-    Principal, Region, Skill, Timestamp, Title, ValidationError,
+    Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName, Principal, Region, Skill,
+    Timestamp, Title, ValidationError,
 };
 use tracing::instrument;
 
@@ -64,9 +64,7 @@ fn back_office(principal: &Principal) -> Result<(), CatalogError> {
     if principal.is_back_office() {
         Ok(())
     } else {
-        Err(CatalogError::Forbidden(
-            "only admins and dispatchers may do this".into(),
-        ))
+        Err(CatalogError::Forbidden("only admins and dispatchers may do this".into()))
     }
 }
 
@@ -87,12 +85,7 @@ impl Catalog {
         request: CreateContractorRequest,
     ) -> Result<Contractor, CatalogError> {
         back_office(principal)?;
-        let contractor = Contractor::create(
-            request.name,
-            request.region,
-            request.skills,
-            Timestamp::now(),
-        )?;
+        let contractor = Contractor::create(request.name, request.region, request.skills, Timestamp::now())?;
         self.contractors.insert(&contractor).await?;
         Ok(contractor)
     }
@@ -129,17 +122,10 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError`].
     #[instrument(skip_all, err)]
-    pub async fn create_job(
-        &self,
-        principal: &Principal,
-        request: CreateJobRequest,
-    ) -> Result<Job, CatalogError> {
+    pub async fn create_job(&self, principal: &Principal, request: CreateJobRequest) -> Result<Job, CatalogError> {
         back_office(principal)?;
         if !principal.dispatches(&request.region) {
-            return Err(CatalogError::Forbidden(format!(
-                "you may not create jobs in region '{}'",
-                request.region
-            )));
+            return Err(CatalogError::Forbidden(format!("you may not create jobs in region '{}'", request.region)));
         }
         let job = Job::create(
             request.job_type,
@@ -175,13 +161,6 @@ impl Catalog {
         limit: u32,
     ) -> Result<Vec<Job>, CatalogError> {
         back_office(principal)?;
-        Ok(self
-            .jobs
-            .list(JobFilter {
-                region,
-                status,
-                limit,
-            })
-            .await?)
+        Ok(self.jobs.list(JobFilter { region, status, limit }).await?)
     }
 }

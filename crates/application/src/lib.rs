@@ -15,10 +15,9 @@ pub mod auth;
 pub mod catalog;
 pub mod publishing;
 
-pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest};
+pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};
 pub use auth::{AuthError, TokenVerifier};
 pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
 pub use publishing::{
-    outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay,
-    RelayConfig,
+    outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay, RelayConfig,
 };

@@ -62,10 +62,7 @@ impl HandlerRegistry {
     }
     /// The handlers of `event_type`.
     pub fn handlers(&self, event_type: EventType) -> &[Arc<dyn EventHandler>] {
-        self.handlers
-            .get(&event_type)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.handlers.get(&event_type).map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -110,9 +107,7 @@ impl EventPublisher for InProcessPublisher {
         if let Err(err) = self.queue.try_send(event) {
             // The row is committed; the relay's scan will find it.
             let event_id = match &err {
-                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => {
-                    e.event_id()
-                }
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e.event_id(),
             };
             tracing::debug!(%event_id, "publish queue full; the event waits in the EventLog");
             self.overflow.notify_one();
@@ -137,17 +132,8 @@ pub fn outbox(
 ) -> (Arc<InProcessPublisher>, OutboxRelay) {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let overflow = Arc::new(Notify::new());
-    let publisher = Arc::new(InProcessPublisher {
-        queue: tx,
-        overflow: overflow.clone(),
-    });
-    let relay = OutboxRelay {
-        log,
-        handlers: Arc::new(handlers),
-        queue: rx,
-        overflow,
-        config,
-    };
+    let publisher = Arc::new(InProcessPublisher { queue: tx, overflow: overflow.clone() });
+    let relay = OutboxRelay { log, handlers: Arc::new(handlers), queue: rx, overflow, config };
     (publisher, relay)
 }
 
@@ -197,11 +183,7 @@ impl OutboxRelay {
     /// Publishes every due Pending row, batch after batch.
     async fn drain_due(&self) {
         loop {
-            match self
-                .log
-                .claim_due(Timestamp::now(), self.config.batch_size)
-                .await
-            {
+            match self.log.claim_due(Timestamp::now(), self.config.batch_size).await {
                 Ok(claimed) => {
                     let full = claimed.len() as u32 >= self.config.batch_size;
                     self.deliver(claimed).await;
@@ -223,12 +205,7 @@ impl OutboxRelay {
         }
         let mut published = Vec::with_capacity(claimed.len());
         let mut lags = Vec::with_capacity(claimed.len());
-        for ClaimedEvent {
-            event,
-            sequence,
-            attempts,
-        } in claimed
-        {
+        for ClaimedEvent { event, sequence, attempts } in claimed {
             if attempts > 0 {
                 metrics::counter!("smartscheduler_event_retries_total").increment(1);
             }
@@ -245,11 +222,7 @@ impl OutboxRelay {
             }
             match failure {
                 None => {
-                    published.push(PublishedRow {
-                        event_id,
-                        sequence,
-                        groups,
-                    });
+                    published.push(PublishedRow { event_id, sequence, groups });
                     lags.push(published_event.event.occurred_at_utc());
                 }
                 Some(error) => {
@@ -257,13 +230,8 @@ impl OutboxRelay {
                     let retry_at = (attempt < self.config.max_attempts)
                         .then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
                     tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
-                    let outcome = if retry_at.is_some() {
-                        "retry_scheduled"
-                    } else {
-                        "failed"
-                    };
-                    metrics::counter!("smartscheduler_event_failures_total", "outcome" => outcome)
-                        .increment(1);
+                    let outcome = if retry_at.is_some() { "retry_scheduled" } else { "failed" };
+                    metrics::counter!("smartscheduler_event_failures_total", "outcome" => outcome).increment(1);
                     if let Err(err) = self.log.record_failure(event_id, error, retry_at).await {
                         tracing::warn!(%event_id, error = %err, "could not record a handler failure");
                     }
@@ -291,10 +259,7 @@ impl OutboxRelay {
     fn backoff(&self, attempt: u32) -> i64 {
         let base = self.config.base_backoff.as_millis() as u64;
         let cap = self.config.max_backoff.as_millis() as u64;
-        let exp = base
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
-            .min(cap)
-            .max(1);
+        let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(cap).max(1);
         rand::rng().random_range(exp / 2..=exp) as i64
     }
 }
@@ -304,8 +269,8 @@ mod tests {
     use super::*;
     use smartscheduler_domain::ports::MockEventLog;
     use smartscheduler_domain::{
-        AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName,
-        Region, Sequence, TimeRange,
+        AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, Sequence,
+        TimeRange,
     };
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;
@@ -321,13 +286,8 @@ mod tests {
             None,
             now,
         );
-        let c = Contractor::create(
-            PersonName::new("Ana").unwrap(),
-            Region::new("north").unwrap(),
-            vec![],
-            now,
-        )
-        .unwrap();
+        let c =
+            Contractor::create(PersonName::new("Ana").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
         let request = NewAssignment {
             contractor_id: c.id(),
             range: TimeRange::new(now, now.plus_millis(1000)).unwrap(),
@@ -358,10 +318,7 @@ mod tests {
     }
 
     fn config() -> RelayConfig {
-        RelayConfig {
-            poll_interval: Duration::from_secs(3600),
-            ..RelayConfig::default()
-        }
+        RelayConfig { poll_interval: Duration::from_secs(3600), ..RelayConfig::default() }
     }
 
     #[tokio::test]
@@ -371,26 +328,14 @@ mod tests {
         let mut log = MockEventLog::new();
         log.expect_claim_due().returning(|_, _| Ok(vec![]));
         log.expect_claim().times(1).returning(|events| {
-            Ok(events
-                .into_iter()
-                .map(|event| ClaimedEvent {
-                    event,
-                    sequence: Sequence(7),
-                    attempts: 0,
-                })
-                .collect())
+            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(7), attempts: 0 }).collect())
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
-        log.expect_mark_published()
-            .times(1)
-            .returning(move |rows, _| {
-                tx.send(rows).unwrap();
-                Ok(())
-            });
-        let recorder = Arc::new(Recorder {
-            seen: Mutex::default(),
-            fail_first: AtomicU32::new(0),
+        log.expect_mark_published().times(1).returning(move |rows, _| {
+            tx.send(rows).unwrap();
+            Ok(())
         });
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(0) });
         let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder.clone());
         let (publisher, relay) = outbox(Arc::new(log), registry, config());
         let stop = Arc::new(Notify::new());
@@ -399,14 +344,7 @@ mod tests {
 
         publisher.publish(e.clone());
         let rows = rx.recv().await.unwrap();
-        assert_eq!(
-            rows,
-            vec![PublishedRow {
-                event_id: e.event_id(),
-                sequence: Sequence(7),
-                groups: expected_groups
-            }]
-        );
+        assert_eq!(rows, vec![PublishedRow { event_id: e.event_id(), sequence: Sequence(7), groups: expected_groups }]);
         assert_eq!(*recorder.seen.lock().unwrap(), vec![Sequence(7)]);
         stop.notify_one();
         task.await.unwrap();
@@ -418,27 +356,15 @@ mod tests {
         let mut log = MockEventLog::new();
         log.expect_claim_due().returning(|_, _| Ok(vec![]));
         log.expect_claim().returning(|events| {
-            Ok(events
-                .into_iter()
-                .map(|event| ClaimedEvent {
-                    event,
-                    sequence: Sequence(1),
-                    attempts: 0,
-                })
-                .collect())
+            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(1), attempts: 0 }).collect())
         });
         log.expect_mark_published().never();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        log.expect_record_failure()
-            .times(1)
-            .returning(move |id, error, retry_at| {
-                tx.send((id, error, retry_at)).unwrap();
-                Ok(())
-            });
-        let recorder = Arc::new(Recorder {
-            seen: Mutex::default(),
-            fail_first: AtomicU32::new(1),
+        log.expect_record_failure().times(1).returning(move |id, error, retry_at| {
+            tx.send((id, error, retry_at)).unwrap();
+            Ok(())
         });
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(1) });
         let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
         let (publisher, relay) = outbox(Arc::new(log), registry, config());
         let stop = Arc::new(Notify::new());
@@ -462,11 +388,7 @@ mod tests {
         let mut first = true;
         log.expect_claim_due().returning(move |_, _| {
             let claimed = if first {
-                vec![ClaimedEvent {
-                    event: e.clone(),
-                    sequence: Sequence(3),
-                    attempts: 2,
-                }]
+                vec![ClaimedEvent { event: e.clone(), sequence: Sequence(3), attempts: 2 }]
             } else {
                 vec![]
             };
@@ -475,43 +397,22 @@ mod tests {
         });
         let failures = Arc::new(Mutex::new(Vec::new()));
         let f = failures.clone();
-        log.expect_record_failure()
-            .returning(move |_, _, retry_at| {
-                f.lock().unwrap().push(retry_at);
-                Ok(())
-            });
-        let recorder = Arc::new(Recorder {
-            seen: Mutex::default(),
-            fail_first: AtomicU32::new(5),
+        log.expect_record_failure().returning(move |_, _, retry_at| {
+            f.lock().unwrap().push(retry_at);
+            Ok(())
         });
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(5) });
         let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
-        let (_publisher, relay) = outbox(
-            Arc::new(log),
-            registry,
-            RelayConfig {
-                max_attempts: 3,
-                ..config()
-            },
-        );
+        let (_publisher, relay) = outbox(Arc::new(log), registry, RelayConfig { max_attempts: 3, ..config() });
         relay.run(async {}).await;
-        assert_eq!(
-            *failures.lock().unwrap(),
-            vec![None],
-            "third failed attempt of three: Failed, no retry time"
-        );
+        assert_eq!(*failures.lock().unwrap(), vec![None], "third failed attempt of three: Failed, no retry time");
     }
 
     #[tokio::test]
     async fn a_full_queue_never_blocks_or_fails_the_publisher() {
         let log = MockEventLog::new();
-        let (publisher, _relay) = outbox(
-            Arc::new(log),
-            HandlerRegistry::new(),
-            RelayConfig {
-                queue_capacity: 1,
-                ..config()
-            },
-        );
+        let (publisher, _relay) =
+            outbox(Arc::new(log), HandlerRegistry::new(), RelayConfig { queue_capacity: 1, ..config() });
         for _ in 0..100 {
             publisher.publish(event());
         }
@@ -521,11 +422,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let (_, relay) = outbox(
-            Arc::new(MockEventLog::new()),
-            HandlerRegistry::new(),
-            config(),
-        );
+        let (_, relay) = outbox(Arc::new(MockEventLog::new()), HandlerRegistry::new(), config());
         for attempt in 1..40 {
             let ms = relay.backoff(attempt);
             assert!(ms >= 1 && ms <= 60_000, "attempt {attempt}: {ms}");

@@ -28,18 +28,9 @@ impl Contractor {
         now: Timestamp,
     ) -> Result<Self, ValidationError> {
         if skills.len() > MAX_SKILLS {
-            return Err(ValidationError::new(
-                "skills",
-                format!("at most {MAX_SKILLS} skills"),
-            ));
+            return Err(ValidationError::new("skills", format!("at most {MAX_SKILLS} skills")));
         }
-        Ok(Self {
-            id: ContractorId::new(),
-            name,
-            region,
-            skills,
-            created_at_utc: now,
-        })
+        Ok(Self { id: ContractorId::new(), name, region, skills, created_at_utc: now })
     }
 
     /// Rebuilds a contractor from storage.
@@ -50,13 +41,7 @@ impl Contractor {
         skills: Vec<Skill>,
         created_at_utc: Timestamp,
     ) -> Self {
-        Self {
-            id,
-            name,
-            region,
-            skills,
-            created_at_utc,
-        }
+        Self { id, name, region, skills, created_at_utc }
     }
 
     /// The contractor's id.

@@ -6,9 +6,7 @@ use std::fmt;
 use crate::assignment::Assignment;
 use crate::ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
-use crate::values::{
-    AssignmentSource, DurationMinutes, JobType, Region, Timestamp, Title, ValidationError,
-};
+use crate::values::{AssignmentSource, DurationMinutes, JobType, Region, Timestamp, Title, ValidationError};
 
 /// The payload schema version clients can rely on.
 pub const JOB_ASSIGNED_SCHEMA_VERSION: u32 = 1;
@@ -63,10 +61,7 @@ impl Group {
         if let Some(id) = value.strip_prefix("contractor/") {
             return id.parse().map(GroupKind::Contractor);
         }
-        Err(ValidationError::new(
-            "group",
-            "must be dispatch/{region} or contractor/{contractorId}",
-        ))
+        Err(ValidationError::new("group", "must be dispatch/{region} or contractor/{contractorId}"))
     }
     /// Which kind of group this is.
     pub fn kind(&self) -> GroupKind {
@@ -195,10 +190,7 @@ impl JobAssigned {
 
     /// Who hears about it: the job region's dispatchers and the contractor.
     pub fn audience(&self) -> Vec<Group> {
-        vec![
-            Group::dispatch(&self.region),
-            Group::contractor(self.contractor_id),
-        ]
+        vec![Group::dispatch(&self.region), Group::contractor(self.contractor_id)]
     }
 }
 
@@ -279,24 +271,15 @@ mod tests {
             None,
             now,
         );
-        let contractor = Contractor::create(
-            PersonName::new("Ana").unwrap(),
-            Region::new("north").unwrap(),
-            vec![],
-            now,
-        )
-        .unwrap();
+        let contractor =
+            Contractor::create(PersonName::new("Ana").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
         let range = TimeRange::new(
             Timestamp::parse_rfc3339("s", "2025-11-08T15:00:00Z").unwrap(),
             Timestamp::parse_rfc3339("e", "2025-11-08T17:00:00Z").unwrap(),
         )
         .unwrap();
-        let request = NewAssignment {
-            contractor_id: contractor.id(),
-            range,
-            source: AssignmentSource::Manual,
-            audit_id: None,
-        };
+        let request =
+            NewAssignment { contractor_id: contractor.id(), range, source: AssignmentSource::Manual, audit_id: None };
         let (_, event) = job.assign(&contractor, request, now).unwrap();
         (job, event)
     }
@@ -308,46 +291,25 @@ mod tests {
         assert_eq!(event.job.status, JobStatus::Assigned);
         assert_eq!(event.job_id, job.id());
         let groups: Vec<String> = event.audience().into_iter().map(String::from).collect();
-        assert_eq!(
-            groups,
-            vec![
-                "dispatch/north".to_owned(),
-                format!("contractor/{}", event.contractor_id)
-            ]
-        );
+        assert_eq!(groups, vec!["dispatch/north".to_owned(), format!("contractor/{}", event.contractor_id)]);
     }
 
     #[test]
     fn assigning_an_assigned_job_is_refused() {
         let (mut job, _) = sample("Kitchen");
         let now = Timestamp::now();
-        let contractor = Contractor::create(
-            PersonName::new("Bo").unwrap(),
-            Region::new("north").unwrap(),
-            vec![],
-            now,
-        )
-        .unwrap();
+        let contractor =
+            Contractor::create(PersonName::new("Bo").unwrap(), Region::new("north").unwrap(), vec![], now).unwrap();
         let range = TimeRange::new(now, now.plus_millis(1000)).unwrap();
-        let request = NewAssignment {
-            contractor_id: contractor.id(),
-            range,
-            source: AssignmentSource::Auto,
-            audit_id: None,
-        };
-        assert!(matches!(
-            job.assign(&contractor, request, now),
-            Err(crate::job::AssignRefusal::AlreadyAssigned(_))
-        ));
+        let request =
+            NewAssignment { contractor_id: contractor.id(), range, source: AssignmentSource::Auto, audit_id: None };
+        assert!(matches!(job.assign(&contractor, request, now), Err(crate::job::AssignRefusal::AlreadyAssigned(_))));
     }
 
     #[test]
     fn published_payload_has_the_contract_shape() {
         let (_, event) = sample("Kitchen");
-        let published = PublishedEvent {
-            event: event.clone().into(),
-            sequence: Sequence(42),
-        };
+        let published = PublishedEvent { event: event.clone().into(), sequence: Sequence(42) };
         let json = serde_json::to_value(&published).unwrap();
         assert_eq!(json["type"], "JobAssigned");
         assert_eq!(json["schemaVersion"], 1);
@@ -374,10 +336,7 @@ mod tests {
         event.job.region = event.region.clone();
         event.job.job_type = JobType::new(&"😀".repeat(crate::values::MAX_JOB_TYPE_LEN)).unwrap();
         event.audit_id = Some(AuditId::new());
-        let published = PublishedEvent {
-            event: event.into(),
-            sequence: Sequence(i64::MAX),
-        };
+        let published = PublishedEvent { event: event.into(), sequence: Sequence(i64::MAX) };
         let bytes = serde_json::to_vec(&published).unwrap().len();
         assert!(bytes < MAX_PAYLOAD_BYTES, "payload is {bytes} bytes");
     }
@@ -386,10 +345,7 @@ mod tests {
     fn groups_parse_only_the_two_known_shapes() {
         assert!(Group::parse("dispatch/north").is_ok());
         let id = ContractorId::new();
-        assert_eq!(
-            Group::parse(&format!("contractor/{id}")).unwrap().kind(),
-            GroupKind::Contractor(id)
-        );
+        assert_eq!(Group::parse(&format!("contractor/{id}")).unwrap().kind(), GroupKind::Contractor(id));
         assert!(Group::parse("contractor/nope").is_err());
         assert!(Group::parse("admin/all").is_err());
         assert!(Group::parse("dispatch/a/b").is_err());

@@ -83,12 +83,7 @@ mod tests {
     use super::*;
 
     fn principal(role: Role, regions: &[&str], contractor_id: Option<ContractorId>) -> Principal {
-        Principal {
-            subject: "s".into(),
-            role,
-            regions: regions.iter().map(|s| s.to_string()).collect(),
-            contractor_id,
-        }
+        Principal { subject: "s".into(), role, regions: regions.iter().map(|s| s.to_string()).collect(), contractor_id }
     }
 
     #[test]
@@ -107,13 +102,7 @@ mod tests {
         assert!(dispatcher.may_join(&north) && dispatcher.may_join(&other));
         assert!(!south_dispatcher.may_join(&north));
         assert!(contractor.may_join(&mine));
-        assert!(
-            !contractor.may_join(&other),
-            "a contractor never sees another's feed"
-        );
-        assert!(
-            !contractor.may_join(&north),
-            "a region claim does not make a contractor a dispatcher"
-        );
+        assert!(!contractor.may_join(&other), "a contractor never sees another's feed");
+        assert!(!contractor.may_join(&north), "a region claim does not make a contractor a dispatcher");
     }
 }

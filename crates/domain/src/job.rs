@@ -30,10 +30,7 @@ impl JobStatus {
         match value {
             "Unassigned" => Ok(Self::Unassigned),
             "Assigned" => Ok(Self::Assigned),
-            _ => Err(ValidationError::new(
-                "status",
-                "must be \"Unassigned\" or \"Assigned\"",
-            )),
+            _ => Err(ValidationError::new("status", "must be \"Unassigned\" or \"Assigned\"")),
         }
     }
 }
@@ -98,17 +95,7 @@ impl Job {
         status: JobStatus,
         created_at_utc: Timestamp,
     ) -> Self {
-        Self {
-            id,
-            job_type,
-            title,
-            region,
-            duration_minutes,
-            desired_start_utc,
-            address,
-            status,
-            created_at_utc,
-        }
+        Self { id, job_type, title, region, duration_minutes, desired_start_utc, address, status, created_at_utc }
     }
 
     /// Assigns the job to `contractor`: the job becomes Assigned, and the

@@ -24,13 +24,11 @@ pub mod values;
 
 pub use assignment::{Assignment, NewAssignment};
 pub use contractor::Contractor;
-pub use events::{
-    DomainEvent, EventType, Group, JobAssigned, JobSnapshot, PublishedEvent, Sequence,
-};
+pub use events::{DomainEvent, EventType, Group, JobAssigned, JobSnapshot, PublishedEvent, Sequence};
 pub use identity::{Principal, Role};
 pub use ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 pub use job::{AssignRefusal, Job, JobStatus};
 pub use values::{
-    Address, AssignmentSource, DurationMinutes, JobType, PersonName, Region, Skill, TimeRange,
-    Timestamp, Title, ValidationError,
+    Address, AssignmentSource, DurationMinutes, JobType, PersonName, Region, Skill, TimeRange, Timestamp, Title,
+    ValidationError,
 };

@@ -44,8 +44,7 @@ pub trait ContractorRepository: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError`] when storage fails.
-    async fn list(&self, region: Option<Region>, limit: u32)
-        -> Result<Vec<Contractor>, StoreError>;
+    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError>;
 }
 
 /// Which jobs to list.
@@ -96,6 +95,9 @@ pub enum CommitAssignmentError {
     /// The contractor has an assignment overlapping this one.
     #[error("contractor already has an overlapping assignment")]
     ContractorBusy,
+    /// The idempotency key was stored by a request that committed first.
+    #[error("the idempotency key is already used")]
+    IdempotencyKeyTaken,
     /// Storage failed; nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -117,7 +119,49 @@ pub trait AssignmentStore: Send + Sync {
         job: &Job,
         assignment: &Assignment,
         event: &DomainEvent,
+        idempotency: Option<IdempotencyKey>,
     ) -> Result<(), CommitAssignmentError>;
+
+    /// The assignment stored under an idempotency key no older than
+    /// `not_before`, with the request fingerprint it was stored with.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn find_idempotent(
+        &self,
+        scope: String,
+        key: String,
+        not_before: Timestamp,
+    ) -> Result<Option<(String, Assignment)>, StoreError>;
+
+    /// Forgets idempotency keys stored before `before`; returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// An `Idempotency-Key` to store with an assignment, in the same
+/// transaction, so that a repeat returns the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Whose key it is (the token's subject): keys of different callers never collide.
+    pub scope: String,
+    /// The key as sent.
+    pub key: String,
+    /// What the request said (job and body), to tell a repeat from a reuse.
+    pub fingerprint: String,
+}
+
+/// What an admin's retry of an event found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The row was Failed and is Pending again.
+    Requeued,
+    /// No such event.
+    NotFound,
+    /// The row is not Failed (Pending or Published): nothing to do.
+    NotFailed,
 }
 
 /// Where an event stands in the EventLog.
@@ -247,11 +291,7 @@ pub trait EventLog: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError`].
-    async fn mark_published(
-        &self,
-        published: Vec<PublishedRow>,
-        at: Timestamp,
-    ) -> Result<(), StoreError>;
+    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError>;
     /// Records a failed attempt: `attempts` grows by one, `lastError` is set,
     /// and the row stays Pending until `retry_at`, or becomes Failed when
     /// `retry_at` is `None`.
@@ -285,6 +325,28 @@ pub trait EventLog: Send + Sync {
         after: Sequence,
         limit: u32,
     ) -> Result<Vec<(DomainEvent, Sequence)>, StoreError>;
+    /// Makes a Failed row Pending again, due now, with its attempts reset.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn retry(&self, event_id: EventId) -> Result<RetryOutcome, StoreError>;
+    /// Deletes Published rows published before `before` and returns how
+    /// many; raises the purge watermark to the highest sequence deleted.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// The highest sequence ever purged (0 when none): a replay from below it
+    /// would have a gap.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn purged_through(&self) -> Result<Sequence, StoreError>;
+    /// How many rows are Pending and how many Failed.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn backlog(&self) -> Result<(u64, u64), StoreError>;
 }
 
 /// Hands committed events to delivery.

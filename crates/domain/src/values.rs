@@ -21,10 +21,7 @@ pub struct ValidationError {
 impl ValidationError {
     /// A refusal of `field` with a reason.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
+        Self { field, message: message.into() }
     }
 }
 
@@ -46,27 +43,16 @@ pub const MAX_SKILLS: usize = 50;
 /// Longest job: one week.
 pub const MAX_DURATION_MINUTES: u32 = 7 * 24 * 60;
 
-fn check_text(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    allow_empty: bool,
-) -> Result<String, ValidationError> {
+fn check_text(field: &'static str, value: &str, max: usize, allow_empty: bool) -> Result<String, ValidationError> {
     let trimmed = value.trim();
     if trimmed.is_empty() && !allow_empty {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if trimmed.chars().count() > max {
-        return Err(ValidationError::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
+        return Err(ValidationError::new(field, format!("must be at most {max} characters")));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(ValidationError::new(field, "must not contain control characters"));
     }
     Ok(trimmed.to_owned())
 }
@@ -139,19 +125,10 @@ impl Region {
             return Err(ValidationError::new("region", "must not be empty"));
         }
         if value.len() > MAX_REGION_LEN {
-            return Err(ValidationError::new(
-                "region",
-                format!("must be at most {MAX_REGION_LEN} characters"),
-            ));
+            return Err(ValidationError::new("region", format!("must be at most {MAX_REGION_LEN} characters")));
         }
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(ValidationError::new(
-                "region",
-                "may contain only letters, digits, '.', '_' and '-'",
-            ));
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(ValidationError::new("region", "may contain only letters, digits, '.', '_' and '-'"));
         }
         Ok(Self(value.to_owned()))
     }
@@ -187,16 +164,10 @@ impl DurationMinutes {
     /// Validates `minutes`.
     pub fn new(minutes: i64) -> Result<Self, ValidationError> {
         if minutes <= 0 {
-            return Err(ValidationError::new(
-                "durationMinutes",
-                "must be greater than 0",
-            ));
+            return Err(ValidationError::new("durationMinutes", "must be greater than 0"));
         }
         if minutes > i64::from(MAX_DURATION_MINUTES) {
-            return Err(ValidationError::new(
-                "durationMinutes",
-                format!("must be at most {MAX_DURATION_MINUTES}"),
-            ));
+            return Err(ValidationError::new("durationMinutes", format!("must be at most {MAX_DURATION_MINUTES}")));
         }
         Ok(Self(minutes as u32))
     }
@@ -234,10 +205,7 @@ impl AssignmentSource {
         match value {
             "manual" => Ok(Self::Manual),
             "auto" => Ok(Self::Auto),
-            _ => Err(ValidationError::new(
-                "source",
-                "must be \"manual\" or \"auto\"",
-            )),
+            _ => Err(ValidationError::new("source", "must be \"manual\" or \"auto\"")),
         }
     }
     /// `"manual"` or `"auto"`.
@@ -276,12 +244,7 @@ impl Timestamp {
     pub fn parse_rfc3339(field: &'static str, value: &str) -> Result<Self, ValidationError> {
         OffsetDateTime::parse(value, &Rfc3339)
             .map(Self::from_datetime)
-            .map_err(|_| {
-                ValidationError::new(
-                    field,
-                    "must be an RFC 3339 date-time, e.g. 2025-11-08T15:00:00Z",
-                )
-            })
+            .map_err(|_| ValidationError::new(field, "must be an RFC 3339 date-time, e.g. 2025-11-08T15:00:00Z"))
     }
     /// This instant plus `millis` milliseconds.
     pub const fn plus_millis(self, millis: i64) -> Self {
@@ -289,20 +252,15 @@ impl Timestamp {
     }
     /// The instant as an `OffsetDateTime` in UTC.
     pub fn to_datetime(self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
     /// RFC 3339 in UTC with `Z`.
     pub fn to_rfc3339(self) -> String {
         let dt = self.to_datetime();
         let formatted = if dt.millisecond() == 0 {
-            dt.format(format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-            ))
+            dt.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"))
         } else {
-            dt.format(format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
+            dt.format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"))
         };
         formatted.unwrap_or_default()
     }
@@ -389,18 +347,9 @@ mod tests {
 
     #[test]
     fn source_is_manual_or_auto() {
-        assert_eq!(
-            AssignmentSource::parse("auto").unwrap(),
-            AssignmentSource::Auto
-        );
-        assert_eq!(
-            AssignmentSource::parse("manual").unwrap(),
-            AssignmentSource::Manual
-        );
-        assert_eq!(
-            AssignmentSource::parse("Manual").unwrap_err().field,
-            "source"
-        );
+        assert_eq!(AssignmentSource::parse("auto").unwrap(), AssignmentSource::Auto);
+        assert_eq!(AssignmentSource::parse("manual").unwrap(), AssignmentSource::Manual);
+        assert_eq!(AssignmentSource::parse("Manual").unwrap_err().field, "source");
     }
 
     #[test]

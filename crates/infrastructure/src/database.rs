@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use smartscheduler_domain::ports::{
-    AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError,
-};
+use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError};
 
 use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
@@ -13,9 +11,7 @@ use crate::sqlite::SqliteStore;
 #[derive(Debug, thiserror::Error)]
 pub enum DatabaseError {
     /// Not a URL this build serves.
-    #[error(
-        "unsupported database URL {0} (expected sqlite://PATH, sqlite::memory: or postgres://…)"
-    )]
+    #[error("unsupported database URL {0} (expected sqlite://PATH, sqlite::memory: or postgres://…)")]
     Unsupported(String),
     /// Connecting or migrating failed.
     #[error("could not open the database {0}: {1}")]

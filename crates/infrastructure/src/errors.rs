@@ -8,10 +8,9 @@ use sqlx::postgres::PgDatabaseError;
 /// `Unavailable` (retryable, 503); the rest is `Unexpected`.
 pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
     match &err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable(err.to_string())
+        }
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             let retryable = if db.try_downcast_ref::<PgDatabaseError>().is_some() {

@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
-    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
-    EventLogEntry, EventQuery, EventStatus, JobFilter, JobRepository, LoggedPayload, PublishedRow,
-    StoreError,
+    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
+    EventStatus, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome, StoreError,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Assignment, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job, JobId,
-    JobStatus, JobType, PersonName, Region, Sequence, Skill, Timestamp, Title,
+    Assignment, AssignmentId, AssignmentSource, AuditId, Contractor, ContractorId, DomainEvent, DurationMinutes,
+    EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange,
+    Timestamp, Title,
 };
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
@@ -33,6 +33,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::errors::{corrupt, store_error};
+use crate::sqlite::IDEMPOTENCY_TTL_MILLIS;
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -48,14 +49,9 @@ impl PostgresStore {
     /// # Errors
     /// When the server cannot be reached or a migration fails.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(url)
-            .await?;
-        sqlx::migrate!("../../migrations/postgres")
-            .run(&pool)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
+        sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -64,10 +60,7 @@ impl PostgresStore {
     /// # Errors
     /// [`StoreError`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error)?;
         Ok(())
     }
 
@@ -78,17 +71,12 @@ impl PostgresStore {
 }
 
 fn contractor_from_row(row: &PgRow) -> Result<Contractor, StoreError> {
-    let skills: Vec<String> =
-        serde_json::from_value(row.try_get("skills").map_err(store_error)?).map_err(corrupt)?;
+    let skills: Vec<String> = serde_json::from_value(row.try_get("skills").map_err(store_error)?).map_err(corrupt)?;
     Ok(Contractor::restore(
         ContractorId::from_uuid(uuid(row, "id")?),
         PersonName::new(row.try_get("name").map_err(store_error)?).map_err(corrupt)?,
         Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        skills
-            .iter()
-            .map(|s| Skill::new(s))
-            .collect::<Result<_, _>>()
-            .map_err(corrupt)?,
+        skills.iter().map(|s| Skill::new(s)).collect::<Result<_, _>>().map_err(corrupt)?,
         Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
     ))
 }
@@ -100,22 +88,35 @@ fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
     Ok(Job::restore(
         JobId::from_uuid(uuid(row, "id")?),
         JobType::new(row.try_get("job_type").map_err(store_error)?).map_err(corrupt)?,
-        title
-            .as_deref()
-            .map(Title::new)
-            .transpose()
-            .map_err(corrupt)?,
+        title.as_deref().map(Title::new).transpose().map_err(corrupt)?,
         Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        DurationMinutes::new(row.try_get("duration_minutes").map_err(store_error)?)
-            .map_err(corrupt)?,
+        DurationMinutes::new(row.try_get("duration_minutes").map_err(store_error)?).map_err(corrupt)?,
         desired.map(Timestamp::from_unix_millis),
-        address
-            .as_deref()
-            .map(Address::new)
-            .transpose()
-            .map_err(corrupt)?,
+        address.as_deref().map(Address::new).transpose().map_err(corrupt)?,
         JobStatus::parse(row.try_get("status").map_err(store_error)?).map_err(corrupt)?,
         Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
+    ))
+}
+
+fn assignment_from_row(row: &PgRow) -> Result<Assignment, StoreError> {
+    let contractor_id = ContractorId::from_uuid(uuid(row, "contractor_id")?);
+    let start = Timestamp::from_unix_millis(row.try_get("start_at").map_err(store_error)?);
+    let end = Timestamp::from_unix_millis(row.try_get("end_at").map_err(store_error)?);
+    let audit: Option<Uuid> = row.try_get("audit_id").map_err(store_error)?;
+    let request = NewAssignment {
+        contractor_id,
+        range: TimeRange::new(start, end).map_err(corrupt)?,
+        source: AssignmentSource::parse(row.try_get("source").map_err(store_error)?).map_err(corrupt)?,
+        audit_id: audit.map(AuditId::from_uuid),
+    };
+    Ok(Assignment::new(
+        AssignmentId::from_uuid(uuid(row, "id")?),
+        JobId::from_uuid(uuid(row, "job_id")?),
+        contractor_id,
+        request,
+        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
+        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
+        EventId::from_uuid(uuid(row, "event_id")?),
     ))
 }
 
@@ -135,18 +136,12 @@ fn attempts_from_row(row: &PgRow) -> Result<u32, StoreError> {
 
 fn entry_from_row(row: &PgRow) -> Result<EventLogEntry, StoreError> {
     let status: &str = row.try_get("status").map_err(store_error)?;
-    let status =
-        EventStatus::parse(status).ok_or_else(|| corrupt(format!("unknown status {status}")))?;
+    let status = EventStatus::parse(status).ok_or_else(|| corrupt(format!("unknown status {status}")))?;
     let sequence: Option<i64> = row.try_get("sequence").map_err(store_error)?;
     // The contract: sequence is null until published.
-    let sequence = if status == EventStatus::Published {
-        sequence.map(Sequence)
-    } else {
-        None
-    };
+    let sequence = if status == EventStatus::Published { sequence.map(Sequence) } else { None };
     let groups: Vec<Group> =
-        serde_json::from_value(row.try_get("published_groups").map_err(store_error)?)
-            .map_err(corrupt)?;
+        serde_json::from_value(row.try_get("published_groups").map_err(store_error)?).map_err(corrupt)?;
     let published_at: Option<i64> = row.try_get("published_at").map_err(store_error)?;
     Ok(EventLogEntry {
         event_id: EventId::from_uuid(uuid(row, "event_id")?),
@@ -154,16 +149,11 @@ fn entry_from_row(row: &PgRow) -> Result<EventLogEntry, StoreError> {
         sequence,
         status,
         attempts: attempts_from_row(row)?,
-        occurred_at_utc: Timestamp::from_unix_millis(
-            row.try_get("occurred_at").map_err(store_error)?,
-        ),
+        occurred_at_utc: Timestamp::from_unix_millis(row.try_get("occurred_at").map_err(store_error)?),
         published_at_utc: published_at.map(Timestamp::from_unix_millis),
         published_groups: groups,
         last_error: row.try_get("last_error").map_err(store_error)?,
-        payload: LoggedPayload {
-            event: event_from_row(row)?,
-            sequence,
-        },
+        payload: LoggedPayload { event: event_from_row(row)?, sequence },
     })
 }
 
@@ -171,19 +161,16 @@ fn entry_from_row(row: &PgRow) -> Result<EventLogEntry, StoreError> {
 impl ContractorRepository for PostgresStore {
     #[instrument(skip_all, err)]
     async fn insert(&self, c: &Contractor) -> Result<(), StoreError> {
-        let skills = serde_json::to_value(c.skills().iter().map(Skill::as_str).collect::<Vec<_>>())
-            .map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO contractors (id, name, region, skills, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(c.id().as_uuid())
-        .bind(c.name().as_str())
-        .bind(c.region().as_str())
-        .bind(skills)
-        .bind(c.created_at_utc().unix_millis())
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let skills = serde_json::to_value(c.skills().iter().map(Skill::as_str).collect::<Vec<_>>()).map_err(corrupt)?;
+        sqlx::query("INSERT INTO contractors (id, name, region, skills, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(c.id().as_uuid())
+            .bind(c.name().as_str())
+            .bind(c.region().as_str())
+            .bind(skills)
+            .bind(c.created_at_utc().unix_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -198,11 +185,7 @@ impl ContractorRepository for PostgresStore {
             .transpose()
     }
 
-    async fn list(
-        &self,
-        region: Option<Region>,
-        limit: u32,
-    ) -> Result<Vec<Contractor>, StoreError> {
+    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM contractors WHERE ($1::text IS NULL OR region = $1)
              ORDER BY created_at, id LIMIT $2",
@@ -273,18 +256,17 @@ impl AssignmentStore for PostgresStore {
         job: &Job,
         assignment: &Assignment,
         event: &DomainEvent,
+        idempotency: Option<IdempotencyKey>,
     ) -> Result<(), CommitAssignmentError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         // The job's row lock serializes racing assignments of one job: the
         // losers wait for the winner's commit, then re-check the status and
         // update nothing.
-        let updated = sqlx::query(
-            "UPDATE jobs SET status = 'Assigned' WHERE id = $1 AND status = 'Unassigned'",
-        )
-        .bind(job.id().as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        let updated = sqlx::query("UPDATE jobs SET status = 'Assigned' WHERE id = $1 AND status = 'Unassigned'")
+            .bind(job.id().as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         if updated.rows_affected() == 0 {
             let exists = sqlx::query("SELECT 1 FROM jobs WHERE id = $1")
                 .bind(job.id().as_uuid())
@@ -308,15 +290,14 @@ impl AssignmentStore for PostgresStore {
             return Err(CommitAssignmentError::ContractorNotFound);
         }
         let range = assignment.range();
-        let overlap = sqlx::query(
-            "SELECT 1 FROM assignments WHERE contractor_id = $1 AND start_at < $2 AND end_at > $3 LIMIT 1",
-        )
-        .bind(assignment.contractor_id().as_uuid())
-        .bind(range.end().unix_millis())
-        .bind(range.start().unix_millis())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        let overlap =
+            sqlx::query("SELECT 1 FROM assignments WHERE contractor_id = $1 AND start_at < $2 AND end_at > $3 LIMIT 1")
+                .bind(assignment.contractor_id().as_uuid())
+                .bind(range.end().unix_millis())
+                .bind(range.start().unix_millis())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
         if overlap.is_some() {
             return Err(CommitAssignmentError::ContractorBusy);
         }
@@ -341,15 +322,65 @@ impl AssignmentStore for PostgresStore {
             _ => store_error(e).into(),
         })?;
         append_event(&mut tx, event).await?;
+        if let Some(key) = idempotency {
+            // A racing request with the same key waits on the key's index
+            // entry, then finds it live and stores nothing.
+            let stored = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, assignment_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+                    assignment_id = EXCLUDED.assignment_id, created_at = EXCLUDED.created_at
+                 WHERE idempotency_keys.created_at < $6",
+            )
+            .bind(&key.scope)
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(assignment.id().as_uuid())
+            .bind(assignment.created_at_utc().unix_millis())
+            .bind(assignment.created_at_utc().unix_millis() - IDEMPOTENCY_TTL_MILLIS)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if stored.rows_affected() == 0 {
+                return Err(CommitAssignmentError::IdempotencyKeyTaken);
+            }
+        }
         tx.commit().await.map_err(store_error)?;
         Ok(())
     }
+
+    async fn find_idempotent(
+        &self,
+        scope: String,
+        key: String,
+        not_before: Timestamp,
+    ) -> Result<Option<(String, Assignment)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.fingerprint, a.* FROM idempotency_keys k JOIN assignments a ON a.id = k.assignment_id
+             WHERE k.scope = $1 AND k.key = $2 AND k.created_at >= $3",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(not_before.unix_millis())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let fingerprint: String = row.try_get("fingerprint").map_err(store_error)?;
+        Ok(Some((fingerprint, assignment_from_row(&row)?)))
+    }
+
+    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(before.unix_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
 }
 
-async fn append_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    event: &DomainEvent,
-) -> Result<(), StoreError> {
+async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, event: &DomainEvent) -> Result<(), StoreError> {
     let payload = serde_json::to_value(event).map_err(corrupt)?;
     let event_id = event.event_id().as_uuid();
     let occurred = event.occurred_at_utc().unix_millis();
@@ -366,14 +397,12 @@ async fn append_event(
     .await
     .map_err(store_error)?;
     let groups: Vec<String> = event.audience().into_iter().map(String::from).collect();
-    sqlx::query(
-        "INSERT INTO event_groups (group_name, event_id) SELECT g, $2 FROM UNNEST($1::text[]) AS g",
-    )
-    .bind(groups)
-    .bind(event_id)
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
+    sqlx::query("INSERT INTO event_groups (group_name, event_id) SELECT g, $2 FROM UNNEST($1::text[]) AS g")
+        .bind(groups)
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
     Ok(())
 }
 
@@ -388,26 +417,17 @@ async fn sequence_all(
         return Ok(Vec::new());
     }
     let count = i64::try_from(events.len()).map_err(corrupt)?;
-    let last: i64 = sqlx::query_scalar(
-        "UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last",
-    )
-    .bind(count)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(store_error)?;
+    let last: i64 = sqlx::query_scalar("UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last")
+        .bind(count)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(store_error)?;
     let claimed: Vec<ClaimedEvent> = events
         .into_iter()
         .zip(last - count + 1..)
-        .map(|((event, attempts), sequence)| ClaimedEvent {
-            event,
-            sequence: Sequence(sequence),
-            attempts,
-        })
+        .map(|((event, attempts), sequence)| ClaimedEvent { event, sequence: Sequence(sequence), attempts })
         .collect();
-    let ids: Vec<Uuid> = claimed
-        .iter()
-        .map(|c| c.event.event_id().as_uuid())
-        .collect();
+    let ids: Vec<Uuid> = claimed.iter().map(|c| c.event.event_id().as_uuid()).collect();
     let sequences: Vec<i64> = claimed.iter().map(|c| c.sequence.0).collect();
     sqlx::query(
         "UPDATE event_log AS e SET sequence = u.sequence
@@ -477,11 +497,7 @@ impl EventLog for PostgresStore {
         // In the given order; an event given twice is claimed once.
         let pending = events
             .into_iter()
-            .filter_map(|event| {
-                attempts
-                    .remove(&event.event_id().as_uuid())
-                    .map(|a| (event, a))
-            })
+            .filter_map(|event| attempts.remove(&event.event_id().as_uuid()).map(|a| (event, a)))
             .collect();
         let claimed = sequence_all(&mut tx, pending).await?;
         tx.commit().await.map_err(store_error)?;
@@ -489,11 +505,7 @@ impl EventLog for PostgresStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn mark_published(
-        &self,
-        published: Vec<PublishedRow>,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
+    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
         }
@@ -599,12 +611,85 @@ impl EventLog for PostgresStore {
         .await
         .map_err(store_error)?;
         rows.iter()
-            .map(|row| {
-                Ok((
-                    event_from_row(row)?,
-                    Sequence(row.try_get("sequence").map_err(store_error)?),
-                ))
-            })
+            .map(|row| Ok((event_from_row(row)?, Sequence(row.try_get("sequence").map_err(store_error)?))))
             .collect()
+    }
+
+    #[instrument(skip_all, err)]
+    async fn retry(&self, event_id: EventId) -> Result<RetryOutcome, StoreError> {
+        let row = sqlx::query(
+            "WITH requeued AS (
+                UPDATE event_log SET status = 'Pending', attempts = 0, next_attempt_at = $1
+                WHERE event_id = $2 AND status = 'Failed' RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM requeued) AS requeued,
+                    (SELECT COUNT(*) FROM event_log WHERE event_id = $2) AS found",
+        )
+        .bind(Timestamp::now().unix_millis())
+        .bind(event_id.as_uuid())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let requeued: i64 = row.try_get("requeued").map_err(store_error)?;
+        let found: i64 = row.try_get("found").map_err(store_error)?;
+        Ok(match (requeued, found) {
+            (1.., _) => RetryOutcome::Requeued,
+            (_, 0) => RetryOutcome::NotFound,
+            _ => RetryOutcome::NotFailed,
+        })
+    }
+
+    #[instrument(skip_all, err)]
+    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let highest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published' AND published_at < $1")
+                .bind(before.unix_millis())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        sqlx::query(
+            "DELETE FROM event_groups WHERE event_id IN
+               (SELECT event_id FROM event_log WHERE status = 'Published' AND published_at < $1)",
+        )
+        .bind(before.unix_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let done = sqlx::query("DELETE FROM event_log WHERE status = 'Published' AND published_at < $1")
+            .bind(before.unix_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if let Some(highest) = highest {
+            sqlx::query("UPDATE event_sequence SET purged_through = GREATEST(purged_through, $1) WHERE id = 1")
+                .bind(highest)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purged_through(&self) -> Result<Sequence, StoreError> {
+        let through: i64 = sqlx::query_scalar("SELECT purged_through FROM event_sequence WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(Sequence(through))
+    }
+
+    async fn backlog(&self) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE status = 'Pending') AS pending,
+                    COUNT(*) FILTER (WHERE status = 'Failed') AS failed
+             FROM event_log WHERE status <> 'Published'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let pending: i64 = row.try_get("pending").map_err(store_error)?;
+        let failed: i64 = row.try_get("failed").map_err(store_error)?;
+        Ok((pending as u64, failed as u64))
     }
 }

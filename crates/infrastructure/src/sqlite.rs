@@ -10,22 +10,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
-    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
-    EventLogEntry, EventQuery, EventStatus, JobFilter, JobRepository, LoggedPayload, PublishedRow,
-    StoreError,
+    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
+    EventStatus, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome, StoreError,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Assignment, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job, JobId,
-    JobStatus, JobType, PersonName, Region, Sequence, Skill, Timestamp, Title,
+    Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job, JobId,
+    JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange, Timestamp, Title,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tracing::instrument;
 
 use crate::errors::{corrupt, store_error};
+
+/// How long an idempotency key is honoured: 24 hours.
+pub const IDEMPOTENCY_TTL_MILLIS: i64 = 24 * 60 * 60 * 1000;
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -53,36 +53,24 @@ impl SqliteStore {
                 .max_lifetime(None)
                 .connect_with(options)
                 .await?;
-            Self {
-                writer: pool.clone(),
-                reader: pool,
-            }
+            Self { writer: pool.clone(), reader: pool }
         } else {
             if let Some(parent) = options.get_filename().parent() {
                 if !parent.as_os_str().is_empty() {
                     std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
                 }
             }
-            let options = options
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal);
+            let options = options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal);
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.clone())
                 .await?;
-            sqlx::migrate!("../../migrations/sqlite")
-                .run(&writer)
-                .await?;
-            let reader = SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(options)
-                .await?;
+            sqlx::migrate!("../../migrations/sqlite").run(&writer).await?;
+            let reader = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
             return Ok(Self { writer, reader });
         };
-        sqlx::migrate!("../../migrations/sqlite")
-            .run(&store.writer)
-            .await?;
+        sqlx::migrate!("../../migrations/sqlite").run(&store.writer).await?;
         Ok(store)
     }
 
@@ -91,10 +79,7 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map_err(store_error)?;
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(store_error)?;
         Ok(())
     }
 
@@ -106,17 +91,12 @@ impl SqliteStore {
 }
 
 fn contractor_from_row(row: &SqliteRow) -> Result<Contractor, StoreError> {
-    let skills: Vec<String> =
-        serde_json::from_str(row.try_get("skills").map_err(store_error)?).map_err(corrupt)?;
+    let skills: Vec<String> = serde_json::from_str(row.try_get("skills").map_err(store_error)?).map_err(corrupt)?;
     Ok(Contractor::restore(
         parse_id(row, "id")?,
         PersonName::new(row.try_get("name").map_err(store_error)?).map_err(corrupt)?,
         Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        skills
-            .iter()
-            .map(|s| Skill::new(s))
-            .collect::<Result<_, _>>()
-            .map_err(corrupt)?,
+        skills.iter().map(|s| Skill::new(s)).collect::<Result<_, _>>().map_err(corrupt)?,
         Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
     ))
 }
@@ -128,22 +108,35 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     Ok(Job::restore(
         parse_id(row, "id")?,
         JobType::new(row.try_get("job_type").map_err(store_error)?).map_err(corrupt)?,
-        title
-            .as_deref()
-            .map(Title::new)
-            .transpose()
-            .map_err(corrupt)?,
+        title.as_deref().map(Title::new).transpose().map_err(corrupt)?,
         Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        DurationMinutes::new(row.try_get("duration_minutes").map_err(store_error)?)
-            .map_err(corrupt)?,
+        DurationMinutes::new(row.try_get("duration_minutes").map_err(store_error)?).map_err(corrupt)?,
         desired.map(Timestamp::from_unix_millis),
-        address
-            .as_deref()
-            .map(Address::new)
-            .transpose()
-            .map_err(corrupt)?,
+        address.as_deref().map(Address::new).transpose().map_err(corrupt)?,
         JobStatus::parse(row.try_get("status").map_err(store_error)?).map_err(corrupt)?,
         Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
+    ))
+}
+
+fn assignment_from_row(row: &SqliteRow) -> Result<Assignment, StoreError> {
+    let contractor_id: ContractorId = parse_id(row, "contractor_id")?;
+    let start = Timestamp::from_unix_millis(row.try_get("start_at").map_err(store_error)?);
+    let end = Timestamp::from_unix_millis(row.try_get("end_at").map_err(store_error)?);
+    let audit: Option<String> = row.try_get("audit_id").map_err(store_error)?;
+    let request = NewAssignment {
+        contractor_id,
+        range: TimeRange::new(start, end).map_err(corrupt)?,
+        source: AssignmentSource::parse(row.try_get("source").map_err(store_error)?).map_err(corrupt)?,
+        audit_id: audit.map(|a| a.parse()).transpose().map_err(corrupt)?,
+    };
+    Ok(Assignment::new(
+        parse_id(row, "id")?,
+        parse_id(row, "job_id")?,
+        contractor_id,
+        request,
+        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
+        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
+        parse_id(row, "event_id")?,
     ))
 }
 
@@ -162,18 +155,12 @@ fn event_from_row(row: &SqliteRow) -> Result<DomainEvent, StoreError> {
 
 fn entry_from_row(row: &SqliteRow) -> Result<EventLogEntry, StoreError> {
     let status: &str = row.try_get("status").map_err(store_error)?;
-    let status =
-        EventStatus::parse(status).ok_or_else(|| corrupt(format!("unknown status {status}")))?;
+    let status = EventStatus::parse(status).ok_or_else(|| corrupt(format!("unknown status {status}")))?;
     let sequence: Option<i64> = row.try_get("sequence").map_err(store_error)?;
     // The contract: sequence is null until published.
-    let sequence = if status == EventStatus::Published {
-        sequence.map(Sequence)
-    } else {
-        None
-    };
+    let sequence = if status == EventStatus::Published { sequence.map(Sequence) } else { None };
     let groups: Vec<Group> =
-        serde_json::from_str(row.try_get("published_groups").map_err(store_error)?)
-            .map_err(corrupt)?;
+        serde_json::from_str(row.try_get("published_groups").map_err(store_error)?).map_err(corrupt)?;
     let attempts: i64 = row.try_get("attempts").map_err(store_error)?;
     let published_at: Option<i64> = row.try_get("published_at").map_err(store_error)?;
     Ok(EventLogEntry {
@@ -182,16 +169,11 @@ fn entry_from_row(row: &SqliteRow) -> Result<EventLogEntry, StoreError> {
         sequence,
         status,
         attempts: attempts as u32,
-        occurred_at_utc: Timestamp::from_unix_millis(
-            row.try_get("occurred_at").map_err(store_error)?,
-        ),
+        occurred_at_utc: Timestamp::from_unix_millis(row.try_get("occurred_at").map_err(store_error)?),
         published_at_utc: published_at.map(Timestamp::from_unix_millis),
         published_groups: groups,
         last_error: row.try_get("last_error").map_err(store_error)?,
-        payload: LoggedPayload {
-            event: event_from_row(row)?,
-            sequence,
-        },
+        payload: LoggedPayload { event: event_from_row(row)?, sequence },
     })
 }
 
@@ -200,19 +182,16 @@ impl ContractorRepository for SqliteStore {
     #[instrument(skip_all, err)]
     async fn insert(&self, c: &Contractor) -> Result<(), StoreError> {
         let skills =
-            serde_json::to_string(&c.skills().iter().map(Skill::as_str).collect::<Vec<_>>())
-                .map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO contractors (id, name, region, skills, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(c.id().to_string())
-        .bind(c.name().as_str())
-        .bind(c.region().as_str())
-        .bind(skills)
-        .bind(c.created_at_utc().unix_millis())
-        .execute(&self.writer)
-        .await
-        .map_err(store_error)?;
+            serde_json::to_string(&c.skills().iter().map(Skill::as_str).collect::<Vec<_>>()).map_err(corrupt)?;
+        sqlx::query("INSERT INTO contractors (id, name, region, skills, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(c.id().to_string())
+            .bind(c.name().as_str())
+            .bind(c.region().as_str())
+            .bind(skills)
+            .bind(c.created_at_utc().unix_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -227,17 +206,14 @@ impl ContractorRepository for SqliteStore {
             .transpose()
     }
 
-    async fn list(
-        &self,
-        region: Option<Region>,
-        limit: u32,
-    ) -> Result<Vec<Contractor>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM contractors WHERE (?1 IS NULL OR region = ?1) ORDER BY created_at, id LIMIT ?2")
-            .bind(region.as_ref().map(Region::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(store_error)?;
+    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM contractors WHERE (?1 IS NULL OR region = ?1) ORDER BY created_at, id LIMIT ?2")
+                .bind(region.as_ref().map(Region::as_str))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(store_error)?;
         rows.iter().map(contractor_from_row).collect()
     }
 }
@@ -299,17 +275,16 @@ impl AssignmentStore for SqliteStore {
         job: &Job,
         assignment: &Assignment,
         event: &DomainEvent,
+        idempotency: Option<IdempotencyKey>,
     ) -> Result<(), CommitAssignmentError> {
         let mut tx = self.writer.begin().await.map_err(store_error)?;
         // The first statement writes, so this transaction holds SQLite's write
         // lock from the start: racing assignments are serialized, not retried.
-        let updated = sqlx::query(
-            "UPDATE jobs SET status = 'Assigned' WHERE id = ? AND status = 'Unassigned'",
-        )
-        .bind(job.id().to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        let updated = sqlx::query("UPDATE jobs SET status = 'Assigned' WHERE id = ? AND status = 'Unassigned'")
+            .bind(job.id().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         if updated.rows_affected() == 0 {
             let exists = sqlx::query("SELECT 1 FROM jobs WHERE id = ?")
                 .bind(job.id().to_string())
@@ -331,13 +306,14 @@ impl AssignmentStore for SqliteStore {
             return Err(CommitAssignmentError::ContractorNotFound);
         }
         let range = assignment.range();
-        let overlap = sqlx::query("SELECT 1 FROM assignments WHERE contractor_id = ? AND start_at < ? AND end_at > ? LIMIT 1")
-            .bind(assignment.contractor_id().to_string())
-            .bind(range.end().unix_millis())
-            .bind(range.start().unix_millis())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        let overlap =
+            sqlx::query("SELECT 1 FROM assignments WHERE contractor_id = ? AND start_at < ? AND end_at > ? LIMIT 1")
+                .bind(assignment.contractor_id().to_string())
+                .bind(range.end().unix_millis())
+                .bind(range.start().unix_millis())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
         if overlap.is_some() {
             return Err(CommitAssignmentError::ContractorBusy);
         }
@@ -362,15 +338,65 @@ impl AssignmentStore for SqliteStore {
             _ => store_error(e).into(),
         })?;
         append_event(&mut tx, event).await?;
+        if let Some(key) = idempotency {
+            // A stale row under the same key (past its 24 h) is replaced; a
+            // live one means another request took the key first.
+            let stored = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, assignment_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                    assignment_id = excluded.assignment_id, created_at = excluded.created_at
+                 WHERE idempotency_keys.created_at < ?6",
+            )
+            .bind(&key.scope)
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(assignment.id().to_string())
+            .bind(assignment.created_at_utc().unix_millis())
+            .bind(assignment.created_at_utc().unix_millis() - IDEMPOTENCY_TTL_MILLIS)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if stored.rows_affected() == 0 {
+                return Err(CommitAssignmentError::IdempotencyKeyTaken);
+            }
+        }
         tx.commit().await.map_err(store_error)?;
         Ok(())
     }
+
+    async fn find_idempotent(
+        &self,
+        scope: String,
+        key: String,
+        not_before: Timestamp,
+    ) -> Result<Option<(String, Assignment)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.fingerprint, a.* FROM idempotency_keys k JOIN assignments a ON a.id = k.assignment_id
+             WHERE k.scope = ? AND k.key = ? AND k.created_at >= ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(not_before.unix_millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let fingerprint: String = row.try_get("fingerprint").map_err(store_error)?;
+        Ok(Some((fingerprint, assignment_from_row(&row)?)))
+    }
+
+    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(before.unix_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
 }
 
-async fn append_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    event: &DomainEvent,
-) -> Result<(), StoreError> {
+async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, event: &DomainEvent) -> Result<(), StoreError> {
     let payload = serde_json::to_string(event).map_err(corrupt)?;
     let event_id = event.event_id().to_string();
     let occurred = event.occurred_at_utc().unix_millis();
@@ -427,11 +453,7 @@ async fn sequence_all(
             .execute(&mut **tx)
             .await
             .map_err(store_error)?;
-        claimed.push(ClaimedEvent {
-            event,
-            sequence: Sequence(next),
-            attempts,
-        });
+        claimed.push(ClaimedEvent { event, sequence: Sequence(next), attempts });
     }
     sqlx::query("UPDATE event_sequence SET last = ? WHERE id = 1")
         .bind(next)
@@ -457,12 +479,7 @@ impl EventLog for SqliteStore {
         .map_err(store_error)?;
         let events = rows
             .iter()
-            .map(|row| {
-                Ok((
-                    event_from_row(row)?,
-                    row.try_get::<i64, _>("attempts").map_err(store_error)? as u32,
-                ))
-            })
+            .map(|row| Ok((event_from_row(row)?, row.try_get::<i64, _>("attempts").map_err(store_error)? as u32)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let claimed = sequence_all(&mut tx, events).await?;
         tx.commit().await.map_err(store_error)?;
@@ -474,13 +491,12 @@ impl EventLog for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(store_error)?;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let attempts: Option<i64> = sqlx::query_scalar(
-                "SELECT attempts FROM event_log WHERE event_id = ? AND status = 'Pending'",
-            )
-            .bind(event.event_id().to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(store_error)?;
+            let attempts: Option<i64> =
+                sqlx::query_scalar("SELECT attempts FROM event_log WHERE event_id = ? AND status = 'Pending'")
+                    .bind(event.event_id().to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
             if let Some(attempts) = attempts {
                 pending.push((event, attempts as u32));
             }
@@ -491,11 +507,7 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn mark_published(
-        &self,
-        published: Vec<PublishedRow>,
-        at: Timestamp,
-    ) -> Result<(), StoreError> {
+    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(store_error)?;
         for row in published {
             let groups = serde_json::to_string(&row.groups).map_err(corrupt)?;
@@ -551,14 +563,16 @@ impl EventLog for SqliteStore {
             .await,
             // Published rows by sequence, then the rest by commit order (a
             // claimed row has a sequence too, but not a published one).
-            None => sqlx::query(
-                "SELECT * FROM event_log WHERE (?1 IS NULL OR status = ?1)
+            None => {
+                sqlx::query(
+                    "SELECT * FROM event_log WHERE (?1 IS NULL OR status = ?1)
                  ORDER BY status <> 'Published', CASE WHEN status = 'Published' THEN sequence END, position LIMIT ?2",
-            )
-            .bind(status)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.reader)
-            .await,
+                )
+                .bind(status)
+                .bind(i64::from(query.limit))
+                .fetch_all(&self.reader)
+                .await
+            }
         }
         .map_err(store_error)?;
         rows.iter().map(entry_from_row).collect()
@@ -592,12 +606,91 @@ impl EventLog for SqliteStore {
         .await
         .map_err(store_error)?;
         rows.iter()
-            .map(|row| {
-                Ok((
-                    event_from_row(row)?,
-                    Sequence(row.try_get("sequence").map_err(store_error)?),
-                ))
-            })
+            .map(|row| Ok((event_from_row(row)?, Sequence(row.try_get("sequence").map_err(store_error)?))))
             .collect()
+    }
+
+    #[instrument(skip_all, err)]
+    async fn retry(&self, event_id: EventId) -> Result<RetryOutcome, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(store_error)?;
+        let done = sqlx::query(
+            "UPDATE event_log SET status = 'Pending', attempts = 0, next_attempt_at = ?
+             WHERE event_id = ? AND status = 'Failed'",
+        )
+        .bind(Timestamp::now().unix_millis())
+        .bind(event_id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let outcome = if done.rows_affected() == 1 {
+            RetryOutcome::Requeued
+        } else {
+            let exists = sqlx::query("SELECT 1 FROM event_log WHERE event_id = ?")
+                .bind(event_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            if exists.is_some() {
+                RetryOutcome::NotFailed
+            } else {
+                RetryOutcome::NotFound
+            }
+        };
+        tx.commit().await.map_err(store_error)?;
+        Ok(outcome)
+    }
+
+    #[instrument(skip_all, err)]
+    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(store_error)?;
+        let highest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published' AND published_at < ?")
+                .bind(before.unix_millis())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        sqlx::query(
+            "DELETE FROM event_groups WHERE event_id IN
+               (SELECT event_id FROM event_log WHERE status = 'Published' AND published_at < ?)",
+        )
+        .bind(before.unix_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let done = sqlx::query("DELETE FROM event_log WHERE status = 'Published' AND published_at < ?")
+            .bind(before.unix_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if let Some(highest) = highest {
+            sqlx::query("UPDATE event_sequence SET purged_through = MAX(purged_through, ?) WHERE id = 1")
+                .bind(highest)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purged_through(&self) -> Result<Sequence, StoreError> {
+        let through: i64 = sqlx::query_scalar("SELECT purged_through FROM event_sequence WHERE id = 1")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(Sequence(through))
+    }
+
+    async fn backlog(&self) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(status = 'Pending'), 0) AS pending, COALESCE(SUM(status = 'Failed'), 0) AS failed
+             FROM event_log WHERE status <> 'Published'",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let pending: i64 = row.try_get("pending").map_err(store_error)?;
+        let failed: i64 = row.try_get("failed").map_err(store_error)?;
+        Ok((pending as u64, failed as u64))
     }
 }

@@ -5,9 +5,7 @@
 use std::path::Path;
 
 use base64::Engine;
-use jsonwebtoken::{
-    decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
-};
+use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use smartscheduler_application::{AuthError, TokenVerifier};
@@ -79,42 +77,29 @@ impl JwtTokens {
 
 impl TokenVerifier for JwtTokens {
     fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data =
-            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                    ErrorKind::InvalidAlgorithm => {
-                        AuthError::Invalid("algorithm not allowed".into())
-                    }
-                    ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
-                    ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
-                        AuthError::Invalid("claims are missing or malformed".into())
-                    }
-                    _ => AuthError::Invalid("malformed token".into()),
-                }
-            })?;
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+            ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".into()),
+            ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
+            ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+                AuthError::Invalid("claims are missing or malformed".into())
+            }
+            _ => AuthError::Invalid("malformed token".into()),
+        })?;
         let claims = data.claims;
-        let role = Role::parse(&claims.role)
-            .ok_or_else(|| AuthError::Invalid(format!("unknown role '{}'", claims.role)))?;
+        let role =
+            Role::parse(&claims.role).ok_or_else(|| AuthError::Invalid(format!("unknown role '{}'", claims.role)))?;
         let contractor_id = match claims.contractor_id.as_deref() {
-            Some(id) => Some(
-                id.parse::<ContractorId>()
-                    .map_err(|_| AuthError::Invalid("contractorId is not a UUID".into()))?,
-            ),
+            Some(id) => {
+                Some(id.parse::<ContractorId>().map_err(|_| AuthError::Invalid("contractorId is not a UUID".into()))?)
+            }
             None => None,
         };
         if role == Role::Contractor && contractor_id.is_none() {
-            return Err(AuthError::Invalid(
-                "a Contractor token needs contractorId".into(),
-            ));
+            return Err(AuthError::Invalid("a Contractor token needs contractorId".into()));
         }
-        Ok(Principal {
-            subject: claims.sub,
-            role,
-            regions: claims.regions,
-            contractor_id,
-        })
+        Ok(Principal { subject: claims.sub, role, regions: claims.regions, contractor_id })
     }
 }
 
@@ -150,10 +135,7 @@ mod tests {
     use super::*;
 
     fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
     }
 
     fn claims(role: &str) -> Claims {
@@ -170,9 +152,7 @@ mod tests {
     #[test]
     fn a_token_round_trips_into_a_principal() {
         let tokens = JwtTokens::hs256(b"secret").unwrap();
-        let principal = tokens
-            .verify(&tokens.issue(&claims("Dispatcher")).unwrap())
-            .unwrap();
+        let principal = tokens.verify(&tokens.issue(&claims("Dispatcher")).unwrap()).unwrap();
         assert_eq!(principal.role, Role::Dispatcher);
         assert_eq!(principal.regions, vec!["north".to_owned()]);
     }
@@ -182,15 +162,9 @@ mod tests {
         let tokens = JwtTokens::hs256(b"secret").unwrap();
         let mut expired = claims("Admin");
         expired.exp = now() - 3600;
-        assert_eq!(
-            tokens.verify(&tokens.issue(&expired).unwrap()),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(tokens.verify(&tokens.issue(&expired).unwrap()), Err(AuthError::Expired));
 
-        let forged = JwtTokens::hs256(b"other")
-            .unwrap()
-            .issue(&claims("Admin"))
-            .unwrap();
+        let forged = JwtTokens::hs256(b"other").unwrap().issue(&claims("Admin")).unwrap();
         assert!(matches!(tokens.verify(&forged), Err(AuthError::Invalid(_))));
 
         // alg: none, hand-built: header {"alg":"none","typ":"JWT"}.
@@ -201,24 +175,14 @@ mod tests {
             b64.encode(serde_json::to_vec(&claims("Admin")).unwrap())
         );
         assert!(matches!(tokens.verify(&none), Err(AuthError::Invalid(_))));
-        assert!(matches!(
-            tokens.verify("garbage"),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(tokens.verify("garbage"), Err(AuthError::Invalid(_))));
     }
 
     #[test]
     fn roles_and_contractor_ids_are_checked() {
         let tokens = JwtTokens::hs256(b"secret").unwrap();
-        assert!(tokens
-            .verify(&tokens.issue(&claims("Root")).unwrap())
-            .is_err());
-        assert!(
-            tokens
-                .verify(&tokens.issue(&claims("Contractor")).unwrap())
-                .is_err(),
-            "contractor without id"
-        );
+        assert!(tokens.verify(&tokens.issue(&claims("Root")).unwrap()).is_err());
+        assert!(tokens.verify(&tokens.issue(&claims("Contractor")).unwrap()).is_err(), "contractor without id");
         let mut c = claims("Contractor");
         c.contractor_id = Some(ContractorId::new().to_string());
         assert!(tokens.verify(&tokens.issue(&c).unwrap()).is_ok());

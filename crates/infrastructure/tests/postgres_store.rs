@@ -39,9 +39,7 @@ fn with_database(url: &str, database: &str) -> String {
         None => (url, None),
     };
     let authority = head.find("://").map_or(0, |i| i + 3);
-    let path = head[authority..]
-        .find('/')
-        .map_or(head.len(), |i| authority + i);
+    let path = head[authority..].find('/').map_or(head.len(), |i| authority + i);
     match query {
         Some(query) => format!("{}/{database}?{query}", &head[..path]),
         None => format!("{}/{database}", &head[..path]),
@@ -83,10 +81,7 @@ impl TestDatabase {
                 redact(&base)
             ),
             Err(e) => {
-                eprintln!(
-                    "skipped: PostgreSQL not reachable at {} ({e})",
-                    redact(&base)
-                );
+                eprintln!("skipped: PostgreSQL not reachable at {} ({e})", redact(&base));
                 return None;
             }
         };
@@ -108,10 +103,7 @@ impl Drop for TestDatabase {
         // Drop runs inside the test's runtime, which cannot be blocked on: a
         // thread with its own runtime does the work.
         let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async {
@@ -145,19 +137,12 @@ impl Backend for Postgres {
             .connect(&database.url)
             .await
             .expect("a raw connection to the same database");
-        Some(Db {
-            store,
-            raw,
-            guard: database,
-        })
+        Some(Db { store, raw, guard: database })
     }
 
     async fn count(raw: &PgPool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
-        sqlx::query_scalar(&sql)
-            .fetch_one(raw)
-            .await
-            .expect("count rows")
+        sqlx::query_scalar(&sql).fetch_one(raw).await.expect("count rows")
     }
 }
 
@@ -181,10 +166,7 @@ async fn until_waiting_for_locks(raw: &PgPool, n: i64) {
         if waiting >= n {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{n} sessions should be waiting for a lock, {waiting} are"
-        );
+        assert!(Instant::now() < deadline, "{n} sessions should be waiting for a lock, {waiting} are");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -196,16 +178,11 @@ async fn two_nodes_claiming_at_once_never_share_a_row_or_a_sequence() {
     };
     let events = db.commit_events(10).await;
     let node_a = db.store.clone();
-    let node_b = PostgresStore::connect(&db.guard.url)
-        .await
-        .expect("a second node on the same database");
+    let node_b = PostgresStore::connect(&db.guard.url).await.expect("a second node on the same database");
     // Hold the sequence counter so that both claims are certainly in flight
     // at once: each has locked its rows and waits for the counter.
     let mut counter = db.raw.begin().await.unwrap();
-    sqlx::query("SELECT last FROM event_sequence WHERE id = 1 FOR UPDATE")
-        .execute(&mut *counter)
-        .await
-        .unwrap();
+    sqlx::query("SELECT last FROM event_sequence WHERE id = 1 FOR UPDATE").execute(&mut *counter).await.unwrap();
     let a = tokio::spawn(async move { node_a.claim_due(later(), 5).await });
     let b = tokio::spawn({
         let node_b = node_b.clone();
@@ -227,23 +204,14 @@ async fn two_nodes_claiming_at_once_never_share_a_row_or_a_sequence() {
     expected.sort();
     assert_eq!(all, expected, "every due row went to one node");
     for claimed in [&a, &b] {
-        let commit_order: Vec<EventId> = ids_of(&events)
-            .into_iter()
-            .filter(|id| event_ids(claimed).contains(id))
-            .collect();
+        let commit_order: Vec<EventId> =
+            ids_of(&events).into_iter().filter(|id| event_ids(claimed).contains(id)).collect();
         assert_eq!(event_ids(claimed), commit_order, "each in commit order");
     }
     // One node took the counter first and got 1..=5, the other 6..=10.
-    let (first, second) = if a[0].sequence < b[0].sequence {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
+    let (first, second) = if a[0].sequence < b[0].sequence { (&a, &b) } else { (&b, &a) };
     assert_eq!(sequences(first), (1..=5).map(Sequence).collect::<Vec<_>>());
-    assert_eq!(
-        sequences(second),
-        (6..=10).map(Sequence).collect::<Vec<_>>()
-    );
+    assert_eq!(sequences(second), (6..=10).map(Sequence).collect::<Vec<_>>());
     node_b.close().await;
 }
 
@@ -254,9 +222,7 @@ async fn two_relays_racing_publish_every_row_once_and_never_reuse_a_sequence() {
         return;
     };
     let events = db.commit_events(ROWS).await;
-    let second = PostgresStore::connect(&db.guard.url)
-        .await
-        .expect("a second node on the same database");
+    let second = PostgresStore::connect(&db.guard.url).await.expect("a second node on the same database");
     let nodes = [db.store.clone(), second.clone()];
     let barrier = Arc::new(Barrier::new(nodes.len()));
     let mut relays = Vec::new();
@@ -273,9 +239,7 @@ async fn two_relays_racing_publish_every_row_once_and_never_reuse_a_sequence() {
                 if claimed.is_empty() {
                     return claims;
                 }
-                node.mark_published(published(&claimed), later())
-                    .await
-                    .expect("mark_published");
+                node.mark_published(published(&claimed), later()).await.expect("mark_published");
                 claims.push(claimed);
             }
         }));
@@ -288,10 +252,7 @@ async fn two_relays_racing_publish_every_row_once_and_never_reuse_a_sequence() {
     let mut handed_out: Vec<Sequence> = Vec::new();
     for claim in &claims {
         let s = sequences(claim);
-        assert!(
-            s.windows(2).all(|w| w[1].0 == w[0].0 + 1),
-            "one claim takes one block of sequences: {s:?}"
-        );
+        assert!(s.windows(2).all(|w| w[1].0 == w[0].0 + 1), "one claim takes one block of sequences: {s:?}");
         handed_out.extend(s);
     }
     let distinct: HashSet<Sequence> = handed_out.iter().copied().collect();
@@ -307,10 +268,7 @@ async fn two_relays_racing_publish_every_row_once_and_never_reuse_a_sequence() {
     assert_eq!(listed_ids, expected);
     for entry in &listed {
         let sequence = entry.sequence.expect("a published row has a sequence");
-        assert!(
-            distinct.contains(&sequence),
-            "published with a sequence one of its claims got"
-        );
+        assert!(distinct.contains(&sequence), "published with a sequence one of its claims got");
     }
     second.close().await;
 }
@@ -327,16 +285,10 @@ async fn the_database_opens_postgres_and_postgresql_urls() {
     let url = db.guard.url.clone();
     let other_scheme = url.replacen("postgres://", "postgresql://", 1);
     for url in [url, other_scheme] {
-        let database = Database::connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let database = Database::connect(&url).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(database, Database::Postgres(_)));
         database.ping().await.expect("the database answers");
-        database
-            .contractors()
-            .list(None, 10)
-            .await
-            .expect("the ports work");
+        database.contractors().list(None, 10).await.expect("the ports work");
         database.close().await;
     }
 }
@@ -350,14 +302,8 @@ async fn a_closed_store_is_unavailable() {
 
     db.store.close().await;
 
-    assert!(matches!(
-        db.store.ping().await,
-        Err(StoreError::Unavailable(_))
-    ));
-    assert!(matches!(
-        db.store.claim_due(later(), 10).await,
-        Err(StoreError::Unavailable(_))
-    ));
+    assert!(matches!(db.store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(db.store.claim_due(later(), 10).await, Err(StoreError::Unavailable(_))));
 }
 
 #[test]

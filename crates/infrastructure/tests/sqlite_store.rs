@@ -4,9 +4,7 @@
 
 mod support;
 
-use smartscheduler_domain::ports::{
-    AssignmentStore, ContractorRepository, EventLog, JobRepository,
-};
+use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, JobRepository};
 use smartscheduler_infrastructure::sqlite::SqliteStore;
 use sqlx::SqlitePool;
 use support::{at, contractor, event_ids, job, later, plan, range, Backend, Db};
@@ -23,25 +21,14 @@ impl Backend for Sqlite {
     async fn fresh() -> Option<Db<Self>> {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let url = format!("sqlite://{}/test.db", dir.path().display());
-        let store = SqliteStore::connect(&url)
-            .await
-            .expect("the store opens a new file and migrates it");
-        let raw = SqlitePool::connect(&url)
-            .await
-            .expect("a raw connection to the same file");
-        Some(Db {
-            store,
-            raw,
-            guard: dir,
-        })
+        let store = SqliteStore::connect(&url).await.expect("the store opens a new file and migrates it");
+        let raw = SqlitePool::connect(&url).await.expect("a raw connection to the same file");
+        Some(Db { store, raw, guard: dir })
     }
 
     async fn count(raw: &SqlitePool, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
-        sqlx::query_scalar(&sql)
-            .fetch_one(raw)
-            .await
-            .expect("count rows")
+        sqlx::query_scalar(&sql).fetch_one(raw).await.expect("count rows")
     }
 }
 
@@ -53,28 +40,17 @@ support::store_suite!(Sqlite);
 
 #[tokio::test]
 async fn an_in_memory_database_migrates_and_stores() {
-    let store = SqliteStore::connect("sqlite::memory:")
-        .await
-        .expect("an in-memory store");
+    let store = SqliteStore::connect("sqlite::memory:").await.expect("an in-memory store");
     let ana = contractor("Ana", "north", at(0));
     let j = job("north", at(1));
 
     ContractorRepository::insert(&store, &ana).await.unwrap();
     JobRepository::insert(&store, &j).await.unwrap();
     let (assigned, assignment, event) = plan(&j, &ana, range(0, 60));
-    store
-        .commit_assignment(&assigned, &assignment, &event)
-        .await
-        .unwrap();
+    store.commit_assignment(&assigned, &assignment, &event, None).await.unwrap();
 
-    assert_eq!(
-        ContractorRepository::get(&store, ana.id()).await.unwrap(),
-        Some(ana)
-    );
-    assert_eq!(
-        JobRepository::get(&store, j.id()).await.unwrap(),
-        Some(assigned)
-    );
+    assert_eq!(ContractorRepository::get(&store, ana.id()).await.unwrap(), Some(ana));
+    assert_eq!(JobRepository::get(&store, j.id()).await.unwrap(), Some(assigned));
     let claimed = store.claim_due(later(), 10).await.unwrap();
     assert_eq!(event_ids(&claimed), vec![event.event_id()]);
     store.ping().await.expect("the store answers");

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{
-    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsCloseReason,
-    MessageStream, Session,
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsCloseReason, MessageStream, Session,
 };
 use bytestring::ByteString;
 use serde_json::{json, Value};
@@ -39,10 +38,7 @@ enum Stop {
     /// The client said goodbye (a Close record): nothing more to send.
     ClientClosed,
     /// Send a Close record with this error and reconnect permission.
-    Close {
-        error: String,
-        allow_reconnect: bool,
-    },
+    Close { error: String, allow_reconnect: bool },
 }
 
 /// The socket side: writes with a timeout, racing the hub's close signal.
@@ -53,11 +49,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn send(
-        &mut self,
-        close: &mut Option<oneshot::Receiver<CloseReason>>,
-        text: ByteString,
-    ) -> Result<(), Stop> {
+    async fn send(&mut self, close: &mut Option<oneshot::Receiver<CloseReason>>, text: ByteString) -> Result<(), Stop> {
         let write = tokio::time::timeout(self.write_timeout, self.session.text(text));
         let result = match close.as_mut() {
             Some(signal) => tokio::select! {
@@ -75,10 +67,7 @@ impl Writer {
                 Ok(())
             }
             Ok(Err(_)) => Err(Stop::Dropped),
-            Err(_) => Err(Stop::Close {
-                error: "The client stopped reading.".into(),
-                allow_reconnect: true,
-            }),
+            Err(_) => Err(Stop::Close { error: "The client stopped reading.".into(), allow_reconnect: true }),
         }
     }
 }
@@ -119,10 +108,10 @@ impl Membership {
         if self.replayed.remove(&frame.sequence) {
             return false;
         }
-        frame.groups.iter().any(|g| {
-            self.groups.contains(g)
-                && frame.sequence > self.floors.get(g).copied().unwrap_or(i64::MIN)
-        })
+        frame
+            .groups
+            .iter()
+            .any(|g| self.groups.contains(g) && frame.sequence > self.floors.get(g).copied().unwrap_or(i64::MIN))
     }
 }
 
@@ -144,10 +133,7 @@ struct Stateful {
 
 impl Stateful {
     fn new() -> Self {
-        Self {
-            next_expected: 1,
-            ..Self::default()
-        }
+        Self { next_expected: 1, ..Self::default() }
     }
     /// The number the server announces in its Sequence on reattach.
     fn resend_from(&self) -> u64 {
@@ -200,15 +186,8 @@ pub(crate) async fn run(
     stateful_negotiated: bool,
 ) {
     let max = ctx.config.max_message_bytes;
-    let mut stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let mut writer = Writer {
-        session,
-        last_sent: Instant::now(),
-        write_timeout: ctx.config.client_timeout,
-    };
+    let mut stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
+    let mut writer = Writer { session, last_sent: Instant::now(), write_timeout: ctx.config.client_timeout };
     let mut records = RecordBuffer::new(max);
 
     // Handshake: nothing may be sent before its reply.
@@ -224,24 +203,11 @@ pub(crate) async fn run(
     let (tx, outbound) = mpsc::channel::<Frame>(ctx.config.outbound_capacity);
     let (close_tx, close_rx) = oneshot::channel();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
-    if ctx
-        .hub
-        .register(key, tx, queued_bytes.clone(), close_tx)
-        .await
-        .is_err()
-    {
-        finish(
-            writer,
-            Stop::Close {
-                error: "Server is shutting down.".into(),
-                allow_reconnect: true,
-            },
-        )
-        .await;
+    if ctx.hub.register(key, tx, queued_bytes.clone(), close_tx).await.is_err() {
+        finish(writer, Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true }).await;
         return;
     }
-    let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect)
-        .then(Stateful::new);
+    let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
     let conn = Conn {
         ctx,
         principal,
@@ -260,21 +226,11 @@ pub(crate) async fn run(
 /// server's Sequence first, then every unacknowledged record, then live.
 pub(crate) async fn resume(mut conn: Box<Conn>, session: Session, stream: MessageStream) {
     let max = conn.ctx.config.max_message_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let mut writer = Writer {
-        session,
-        last_sent: Instant::now(),
-        write_timeout: conn.ctx.config.client_timeout,
-    };
+    let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
+    let mut writer = Writer { session, last_sent: Instant::now(), write_timeout: conn.ctx.config.client_timeout };
     tracing::info!(conn = conn.key, "stateful reconnect: resuming");
     let resent = {
-        let state = conn
-            .stateful
-            .as_ref()
-            .expect("only stateful connections are parked");
+        let state = conn.stateful.as_ref().expect("only stateful connections are parked");
         let mut records = vec![ByteString::from(protocol::sequence(state.resend_from()))];
         records.extend(state.unacked.iter().map(|(_, text)| text.clone()));
         records
@@ -295,9 +251,7 @@ async fn drive(
     mut records: RecordBuffer,
     leftover: Vec<Vec<u8>>,
 ) {
-    let stop = conn
-        .serve(&mut stream, &mut writer, &mut records, leftover)
-        .await;
+    let stop = conn.serve(&mut stream, &mut writer, &mut records, leftover).await;
     end(conn, writer, stop).await;
 }
 
@@ -308,10 +262,7 @@ async fn end(conn: Conn, writer: Writer, stop: Stop) {
         if let Some(token) = conn.token.clone() {
             let hub = conn.ctx.hub.clone();
             let key = conn.key;
-            tracing::info!(
-                conn = key,
-                "socket dropped: parked for a stateful reconnect"
-            );
+            tracing::info!(conn = key, "socket dropped: parked for a stateful reconnect");
             if hub.park(token, Box::new(conn)).await.is_ok() {
                 return;
             }
@@ -378,18 +329,11 @@ async fn handshake(
 
 /// Sends the Close record when there is one, then closes the socket with 1000.
 async fn finish(mut writer: Writer, stop: Stop) {
-    if let Stop::Close {
-        error,
-        allow_reconnect,
-    } = stop
-    {
+    if let Stop::Close { error, allow_reconnect } = stop {
         let record = protocol::close(Some(&error), allow_reconnect);
         let _ = tokio::time::timeout(Duration::from_secs(1), writer.session.text(record)).await;
     }
-    let reason = WsCloseReason {
-        code: CloseCode::Normal,
-        description: None,
-    };
+    let reason = WsCloseReason { code: CloseCode::Normal, description: None };
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.session.close(Some(reason))).await;
 }
 
@@ -397,12 +341,7 @@ async fn finish(mut writer: Writer, stop: Stop) {
 struct CallError(String);
 
 fn is_trackable(message: &HubMessage) -> bool {
-    matches!(
-        message,
-        HubMessage::Invocation { .. }
-            | HubMessage::StreamInvocation { .. }
-            | HubMessage::Ignored(_)
-    )
+    matches!(message, HubMessage::Invocation { .. } | HubMessage::StreamInvocation { .. } | HubMessage::Ignored(_))
 }
 
 impl Conn {
@@ -414,9 +353,7 @@ impl Conn {
             state.unacked.push_back((state.sent, text.clone()));
             if state.unacked_bytes > self.ctx.config.stateful_buffer_bytes {
                 return Err(Stop::Close {
-                    error:
-                        "Too many unacknowledged messages; reconnect and rejoin with afterSequence."
-                            .into(),
+                    error: "Too many unacknowledged messages; reconnect and rejoin with afterSequence.".into(),
                     allow_reconnect: true,
                 });
             }
@@ -511,10 +448,8 @@ impl Conn {
     }
 
     async fn on_record(&mut self, record: &[u8], writer: &mut Writer) -> Result<(), Stop> {
-        let message = protocol::parse_message(record).map_err(|err| Stop::Close {
-            error: err.to_string(),
-            allow_reconnect: false,
-        })?;
+        let message = protocol::parse_message(record)
+            .map_err(|err| Stop::Close { error: err.to_string(), allow_reconnect: false })?;
         if let Some(state) = self.stateful.as_mut() {
             match message {
                 HubMessage::Ack { sequence_id } => {
@@ -524,8 +459,7 @@ impl Conn {
                 HubMessage::Sequence { sequence_id } => {
                     if sequence_id > state.next_expected {
                         return Err(Stop::Close {
-                            error: "Sequence ID greater than amount of messages we've received."
-                                .into(),
+                            error: "Sequence ID greater than amount of messages we've received.".into(),
                             allow_reconnect: false,
                         });
                     }
@@ -544,11 +478,7 @@ impl Conn {
             }
         }
         match message {
-            HubMessage::Invocation {
-                invocation_id,
-                target,
-                arguments,
-            } => {
+            HubMessage::Invocation { invocation_id, target, arguments } => {
                 let outcome = self.invoke(&target, &arguments, writer).await?;
                 if let Some(id) = invocation_id {
                     let reply = match outcome {
@@ -559,14 +489,9 @@ impl Conn {
                 }
                 Ok(())
             }
-            HubMessage::StreamInvocation {
-                invocation_id,
-                target,
-            } => {
-                let reply = protocol::completion_error(
-                    &invocation_id,
-                    &format!("Streaming is not supported for '{target}'."),
-                );
+            HubMessage::StreamInvocation { invocation_id, target } => {
+                let reply =
+                    protocol::completion_error(&invocation_id, &format!("Streaming is not supported for '{target}'."));
                 self.send_tracked(writer, reply.into()).await
             }
             HubMessage::Close { .. } => Err(Stop::ClientClosed),
@@ -605,11 +530,7 @@ impl Conn {
     async fn leave(&mut self, group: Group) -> Result<Value, CallError> {
         self.membership.groups.remove(&group);
         self.membership.floors.remove(&group);
-        self.ctx
-            .hub
-            .leave(self.key, group.clone())
-            .await
-            .map_err(|_| CallError("The hub is stopping.".into()))?;
+        self.ctx.hub.leave(self.key, group.clone()).await.map_err(|_| CallError("The hub is stopping.".into()))?;
         Ok(json!({ "group": group }))
     }
 
@@ -622,31 +543,20 @@ impl Conn {
     ) -> Result<Result<Value, CallError>, Stop> {
         if !self.principal.may_join(&group) {
             tracing::info!(subject = %self.principal.subject, %group, "join refused");
-            return Ok(Err(refused(
-                target,
-                &format!("You are not allowed to join '{group}'."),
-            )));
+            return Ok(Err(refused(target, &format!("You are not allowed to join '{group}'."))));
         }
         if !self.membership.groups.contains(&group)
             && self.membership.groups.len() >= self.ctx.config.max_groups_per_connection
         {
             return Ok(Err(refused(
                 target,
-                &format!(
-                    "A connection may join at most {} groups.",
-                    self.ctx.config.max_groups_per_connection
-                ),
+                &format!("A connection may join at most {} groups.", self.ctx.config.max_groups_per_connection),
             )));
         }
         // Join first, so live events queue up while the replay is read: no gap.
         match self.ctx.hub.join(self.key, group.clone()).await {
             Ok(true) => {}
-            _ => {
-                return Err(Stop::Close {
-                    error: "Server is shutting down.".into(),
-                    allow_reconnect: true,
-                })
-            }
+            _ => return Err(Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true }),
         }
         self.membership.groups.insert(group.clone());
         let Some(after) = after else {
@@ -654,21 +564,13 @@ impl Conn {
             return Ok(Ok(json!({ "group": group, "replayed": 0 })));
         };
         let limit = self.ctx.config.max_replay;
-        let missed = match self
-            .ctx
-            .event_log
-            .replay(group.clone(), Sequence(after), limit + 1)
-            .await
-        {
+        let missed = match self.ctx.event_log.replay(group.clone(), Sequence(after), limit + 1).await {
             Ok(missed) => missed,
             Err(err) => {
                 tracing::warn!(error = %err, %group, "replay failed");
                 self.membership.groups.remove(&group);
                 let _ = self.ctx.hub.leave(self.key, group).await;
-                return Ok(Err(refused(
-                    target,
-                    "The missed events could not be read; try again.",
-                )));
+                return Ok(Err(refused(target, "The missed events could not be read; try again.")));
             }
         };
         if missed.len() > limit as usize {
@@ -676,7 +578,9 @@ impl Conn {
             let _ = self.ctx.hub.leave(self.key, group).await;
             return Ok(Err(refused(
                 target,
-                &format!("More than {limit} events were missed; reload the state over HTTP and join without afterSequence."),
+                &format!(
+                    "More than {limit} events were missed; reload the state over HTTP and join without afterSequence."
+                ),
             )));
         }
         let mut floor = after;
@@ -686,8 +590,7 @@ impl Conn {
             floor = floor.max(sequence.0);
             let target = event.event_type().as_str();
             let published = PublishedEvent { event, sequence };
-            self.send_tracked(writer, protocol::invocation(target, &published).into())
-                .await?;
+            self.send_tracked(writer, protocol::invocation(target, &published).into()).await?;
             self.membership.replayed.insert(sequence.0);
         }
         self.membership.floors.insert(group.clone(), floor);
@@ -698,9 +601,7 @@ impl Conn {
 /// ASP.NET's form for a method that refused: the client's `invoke` rejects
 /// with this text.
 fn refused(target: &str, message: &str) -> CallError {
-    CallError(format!(
-        "An unexpected error occurred invoking '{target}' on the server. HubException: {message}"
-    ))
+    CallError(format!("An unexpected error occurred invoking '{target}' on the server. HubException: {message}"))
 }
 
 fn after_sequence(target: &str, args: &[Value]) -> Result<Option<i64>, CallError> {
@@ -708,10 +609,7 @@ fn after_sequence(target: &str, args: &[Value]) -> Result<Option<i64>, CallError
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_i64() {
             Some(n) if n >= 0 => Ok(Some(n)),
-            _ => Err(refused(
-                target,
-                "afterSequence must be a whole number, 0 or more.",
-            )),
+            _ => Err(refused(target, "afterSequence must be a whole number, 0 or more.")),
         },
     }
 }
@@ -722,11 +620,7 @@ fn check_arity(target: &str, args: &[Value], max: usize) -> Result<(), CallError
             target,
             &format!(
                 "Expected {} argument(s), got {}.",
-                if max == 1 {
-                    "1".into()
-                } else {
-                    format!("1 to {max}")
-                },
+                if max == 1 { "1".into() } else { format!("1 to {max}") },
                 args.len()
             ),
         ));
@@ -737,35 +631,16 @@ fn check_arity(target: &str, args: &[Value], max: usize) -> Result<(), CallError
 fn region_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>), CallError> {
     let leave = target.to_ascii_lowercase().starts_with("leave");
     check_arity(target, args, if leave { 1 } else { 2 })?;
-    let region = args[0]
-        .as_str()
-        .ok_or_else(|| refused(target, "region must be a string."))?;
+    let region = args[0].as_str().ok_or_else(|| refused(target, "region must be a string."))?;
     let region = Region::new(region).map_err(|e| refused(target, &e.to_string()))?;
-    Ok((
-        Group::dispatch(&region),
-        if leave {
-            None
-        } else {
-            after_sequence(target, args)?
-        },
-    ))
+    Ok((Group::dispatch(&region), if leave { None } else { after_sequence(target, args)? }))
 }
 
 fn contractor_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>), CallError> {
     let leave = target.to_ascii_lowercase().starts_with("leave");
     check_arity(target, args, if leave { 1 } else { 2 })?;
-    let id = args[0]
-        .as_str()
-        .ok_or_else(|| refused(target, "contractorId must be a string."))?;
-    let id: ContractorId = id
-        .parse()
-        .map_err(|e: smartscheduler_domain::ValidationError| refused(target, &e.to_string()))?;
-    Ok((
-        Group::contractor(id),
-        if leave {
-            None
-        } else {
-            after_sequence(target, args)?
-        },
-    ))
+    let id = args[0].as_str().ok_or_else(|| refused(target, "contractorId must be a string."))?;
+    let id: ContractorId =
+        id.parse().map_err(|e: smartscheduler_domain::ValidationError| refused(target, &e.to_string()))?;
+    Ok((Group::contractor(id), if leave { None } else { after_sequence(target, args)? }))
 }

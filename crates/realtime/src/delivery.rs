@@ -30,14 +30,8 @@ impl EventHandler for HubDelivery {
 
     async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError> {
         let text = protocol::invocation(event.event.event_type().as_str(), event);
-        let frame = Frame {
-            text: ByteString::from(text),
-            sequence: event.sequence.0,
-            groups: event.event.audience().into(),
-        };
-        self.hub
-            .broadcast(frame)
-            .await
-            .map_err(|e| HandlerError(e.to_string()))
+        let frame =
+            Frame { text: ByteString::from(text), sequence: event.sequence.0, groups: event.event.audience().into() };
+        self.hub.broadcast(frame).await.map_err(|e| HandlerError(e.to_string()))
     }
 }

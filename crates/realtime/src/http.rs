@@ -21,8 +21,7 @@ pub const HUB_PATH: &str = "/hubs/jobs";
 
 /// Registers the hub routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/hubs/jobs/negotiate", web::post().to(negotiate))
-        .route(HUB_PATH, web::get().to(connect));
+    cfg.route("/hubs/jobs/negotiate", web::post().to(negotiate)).route(HUB_PATH, web::get().to(connect));
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,20 +40,17 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
         response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
     }
     let slug = title.to_ascii_lowercase().replace(' ', "-");
-    response.body(json!({ "type": format!("/problems/{slug}"), "title": title, "status": status.as_u16(), "detail": detail }).to_string())
+    response.body(
+        json!({ "type": format!("/problems/{slug}"), "title": title, "status": status.as_u16(), "detail": detail })
+            .to_string(),
+    )
 }
 
 fn query(req: &HttpRequest) -> HubQuery {
-    web::Query::<HubQuery>::from_query(req.query_string())
-        .map(web::Query::into_inner)
-        .unwrap_or_default()
+    web::Query::<HubQuery>::from_query(req.query_string()).map(web::Query::into_inner).unwrap_or_default()
 }
 
-fn authenticate(
-    ctx: &HubContext,
-    req: &HttpRequest,
-    query: &HubQuery,
-) -> Result<Principal, AuthError> {
+fn authenticate(ctx: &HubContext, req: &HttpRequest, query: &HubQuery) -> Result<Principal, AuthError> {
     let header_token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -62,10 +58,8 @@ fn authenticate(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_owned());
-    let token = header_token
-        .or_else(|| query.access_token.clone())
-        .filter(|t| !t.is_empty())
-        .ok_or(AuthError::Missing)?;
+    let token =
+        header_token.or_else(|| query.access_token.clone()).filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
     ctx.verifier.verify(&token)
 }
 
@@ -90,22 +84,13 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
         Ok(p) => p,
         Err(err) => return unauthorized(&err),
     };
-    let stateful = ctx.config.allow_stateful_reconnect
-        && query.use_stateful_reconnect.as_deref() == Some("true");
+    let stateful = ctx.config.allow_stateful_reconnect && query.use_stateful_reconnect.as_deref() == Some("true");
     let connection_id = random_id();
     let token = random_id();
-    let pending = PendingConnection {
-        connection_id: connection_id.clone(),
-        principal,
-        stateful,
-        created: Instant::now(),
-    };
+    let pending =
+        PendingConnection { connection_id: connection_id.clone(), principal, stateful, created: Instant::now() };
     if ctx.hub.negotiated(token.clone(), pending).await.is_err() {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            "the hub is stopping",
-        );
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the hub is stopping");
     }
     let mut body = json!({
         "negotiateVersion": 1,
@@ -129,43 +114,27 @@ fn same_subject(
 ) -> Result<Principal, HttpResponse> {
     match authenticate(ctx, req, query) {
         Ok(p) if p.subject == negotiated.subject => Ok(p),
-        Ok(_) => Err(problem(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "the token does not match the negotiated connection",
-        )),
+        Ok(_) => Err(problem(StatusCode::FORBIDDEN, "Forbidden", "the token does not match the negotiated connection")),
         Err(AuthError::Missing) => Ok(negotiated.clone()),
         Err(err) => Err(unauthorized(&err)),
     }
 }
 
 enum Attach {
-    New {
-        principal: Principal,
-        token: Option<String>,
-        stateful: bool,
-    },
+    New { principal: Principal, token: Option<String>, stateful: bool },
     Resume(Box<crate::connection::Conn>),
 }
 
 /// The WebSocket: with `id`, the connection negotiated before, or a parked
 /// stateful connection coming back (404 when unknown, used or expired);
 /// without, a new one (skipNegotiation).
-pub async fn connect(
-    req: HttpRequest,
-    body: web::Payload,
-    ctx: web::Data<HubContext>,
-) -> HttpResponse {
+pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubContext>) -> HttpResponse {
     let query = query(&req);
     let attach = match &query.id {
         Some(id) => {
             if let Ok(Some(pending)) = ctx.hub.claim(id.clone()).await {
                 match same_subject(&ctx, &req, &query, &pending.principal) {
-                    Ok(principal) => Attach::New {
-                        principal,
-                        token: Some(id.clone()),
-                        stateful: pending.stateful,
-                    },
+                    Ok(principal) => Attach::New { principal, token: Some(id.clone()), stateful: pending.stateful },
                     Err(response) => return response,
                 }
             } else if let Ok(Some(parked)) = ctx.hub.resume(id.clone()).await {
@@ -176,19 +145,11 @@ pub async fn connect(
                 }
                 Attach::Resume(parked)
             } else {
-                return problem(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "No connection with that ID: negotiate again.",
-                );
+                return problem(StatusCode::NOT_FOUND, "Not found", "No connection with that ID: negotiate again.");
             }
         }
         None => match authenticate(&ctx, &req, &query) {
-            Ok(principal) => Attach::New {
-                principal,
-                token: None,
-                stateful: false,
-            },
+            Ok(principal) => Attach::New { principal, token: None, stateful: false },
             Err(err) => return unauthorized(&err),
         },
     };
@@ -200,24 +161,14 @@ pub async fn connect(
                     let _ = ctx.hub.park(id.clone(), parked).await;
                 }
             }
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "this endpoint expects a WebSocket upgrade",
-            );
+            return problem(StatusCode::BAD_REQUEST, "Bad request", "this endpoint expects a WebSocket upgrade");
         }
     };
     let ctx = ctx.get_ref().clone();
     // The message stream is not Send: the loop runs on this worker's runtime.
     match attach {
-        Attach::New {
-            principal,
-            token,
-            stateful,
-        } => {
-            actix_web::rt::spawn(connection::run(
-                ctx, principal, session, stream, token, stateful,
-            ));
+        Attach::New { principal, token, stateful } => {
+            actix_web::rt::spawn(connection::run(ctx, principal, session, stream, token, stateful));
         }
         Attach::Resume(parked) => {
             actix_web::rt::spawn(connection::resume(parked, session, stream));

@@ -146,10 +146,7 @@ impl HubHandle {
         self.commands.send(command).await.map_err(|_| HubStopped)
     }
 
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, HubStopped> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, HubStopped> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
         rx.await.map_err(|_| HubStopped)
@@ -164,11 +161,7 @@ impl HubHandle {
     ///
     /// # Errors
     /// [`HubStopped`].
-    pub async fn negotiated(
-        &self,
-        token: String,
-        pending: PendingConnection,
-    ) -> Result<(), HubStopped> {
+    pub async fn negotiated(&self, token: String, pending: PendingConnection) -> Result<(), HubStopped> {
         self.send(Command::Negotiated { token, pending }).await
     }
 
@@ -192,13 +185,7 @@ impl HubHandle {
         queued_bytes: Arc<AtomicUsize>,
         close: oneshot::Sender<CloseReason>,
     ) -> Result<(), HubStopped> {
-        self.send(Command::Register {
-            key,
-            outbound,
-            queued_bytes,
-            close,
-        })
-        .await
+        self.send(Command::Register { key, outbound, queued_bytes, close }).await
     }
 
     /// Removes a connection and its memberships.
@@ -290,11 +277,7 @@ struct Hub {
 /// `negotiate_ttl` are forgotten; parked connections not resumed within
 /// `reconnect_window` are closed; a connection with more than
 /// `max_queued_bytes` queued is slow.
-pub fn spawn(
-    negotiate_ttl: Duration,
-    reconnect_window: Duration,
-    max_queued_bytes: usize,
-) -> HubHandle {
+pub fn spawn(negotiate_ttl: Duration, reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
     let hub = Hub {
         connections: HashMap::new(),
@@ -307,10 +290,7 @@ pub fn spawn(
         stats: HubStats::default(),
     };
     tokio::spawn(hub.run(rx));
-    HubHandle {
-        commands: tx,
-        next_key: Arc::new(AtomicU64::new(1)),
-    }
+    HubHandle { commands: tx, next_key: Arc::new(AtomicU64::new(1)) }
 }
 
 impl Hub {
@@ -332,12 +312,8 @@ impl Hub {
         let ttl = self.negotiate_ttl;
         self.pending.retain(|_, p| p.created.elapsed() < ttl);
         let window = self.reconnect_window;
-        let expired: Vec<String> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.since.elapsed() >= window)
-            .map(|(t, _)| t.clone())
-            .collect();
+        let expired: Vec<String> =
+            self.parked.iter().filter(|(_, p)| p.since.elapsed() >= window).map(|(t, _)| t.clone()).collect();
         for token in expired {
             if let Some(parked) = self.parked.remove(&token) {
                 tracing::info!(conn = parked.conn.key(), "reconnect window expired");
@@ -353,47 +329,23 @@ impl Hub {
             }
             Command::Claim { token, reply } => {
                 let ttl = self.negotiate_ttl;
-                let pending = self
-                    .pending
-                    .remove(&token)
-                    .filter(|p| p.created.elapsed() < ttl);
+                let pending = self.pending.remove(&token).filter(|p| p.created.elapsed() < ttl);
                 let _ = reply.send(pending);
             }
-            Command::Register {
-                key,
-                outbound,
-                queued_bytes,
-                close,
-            } => {
-                self.connections.insert(
-                    key,
-                    Connection {
-                        outbound,
-                        queued_bytes,
-                        close: Some(close),
-                        groups: HashSet::new(),
-                    },
-                );
+            Command::Register { key, outbound, queued_bytes, close } => {
+                self.connections
+                    .insert(key, Connection { outbound, queued_bytes, close: Some(close), groups: HashSet::new() });
             }
             Command::Unregister { key } => self.remove(key),
             Command::Park { token, conn } => {
                 if self.connections.contains_key(&conn.key()) {
-                    self.parked.insert(
-                        token,
-                        Parked {
-                            conn,
-                            since: Instant::now(),
-                        },
-                    );
+                    self.parked.insert(token, Parked { conn, since: Instant::now() });
                 }
             }
             Command::Resume { token, reply } => {
                 let window = self.reconnect_window;
                 let conn = match self.parked.remove(&token) {
-                    Some(p)
-                        if p.since.elapsed() < window
-                            && self.connections.contains_key(&p.conn.key()) =>
-                    {
+                    Some(p) if p.since.elapsed() < window && self.connections.contains_key(&p.conn.key()) => {
                         Some(p.conn)
                     }
                     Some(p) => {
@@ -477,10 +429,7 @@ impl Hub {
             if let Some(mut conn) = self.connections.remove(&key) {
                 if full {
                     self.stats.slow_closes += 1;
-                    tracing::warn!(
-                        conn = key,
-                        "closing a slow connection: its outbound queue is full"
-                    );
+                    tracing::warn!(conn = key, "closing a slow connection: its outbound queue is full");
                     if let Some(close) = conn.close.take() {
                         let _ = close.send(CloseReason::SlowConsumer);
                     }
@@ -519,27 +468,17 @@ mod tests {
     use smartscheduler_domain::{ContractorId, Region};
 
     fn frame(seq: i64, groups: Vec<Group>) -> Frame {
-        Frame {
-            text: ByteString::from(format!("{seq}\u{1e}")),
-            sequence: seq,
-            groups: groups.into(),
-        }
+        Frame { text: ByteString::from(format!("{seq}\u{1e}")), sequence: seq, groups: groups.into() }
     }
 
     async fn connect(
         hub: &HubHandle,
         capacity: usize,
-    ) -> (
-        ConnKey,
-        mpsc::Receiver<Frame>,
-        oneshot::Receiver<CloseReason>,
-    ) {
+    ) -> (ConnKey, mpsc::Receiver<Frame>, oneshot::Receiver<CloseReason>) {
         let key = hub.next_key();
         let (tx, rx) = mpsc::channel(capacity);
         let (ctx, crx) = oneshot::channel();
-        hub.register(key, tx, Arc::new(AtomicUsize::new(0)), ctx)
-            .await
-            .unwrap();
+        hub.register(key, tx, Arc::new(AtomicUsize::new(0)), ctx).await.unwrap();
         (key, rx, crx)
     }
 
@@ -557,14 +496,9 @@ mod tests {
         assert!(hub.join(b, me.clone()).await.unwrap());
         assert!(hub.join(c, south.clone()).await.unwrap());
 
-        hub.broadcast(frame(1, vec![north.clone(), me.clone()]))
-            .await
-            .unwrap();
+        hub.broadcast(frame(1, vec![north.clone(), me.clone()])).await.unwrap();
         let stats = hub.stats().await.unwrap();
-        assert_eq!(
-            stats.frames_sent, 2,
-            "a is in both groups but gets one copy"
-        );
+        assert_eq!(stats.frames_sent, 2, "a is in both groups but gets one copy");
         assert_eq!(a_rx.recv().await.unwrap().sequence, 1);
         assert_eq!(b_rx.recv().await.unwrap().sequence, 1);
         assert!(a_rx.try_recv().is_err());
@@ -587,10 +521,7 @@ mod tests {
         hub.unregister(a).await.unwrap();
         let stats = hub.stats().await.unwrap();
         assert_eq!((stats.connections, stats.groups), (0, 0));
-        assert!(
-            !hub.join(a, north).await.unwrap(),
-            "a gone connection cannot join"
-        );
+        assert!(!hub.join(a, north).await.unwrap(), "a gone connection cannot join");
     }
 
     #[tokio::test]
@@ -602,18 +533,13 @@ mod tests {
         hub.join(slow, north.clone()).await.unwrap();
         hub.join(fast, north.clone()).await.unwrap();
         for seq in 1..=10 {
-            hub.broadcast(frame(seq, vec![north.clone()]))
-                .await
-                .unwrap();
+            hub.broadcast(frame(seq, vec![north.clone()])).await.unwrap();
         }
         assert_eq!(slow_close.await.unwrap(), CloseReason::SlowConsumer);
         for seq in 1..=10 {
             assert_eq!(fast_rx.recv().await.unwrap().sequence, seq);
         }
-        assert!(
-            fast_close.try_recv().is_err(),
-            "the fast connection stays open"
-        );
+        assert!(fast_close.try_recv().is_err(), "the fast connection stays open");
         let stats = hub.stats().await.unwrap();
         assert_eq!(stats.connections, 1);
         assert_eq!(stats.slow_closes, 1);
@@ -628,26 +554,13 @@ mod tests {
             regions: vec![],
             contractor_id: None,
         };
-        let pending = PendingConnection {
-            connection_id: "c1".into(),
-            principal,
-            stateful: false,
-            created: Instant::now(),
-        };
+        let pending =
+            PendingConnection { connection_id: "c1".into(), principal, stateful: false, created: Instant::now() };
         hub.negotiated("t1".into(), pending.clone()).await.unwrap();
         hub.negotiated("t2".into(), pending).await.unwrap();
-        assert_eq!(
-            hub.claim("t1".into()).await.unwrap().unwrap().connection_id,
-            "c1"
-        );
-        assert!(
-            hub.claim("t1".into()).await.unwrap().is_none(),
-            "a token is single-use"
-        );
+        assert_eq!(hub.claim("t1".into()).await.unwrap().unwrap().connection_id, "c1");
+        assert!(hub.claim("t1".into()).await.unwrap().is_none(), "a token is single-use");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            hub.claim("t2".into()).await.unwrap().is_none(),
-            "an unused negotiation expires"
-        );
+        assert!(hub.claim("t2".into()).await.unwrap().is_none(), "an unused negotiation expires");
     }
 }

@@ -91,21 +91,8 @@ pub struct HubContext {
 
 impl HubContext {
     /// Starts the hub task and returns its context.
-    pub fn start(
-        event_log: Arc<dyn EventLog>,
-        verifier: Arc<dyn TokenVerifier>,
-        config: HubConfig,
-    ) -> Self {
-        let hub = hub::spawn(
-            config.negotiate_ttl,
-            config.reconnect_window,
-            config.outbound_max_bytes,
-        );
-        Self {
-            hub,
-            event_log,
-            verifier,
-            config: Arc::new(config),
-        }
+    pub fn start(event_log: Arc<dyn EventLog>, verifier: Arc<dyn TokenVerifier>, config: HubConfig) -> Self {
+        let hub = hub::spawn(config.negotiate_ttl, config.reconnect_window, config.outbound_max_bytes);
+        Self { hub, event_log, verifier, config: Arc::new(config) }
     }
 }

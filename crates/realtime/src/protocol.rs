@@ -35,10 +35,7 @@ pub struct RecordBuffer {
 impl RecordBuffer {
     /// A buffer that refuses records longer than `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self {
-            tail: Vec::new(),
-            max,
-        }
+        Self { tail: Vec::new(), max }
     }
 
     /// Adds `data` and returns the records it completes, in order, without
@@ -90,11 +87,8 @@ pub const MAX_VERSION: u64 = 2;
 /// # Errors
 /// A message for the client when the handshake is not acceptable.
 pub fn parse_handshake(record: &[u8]) -> Result<HandshakeRequest, String> {
-    let value: Value = serde_json::from_slice(record)
-        .map_err(|_| "Handshake request is not valid JSON.".to_owned())?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| "Handshake request must be a JSON object.".to_owned())?;
+    let value: Value = serde_json::from_slice(record).map_err(|_| "Handshake request is not valid JSON.".to_owned())?;
+    let object = value.as_object().ok_or_else(|| "Handshake request must be a JSON object.".to_owned())?;
     let protocol = object
         .get("protocol")
         .and_then(Value::as_str)
@@ -107,14 +101,9 @@ pub fn parse_handshake(record: &[u8]) -> Result<HandshakeRequest, String> {
         return Err(format!("The protocol '{protocol}' is not supported."));
     }
     if version == 0 || version > MAX_VERSION {
-        return Err(format!(
-            "The server does not support version {version} of the '{protocol}' protocol."
-        ));
+        return Err(format!("The server does not support version {version} of the '{protocol}' protocol."));
     }
-    Ok(HandshakeRequest {
-        protocol: protocol.to_owned(),
-        version,
-    })
+    Ok(HandshakeRequest { protocol: protocol.to_owned(), version })
 }
 
 /// The handshake failure reply: `{"error":"..."}` and the separator.
@@ -185,10 +174,7 @@ fn required_target(object: &Map<String, Value>) -> Result<String, ProtocolError>
 }
 
 fn sequence_id(object: &Map<String, Value>) -> Result<u64, ProtocolError> {
-    object
-        .get("sequenceId")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| invalid("'sequenceId' must be a number"))
+    object.get("sequenceId").and_then(Value::as_u64).ok_or_else(|| invalid("'sequenceId' must be a number"))
 }
 
 /// Parses one record (without its separator). Key order is free and
@@ -197,15 +183,11 @@ fn sequence_id(object: &Map<String, Value>) -> Result<u64, ProtocolError> {
 /// # Errors
 /// [`ProtocolError::Invalid`] for anything that is not a valid record.
 pub fn parse_message(record: &[u8]) -> Result<HubMessage, ProtocolError> {
-    let value: Value =
-        serde_json::from_slice(record).map_err(|e| invalid(format!("not JSON ({e})")))?;
+    let value: Value = serde_json::from_slice(record).map_err(|e| invalid(format!("not JSON ({e})")))?;
     let Value::Object(object) = value else {
         return Err(invalid("a record must be a JSON object"));
     };
-    let kind = object
-        .get("type")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| invalid("'type' must be a number"))?;
+    let kind = object.get("type").and_then(Value::as_u64).ok_or_else(|| invalid("'type' must be a number"))?;
     Ok(match kind {
         1 => {
             let arguments = match object.get("arguments") {
@@ -220,24 +202,14 @@ pub fn parse_message(record: &[u8]) -> Result<HubMessage, ProtocolError> {
             }
         }
         4 => HubMessage::StreamInvocation {
-            invocation_id: optional_id(&object)?
-                .ok_or_else(|| invalid("'invocationId' is required"))?,
+            invocation_id: optional_id(&object)?.ok_or_else(|| invalid("'invocationId' is required"))?,
             target: required_target(&object)?,
         },
         2 | 3 | 5 => HubMessage::Ignored(kind),
         6 => HubMessage::Ping,
-        7 => HubMessage::Close {
-            error: object
-                .get("error")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        },
-        8 => HubMessage::Ack {
-            sequence_id: sequence_id(&object)?,
-        },
-        9 => HubMessage::Sequence {
-            sequence_id: sequence_id(&object)?,
-        },
+        7 => HubMessage::Close { error: object.get("error").and_then(Value::as_str).map(str::to_owned) },
+        8 => HubMessage::Ack { sequence_id: sequence_id(&object)? },
+        9 => HubMessage::Sequence { sequence_id: sequence_id(&object)? },
         other => HubMessage::Unknown(other),
     })
 }
@@ -264,22 +236,12 @@ struct Completion<'a, T: Serialize> {
 
 /// A Completion with a result.
 pub fn completion_result(invocation_id: &str, result: &impl Serialize) -> String {
-    record(&Completion {
-        kind: 3,
-        invocation_id,
-        result: Some(result),
-        error: None,
-    })
+    record(&Completion { kind: 3, invocation_id, result: Some(result), error: None })
 }
 
 /// A Completion with an error; the client's `invoke` rejects with it.
 pub fn completion_error(invocation_id: &str, error: &str) -> String {
-    record(&Completion::<()> {
-        kind: 3,
-        invocation_id,
-        result: None,
-        error: Some(error),
-    })
+    record(&Completion::<()> { kind: 3, invocation_id, result: None, error: Some(error) })
 }
 
 #[derive(Serialize)]
@@ -293,11 +255,7 @@ struct Invocation<'a, T: Serialize> {
 /// A server-to-client call with one argument and no `invocationId` (the key
 /// is left out; a null would kill the client).
 pub fn invocation(target: &str, argument: &impl Serialize) -> String {
-    record(&Invocation {
-        kind: 1,
-        target,
-        arguments: [argument],
-    })
+    record(&Invocation { kind: 1, target, arguments: [argument] })
 }
 
 #[derive(Serialize)]
@@ -312,11 +270,7 @@ struct Close<'a> {
 
 /// A Close record. Without `allow_reconnect` the client stops for good.
 pub fn close(error: Option<&str>, allow_reconnect: bool) -> String {
-    record(&Close {
-        kind: 7,
-        error,
-        allow_reconnect,
-    })
+    record(&Close { kind: 7, error, allow_reconnect })
 }
 
 #[derive(Serialize)]
@@ -329,18 +283,12 @@ struct SequenceRecord {
 
 /// An Ack (stateful reconnect): every record up to `sequence_id` was processed.
 pub fn ack(sequence_id: u64) -> String {
-    record(&SequenceRecord {
-        kind: 8,
-        sequence_id,
-    })
+    record(&SequenceRecord { kind: 8, sequence_id })
 }
 
 /// A Sequence (stateful reconnect): the number of the first record that follows.
 pub fn sequence(sequence_id: u64) -> String {
-    record(&SequenceRecord {
-        kind: 9,
-        sequence_id,
-    })
+    record(&SequenceRecord { kind: 9, sequence_id })
 }
 
 #[cfg(test)]
@@ -358,38 +306,17 @@ mod tests {
     #[test]
     fn vector_1_plain_and_stateful_handshakes_are_accepted() {
         let mut buffer = RecordBuffer::new(1024);
-        let records = buffer
-            .push(b"{\"protocol\":\"json\",\"version\":1}\x1e")
-            .unwrap();
-        assert_eq!(
-            parse_handshake(&records[0]).unwrap(),
-            HandshakeRequest {
-                protocol: "json".into(),
-                version: 1
-            }
-        );
-        assert_eq!(
-            parse_handshake(b"{\"protocol\":\"json\",\"version\":2}")
-                .unwrap()
-                .version,
-            2
-        );
-        assert_eq!(
-            parse_handshake(b"{\"version\":1,\"protocol\":\"json\",\"extra\":true}")
-                .unwrap()
-                .version,
-            1
-        );
+        let records = buffer.push(b"{\"protocol\":\"json\",\"version\":1}\x1e").unwrap();
+        assert_eq!(parse_handshake(&records[0]).unwrap(), HandshakeRequest { protocol: "json".into(), version: 1 });
+        assert_eq!(parse_handshake(b"{\"protocol\":\"json\",\"version\":2}").unwrap().version, 2);
+        assert_eq!(parse_handshake(b"{\"version\":1,\"protocol\":\"json\",\"extra\":true}").unwrap().version, 1);
     }
 
     #[test]
     fn vector_2_handshake_replies_match_asp_net() {
         assert_eq!(HANDSHAKE_OK, "{}\u{1e}");
         let err = parse_handshake(b"{\"protocol\":\"xml\",\"version\":1}").unwrap_err();
-        assert_eq!(
-            handshake_error(&err),
-            "{\"error\":\"The protocol 'xml' is not supported.\"}\u{1e}"
-        );
+        assert_eq!(handshake_error(&err), "{\"error\":\"The protocol 'xml' is not supported.\"}\u{1e}");
         assert_eq!(
             parse_handshake(b"{\"protocol\":\"json\",\"version\":3}").unwrap_err(),
             "The server does not support version 3 of the 'json' protocol."
@@ -433,13 +360,7 @@ mod tests {
     #[test]
     fn vector_6_send_without_id_is_accepted() {
         let msg = one("{\"target\":\"Heartbeat\",\"arguments\":[\"worker-7\"],\"type\":1}\u{1e}");
-        assert!(matches!(
-            msg,
-            HubMessage::Invocation {
-                invocation_id: None,
-                ..
-            }
-        ));
+        assert!(matches!(msg, HubMessage::Invocation { invocation_id: None, .. }));
     }
 
     #[test]
@@ -454,7 +375,10 @@ mod tests {
     fn vector_8_several_records_in_one_message_are_split() {
         let mut buffer = RecordBuffer::new(1024);
         let records = buffer
-            .push("{\"type\":6}\u{1e}{\"type\":1,\"target\":\"JobAssigned\",\"arguments\":[{\"jobId\":\"j-43\"}]}\u{1e}".as_bytes())
+            .push(
+                "{\"type\":6}\u{1e}{\"type\":1,\"target\":\"JobAssigned\",\"arguments\":[{\"jobId\":\"j-43\"}]}\u{1e}"
+                    .as_bytes(),
+            )
             .unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(parse_message(&records[0]).unwrap(), HubMessage::Ping);
@@ -481,14 +405,8 @@ mod tests {
 
     #[test]
     fn vector_10_ack_and_sequence_parse() {
-        assert_eq!(
-            one("{\"type\":8,\"sequenceId\":3}\u{1e}"),
-            HubMessage::Ack { sequence_id: 3 }
-        );
-        assert_eq!(
-            one("{\"type\":9,\"sequenceId\":4}\u{1e}"),
-            HubMessage::Sequence { sequence_id: 4 }
-        );
+        assert_eq!(one("{\"type\":8,\"sequenceId\":3}\u{1e}"), HubMessage::Ack { sequence_id: 3 });
+        assert_eq!(one("{\"type\":9,\"sequenceId\":4}\u{1e}"), HubMessage::Sequence { sequence_id: 4 });
         assert!(parse_message(b"{\"type\":8}").is_err());
     }
 
@@ -505,10 +423,7 @@ mod tests {
     #[test]
     fn oversized_input_is_refused_even_without_a_separator() {
         let mut buffer = RecordBuffer::new(16);
-        assert_eq!(
-            buffer.push(&[b'a'; 17]).unwrap_err(),
-            ProtocolError::TooLarge(16)
-        );
+        assert_eq!(buffer.push(&[b'a'; 17]).unwrap_err(), ProtocolError::TooLarge(16));
         let mut buffer = RecordBuffer::new(16);
         let mut long = vec![b'a'; 20];
         long.push(RS);
@@ -526,11 +441,7 @@ mod tests {
             b"{\"type\":1}",
             b"{\"type\":1,\"target\":\"\"}",
         ] {
-            assert!(
-                parse_message(input).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert!(parse_message(input).is_err(), "{:?}", String::from_utf8_lossy(input));
         }
         assert!(parse_message(b"{\"type\":1,\"target\":\"X\",\"invocationId\":5}").is_err());
         assert!(parse_message(b"{\"type\":1,\"target\":\"X\",\"arguments\":{}}").is_err());
@@ -538,15 +449,9 @@ mod tests {
 
     #[test]
     fn unknown_types_and_headers_are_tolerated() {
-        assert_eq!(
-            parse_message(b"{\"type\":99}").unwrap(),
-            HubMessage::Unknown(99)
-        );
+        assert_eq!(parse_message(b"{\"type\":99}").unwrap(), HubMessage::Unknown(99));
         assert!(matches!(
-            parse_message(
-                b"{\"type\":1,\"target\":\"X\",\"arguments\":[],\"headers\":{\"a\":\"b\"}}"
-            )
-            .unwrap(),
+            parse_message(b"{\"type\":1,\"target\":\"X\",\"arguments\":[],\"headers\":{\"a\":\"b\"}}").unwrap(),
             HubMessage::Invocation { .. }
         ));
     }

@@ -21,10 +21,7 @@ pub struct Authenticated(pub Principal);
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 impl FromRequest for Authenticated {
@@ -33,16 +30,11 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(verifier) = req.app_data::<Verifier>() else {
-            return ready(Err(ApiError::Internal(
-                "no token verifier configured".into(),
-            )));
+            return ready(Err(ApiError::Internal("no token verifier configured".into())));
         };
         let result = match bearer(req) {
             None => Err(AuthError::Missing.into()),
-            Some(token) => verifier
-                .verify(token)
-                .map(Authenticated)
-                .map_err(ApiError::from),
+            Some(token) => verifier.verify(token).map(Authenticated).map_err(ApiError::from),
         };
         ready(result)
     }

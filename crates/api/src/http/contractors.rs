@@ -28,18 +28,11 @@ pub async fn create(
     let request = CreateContractorRequest {
         name: PersonName::new(&body.name)?,
         region: Region::new(&body.region)?,
-        skills: body
-            .skills
-            .iter()
-            .map(|s| Skill::new(s))
-            .collect::<Result<_, _>>()?,
+        skills: body.skills.iter().map(|s| Skill::new(s)).collect::<Result<_, _>>()?,
     };
     let contractor = catalog.create_contractor(&principal, request).await?;
     Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            format!("/api/contractors/{}", contractor.id()),
-        ))
+        .insert_header((header::LOCATION, format!("/api/contractors/{}", contractor.id())))
         .json(contractor))
 }
 
@@ -49,9 +42,7 @@ pub async fn get(
     catalog: web::Data<Catalog>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id: ContractorId = id
-        .parse()
-        .map_err(|_| ApiError::not_found("no contractor has this id"))?;
+    let id: ContractorId = id.parse().map_err(|_| ApiError::not_found("no contractor has this id"))?;
     let contractor = catalog
         .contractor(&principal, id)
         .await?

@@ -14,9 +14,7 @@ fn back_office(principal: &smartscheduler_domain::Principal) -> Result<(), ApiEr
     if principal.is_back_office() {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(
-            "only admins and dispatchers may read the EventLog".into(),
-        ))
+        Err(ApiError::Forbidden("only admins and dispatchers may read the EventLog".into()))
     }
 }
 
@@ -49,32 +47,18 @@ pub async fn list(
     if query.after_sequence.is_some_and(|n| n < 0) {
         return Err(ApiError::validation("afterSequence: must be 0 or more"));
     }
-    let status =
-        match query.status.as_deref() {
-            None => None,
-            Some(s) => Some(EventStatus::parse(s).ok_or_else(|| {
-                ApiError::validation("status: must be Pending, Published or Failed")
-            })?),
-        };
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            EventStatus::parse(s)
+                .ok_or_else(|| ApiError::validation("status: must be Pending, Published or Failed"))?,
+        ),
+    };
     let limit = super::limit(query.limit)?;
-    let items = log
-        .list(EventQuery {
-            after_sequence: query.after_sequence.map(Sequence),
-            status,
-            limit,
-        })
-        .await?;
-    let next_after_sequence = items
-        .iter()
-        .filter_map(|e| e.sequence)
-        .map(|s| s.0)
-        .max()
-        .unwrap_or(0)
-        .max(query.after_sequence.unwrap_or(0));
-    Ok(HttpResponse::Ok().json(EventPage {
-        items,
-        next_after_sequence,
-    }))
+    let items = log.list(EventQuery { after_sequence: query.after_sequence.map(Sequence), status, limit }).await?;
+    let next_after_sequence =
+        items.iter().filter_map(|e| e.sequence).map(|s| s.0).max().unwrap_or(0).max(query.after_sequence.unwrap_or(0));
+    Ok(HttpResponse::Ok().json(EventPage { items, next_after_sequence }))
 }
 
 /// One EventLog row.
@@ -84,12 +68,7 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     back_office(&principal)?;
-    let id: EventId = id
-        .parse()
-        .map_err(|_| ApiError::not_found("no event has this id"))?;
-    let entry = log
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
+    let id: EventId = id.parse().map_err(|_| ApiError::not_found("no event has this id"))?;
+    let entry = log.get(id).await?.ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
     Ok(HttpResponse::Ok().json(entry))
 }

@@ -1,13 +1,13 @@
 //! `POST /api/jobs`, `GET /api/jobs/{id}`, `GET /api/jobs?region=R&status=S`,
 //! and `POST /api/jobs/{jobId}/assign`.
 
-use actix_web::{http::header, web, HttpResponse};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use smartscheduler_application::{AssignJob, AssignJobRequest, Catalog, CreateJobRequest};
+use smartscheduler_application::{AssignJob, AssignJobRequest, Catalog, CreateJobRequest, IdempotencyRequest};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    AssignmentSource, AuditId, ContractorId, DurationMinutes, JobId, JobStatus, JobType, Region,
-    TimeRange, Timestamp, Title,
+    AssignmentSource, AuditId, ContractorId, DurationMinutes, JobId, JobStatus, JobType, Region, TimeRange, Timestamp,
+    Title,
 };
 
 use super::auth::Authenticated;
@@ -45,14 +45,11 @@ pub async fn create(
         address: body.address.as_deref().map(Address::new).transpose()?,
     };
     let job = catalog.create_job(&principal, request).await?;
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/api/jobs/{}", job.id())))
-        .json(job))
+    Ok(HttpResponse::Created().insert_header((header::LOCATION, format!("/api/jobs/{}", job.id()))).json(job))
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found("no job has this id"))
+    raw.parse().map_err(|_| ApiError::not_found("no job has this id"))
 }
 
 /// One job.
@@ -62,10 +59,8 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let job = catalog
-        .job(&principal, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let job =
+        catalog.job(&principal, id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
     Ok(HttpResponse::Ok().json(job))
 }
 
@@ -90,7 +85,7 @@ pub async fn list(
 }
 
 /// The body of `POST /api/jobs/{jobId}/assign`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AssignBody {
     contractor_id: String,
@@ -109,34 +104,53 @@ impl AssignBody {
             job_id,
             contractor_id,
             range: TimeRange::new(start, end)?,
-            source: self
-                .source
-                .as_deref()
-                .map(AssignmentSource::parse)
-                .transpose()?
-                .unwrap_or_default(),
-            audit_id: self
-                .audit_id
-                .as_deref()
-                .map(str::parse::<AuditId>)
-                .transpose()?,
+            source: self.source.as_deref().map(AssignmentSource::parse).transpose()?.unwrap_or_default(),
+            audit_id: self.audit_id.as_deref().map(str::parse::<AuditId>).transpose()?,
+            idempotency: None,
         })
     }
 }
 
 /// Assigns a job: 201 with the Assignment. Never waits for delivery.
 pub async fn assign(
+    req: HttpRequest,
     Authenticated(principal): Authenticated,
     use_case: web::Data<AssignJob>,
     id: web::Path<String>,
     body: web::Json<AssignBody>,
 ) -> Result<HttpResponse, ApiError> {
     if !principal.is_back_office() {
-        return Err(ApiError::Forbidden(
-            "only admins and dispatchers assign jobs".into(),
-        ));
+        return Err(ApiError::Forbidden("only admins and dispatchers assign jobs".into()));
     }
-    let request = body.validate(job_id(&id)?)?;
-    let assignment = use_case.execute(&principal, request).await?;
-    Ok(HttpResponse::Created().json(assignment))
+    let job_id = job_id(&id)?;
+    let mut request = body.validate(job_id)?;
+    if let Some(key) = idempotency_key(&req)? {
+        // The job and the body as parsed: a repeat matches whatever its spacing.
+        let fingerprint = serde_json::to_string(&serde_json::json!({ "jobId": job_id, "body": &*body }))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        request.idempotency = Some(IdempotencyRequest { key, fingerprint });
+    }
+    let done = use_case.execute(&principal, request).await?;
+    let mut response = HttpResponse::Created();
+    if done.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(done.assignment))
+}
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| ApiError::validation("Idempotency-Key: must be visible ASCII"))?.trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::validation(format!(
+            "Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
 }

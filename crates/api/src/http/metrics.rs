@@ -14,10 +14,7 @@ pub fn handle() -> &'static PrometheusHandle {
         PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("smartscheduler_publish_lag_seconds".into()),
-                &[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0,
-                ],
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )
             .expect("valid buckets")
             .install_recorder()
@@ -34,7 +31,5 @@ pub async fn render(hub: web::Data<HubContext>) -> HttpResponse {
         metrics::gauge!("smartscheduler_hub_messages_sent").set(stats.frames_sent as f64);
         metrics::gauge!("smartscheduler_hub_slow_client_closes").set(stats.slow_closes as f64);
     }
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(handle().render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(handle().render())
 }

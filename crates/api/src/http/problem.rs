@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 409: the request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// 422: understood but refused (an `Idempotency-Key` reused with another body).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 413: the body is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -58,9 +61,8 @@ impl ApiError {
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "The request body is too large"),
-            Self::UnsupportedMediaType(_) => {
-                ("unsupported-media-type", "The request body must be JSON")
-            }
+            Self::Unprocessable(_) => ("unprocessable", "The request cannot be processed"),
+            Self::UnsupportedMediaType(_) => ("unsupported-media-type", "The request body must be JSON"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
             Self::Internal(_) => ("internal", "Internal server error"),
         }
@@ -85,6 +87,7 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,12 +109,7 @@ impl ResponseError for ApiError {
             }
             other => other.to_string(),
         };
-        let body = Problem {
-            kind: format!("/problems/{slug}"),
-            title,
-            status: status.as_u16(),
-            detail,
-        };
+        let body = Problem { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail };
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
@@ -159,13 +157,10 @@ impl From<AssignJobError> for ApiError {
     fn from(value: AssignJobError) -> Self {
         let detail = value.to_string();
         match value {
-            AssignJobError::JobNotFound(_) | AssignJobError::ContractorNotFound(_) => {
-                Self::NotFound(detail)
-            }
+            AssignJobError::JobNotFound(_) | AssignJobError::ContractorNotFound(_) => Self::NotFound(detail),
             AssignJobError::Forbidden(_) => Self::Forbidden(detail),
-            AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_) => {
-                Self::Conflict(detail)
-            }
+            AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_) => Self::Conflict(detail),
+            AssignJobError::IdempotencyKeyReused => Self::Unprocessable(detail),
             AssignJobError::Unavailable(e) => Self::Unavailable(e),
             AssignJobError::Unexpected(e) => Self::Internal(e),
         }
@@ -174,35 +169,29 @@ impl From<AssignJobError> for ApiError {
 
 /// JSON bodies: at most [`super::MAX_BODY_BYTES`], errors as problems.
 pub(crate) fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(super::MAX_BODY_BYTES)
-        .error_handler(|err, _req| {
-            use actix_web::error::JsonPayloadError as E;
-            let api = match &err {
-                E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::PayloadTooLarge(
-                    format!("the body must be at most {} bytes", super::MAX_BODY_BYTES),
-                ),
-                E::ContentType => {
-                    ApiError::UnsupportedMediaType("send the body as application/json".into())
-                }
-                E::Deserialize(e) => ApiError::Validation(format!("the body is not valid: {e}")),
-                other => ApiError::Validation(format!("the body could not be read: {other}")),
-            };
-            api.into()
-        })
+    web::JsonConfig::default().limit(super::MAX_BODY_BYTES).error_handler(|err, _req| {
+        use actix_web::error::JsonPayloadError as E;
+        let api = match &err {
+            E::OverflowKnownLength { .. } | E::Overflow { .. } => {
+                ApiError::PayloadTooLarge(format!("the body must be at most {} bytes", super::MAX_BODY_BYTES))
+            }
+            E::ContentType => ApiError::UnsupportedMediaType("send the body as application/json".into()),
+            E::Deserialize(e) => ApiError::Validation(format!("the body is not valid: {e}")),
+            other => ApiError::Validation(format!("the body could not be read: {other}")),
+        };
+        api.into()
+    })
 }
 
 /// Query strings: errors as problems.
 pub(crate) fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err, _req| {
-        ApiError::Validation(format!("the query is not valid: {err}")).into()
-    })
+    web::QueryConfig::default()
+        .error_handler(|err, _req| ApiError::Validation(format!("the query is not valid: {err}")).into())
 }
 
 /// Path segments: errors as problems.
 pub(crate) fn path_config() -> web::PathConfig {
-    web::PathConfig::default()
-        .error_handler(|err, _req| ApiError::NotFound(format!("no such resource: {err}")).into())
+    web::PathConfig::default().error_handler(|err, _req| ApiError::NotFound(format!("no such resource: {err}")).into())
 }
 
 /// The fallback for unknown routes.

@@ -32,15 +32,10 @@ pub struct TestApp {
 
 /// Starts a fresh service (its own in-memory database) on a free port.
 pub async fn spawn_app() -> TestApp {
-    let app = Application::build(ServeConfig::for_tests(SECRET))
-        .await
-        .expect("the service builds");
+    let app = Application::build(ServeConfig::for_tests(SECRET)).await.expect("the service builds");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("a client");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("a client");
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         client,
@@ -49,10 +44,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after the epoch").as_secs()
 }
 
 /// Claims valid for an hour.
@@ -70,10 +62,7 @@ pub fn claims(role: &str, regions: &[&str], contractor_id: Option<Uuid>) -> Clai
 
 /// Signs `claims` with `secret`.
 pub fn sign(secret: &str, claims: &Claims) -> String {
-    JwtTokens::hs256(secret.as_bytes())
-        .expect("a usable secret")
-        .issue(claims)
-        .expect("a signed token")
+    JwtTokens::hs256(secret.as_bytes()).expect("a usable secret").issue(claims).expect("a signed token")
 }
 
 impl TestApp {
@@ -106,10 +95,7 @@ impl TestApp {
     }
     /// An Admin token signed with a secret the service does not know.
     pub fn foreign_admin(&self) -> String {
-        sign(
-            "some-other-secret-entirely-000000",
-            &claims("Admin", &[], None),
-        )
+        sign("some-other-secret-entirely-000000", &claims("Admin", &[], None))
     }
 
     // ------------------------------------------------------------------
@@ -118,9 +104,7 @@ impl TestApp {
 
     /// A request to `path` (starting with `/`), with a bearer token if given.
     pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
-        let builder = self
-            .client
-            .request(method, format!("{}{}", self.address, path));
+        let builder = self.client.request(method, format!("{}{}", self.address, path));
         match token {
             Some(token) => builder.bearer_auth(token),
             None => builder,
@@ -140,17 +124,13 @@ impl TestApp {
         tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
             let mut stream = std::net::TcpStream::connect(address).expect("a connection");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .expect("a timeout");
+            stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a timeout");
             // The server may answer before it has read everything.
             let _ = stream.write_all(request.as_bytes());
             let mut answer = Vec::new();
             let _ = stream.read_to_end(&mut answer);
             let answer = String::from_utf8_lossy(&answer).into_owned();
-            let (head, body) = answer
-                .split_once("\r\n\r\n")
-                .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
             let status = head
                 .split(' ')
                 .nth(1)
@@ -173,54 +153,39 @@ impl TestApp {
 
     /// `POST /api/contractors`.
     pub async fn post_contractor(&self, token: Option<&str>, body: &Value) -> Response {
-        self.send(
-            self.request(Method::POST, "/api/contractors", token)
-                .json(body),
-        )
-        .await
+        self.send(self.request(Method::POST, "/api/contractors", token).json(body)).await
     }
     /// `GET /api/contractors/{id}`.
     pub async fn get_contractor(&self, token: Option<&str>, id: &str) -> Response {
-        self.send(self.request(Method::GET, &format!("/api/contractors/{id}"), token))
-            .await
+        self.send(self.request(Method::GET, &format!("/api/contractors/{id}"), token)).await
     }
     /// `GET /api/contractors?{query}`.
     pub async fn list_contractors(&self, token: Option<&str>, query: &str) -> Response {
-        self.send(self.request(Method::GET, &format!("/api/contractors?{query}"), token))
-            .await
+        self.send(self.request(Method::GET, &format!("/api/contractors?{query}"), token)).await
     }
     /// `POST /api/jobs`.
     pub async fn post_job(&self, token: Option<&str>, body: &Value) -> Response {
-        self.send(self.request(Method::POST, "/api/jobs", token).json(body))
-            .await
+        self.send(self.request(Method::POST, "/api/jobs", token).json(body)).await
     }
     /// `GET /api/jobs/{id}`.
     pub async fn get_job(&self, token: Option<&str>, id: &str) -> Response {
-        self.send(self.request(Method::GET, &format!("/api/jobs/{id}"), token))
-            .await
+        self.send(self.request(Method::GET, &format!("/api/jobs/{id}"), token)).await
     }
     /// `GET /api/jobs?{query}`.
     pub async fn list_jobs(&self, token: Option<&str>, query: &str) -> Response {
-        self.send(self.request(Method::GET, &format!("/api/jobs?{query}"), token))
-            .await
+        self.send(self.request(Method::GET, &format!("/api/jobs?{query}"), token)).await
     }
     /// `POST /api/jobs/{job_id}/assign`.
     pub async fn assign(&self, token: Option<&str>, job_id: &str, body: &Value) -> Response {
-        self.send(
-            self.request(Method::POST, &format!("/api/jobs/{job_id}/assign"), token)
-                .json(body),
-        )
-        .await
+        self.send(self.request(Method::POST, &format!("/api/jobs/{job_id}/assign"), token).json(body)).await
     }
     /// `GET /api/events?{query}`.
     pub async fn list_events(&self, token: Option<&str>, query: &str) -> Response {
-        self.send(self.request(Method::GET, &format!("/api/events?{query}"), token))
-            .await
+        self.send(self.request(Method::GET, &format!("/api/events?{query}"), token)).await
     }
     /// `GET /api/events/{id}`.
     pub async fn get_event(&self, token: Option<&str>, id: &str) -> Response {
-        self.send(self.request(Method::GET, &format!("/api/events/{id}"), token))
-            .await
+        self.send(self.request(Method::GET, &format!("/api/events/{id}"), token)).await
     }
     /// `GET /health/live`.
     pub async fn live(&self) -> Response {
@@ -270,13 +235,7 @@ impl TestApp {
     }
     /// Assigns `job_id` to `contractor_id` from `start` to `end` as Admin;
     /// returns the Assignment.
-    pub async fn assign_ok(
-        &self,
-        job_id: &str,
-        contractor_id: &str,
-        start: &str,
-        end: &str,
-    ) -> Value {
+    pub async fn assign_ok(&self, job_id: &str, contractor_id: &str, start: &str, end: &str) -> Value {
         let response = self
             .assign(
                 Some(&self.admin()),
@@ -306,9 +265,7 @@ impl TestApp {
     pub async fn wait_for_published(&self, count: usize, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let response = self
-                .list_events(Some(&self.admin()), "status=Published&limit=1000")
-                .await;
+            let response = self.list_events(Some(&self.admin()), "status=Published&limit=1000").await;
             let page = expect_json(response, StatusCode::OK).await;
             let items = page["items"].as_array().expect("items").clone();
             if items.len() >= count {
@@ -332,10 +289,7 @@ impl TestApp {
             if row["status"] == "Published" {
                 return row;
             }
-            assert!(
-                Instant::now() < deadline,
-                "event {event_id} is not Published after 5 s: {row:#}"
-            );
+            assert!(Instant::now() < deadline, "event {event_id} is not Published after 5 s: {row:#}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -358,50 +312,33 @@ pub async fn expect_json(response: Response, status: StatusCode) -> Value {
 /// HTTP status) and `detail`. Returns the document.
 pub async fn expect_problem(response: Response, status: StatusCode) -> Value {
     let actual = response.status();
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let text = response.text().await.expect("a body");
     assert_eq!(actual, status, "unexpected status; body: {text}");
     assert!(
         content_type.starts_with("application/problem+json"),
         "content type of a {status} is {content_type:?}, not application/problem+json; body: {text}"
     );
-    let problem: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let problem: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     for field in ["type", "title", "detail"] {
         assert!(
             problem[field].as_str().is_some_and(|s| !s.is_empty()),
             "problem field {field} is missing or empty: {problem:#}"
         );
     }
-    assert_eq!(
-        problem["status"],
-        json!(status.as_u16()),
-        "problem status differs from the HTTP status: {problem:#}"
-    );
+    assert_eq!(problem["status"], json!(status.as_u16()), "problem status differs from the HTTP status: {problem:#}");
     problem
 }
 
 /// The string field `field` of `value`.
 pub fn id_of(value: &Value, field: &str) -> String {
-    value[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field} is not a string in {value:#}"))
-        .to_owned()
+    value[field].as_str().unwrap_or_else(|| panic!("{field} is not a string in {value:#}")).to_owned()
 }
 
 /// The sorted keys of a JSON object.
 pub fn keys(value: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = value
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {value:#}"))
-        .keys()
-        .cloned()
-        .collect();
+    let mut keys: Vec<String> =
+        value.as_object().unwrap_or_else(|| panic!("not an object: {value:#}")).keys().cloned().collect();
     keys.sort();
     keys
 }
@@ -409,9 +346,7 @@ pub fn keys(value: &Value) -> Vec<String> {
 /// Whether `value` is an RFC 3339 UTC time written with `Z`.
 pub fn is_utc_z(value: &Value) -> bool {
     value.as_str().is_some_and(|s| {
-        s.ends_with('Z')
-            && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .is_ok()
+        s.ends_with('Z') && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
     })
 }
 

@@ -8,13 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use smartscheduler_domain::ports::{
-    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
-    EventLogEntry, EventQuery, EventStatus, JobFilter, JobRepository, PublishedRow,
+    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
+    EventStatus, JobFilter, JobRepository, PublishedRow, RetryOutcome,
 };
 use smartscheduler_domain::{
-    Address, Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes,
-    EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence,
-    Skill, TimeRange, Timestamp, Title,
+    Address, Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job,
+    JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange, Timestamp, Title,
 };
 use tokio::sync::Barrier;
 
@@ -23,15 +22,9 @@ use tokio::sync::Barrier;
 // ---------------------------------------------------------------------------
 
 /// Every storage port, as one adapter implements them.
-pub trait Store:
-    ContractorRepository + JobRepository + AssignmentStore + EventLog + Clone + 'static
-{
-}
+pub trait Store: ContractorRepository + JobRepository + AssignmentStore + EventLog + Clone + 'static {}
 
-impl<T> Store for T where
-    T: ContractorRepository + JobRepository + AssignmentStore + EventLog + Clone + 'static
-{
-}
+impl<T> Store for T where T: ContractorRepository + JobRepository + AssignmentStore + EventLog + Clone + 'static {}
 
 /// One database engine under test.
 pub trait Backend: Sized + 'static {
@@ -79,6 +72,10 @@ macro_rules! store_suite {
             listing_by_status_returns_only_rows_with_that_status,
             listing_without_a_bound_shows_published_rows_by_sequence_then_the_rest_by_commit_order,
             replay_returns_only_the_groups_events_after_a_sequence_in_order_up_to_the_limit,
+            an_idempotency_key_is_stored_with_its_assignment_and_found_again,
+            a_live_idempotency_key_cannot_be_taken_twice_but_an_expired_one_can,
+            retrying_a_failed_event_makes_it_pending_and_due_with_attempts_reset,
+            purging_deletes_old_published_rows_only_and_raises_the_watermark,
         );
         $crate::support::store_suite!(@multi $backend;
             twenty_concurrent_assignments_of_one_job_commit_exactly_one,
@@ -145,32 +142,20 @@ impl<B: Backend> Db<B> {
 
     pub async fn add_contractor(&self, name: &str, region_name: &str) -> Contractor {
         let c = contractor(name, region_name, Timestamp::now());
-        ContractorRepository::insert(&self.store, &c)
-            .await
-            .expect("insert contractor");
+        ContractorRepository::insert(&self.store, &c).await.expect("insert contractor");
         c
     }
 
     pub async fn add_job(&self, region_name: &str) -> Job {
         let j = job(region_name, Timestamp::now());
-        JobRepository::insert(&self.store, &j)
-            .await
-            .expect("insert job");
+        JobRepository::insert(&self.store, &j).await.expect("insert job");
         j
     }
 
     /// Assigns `job` (as stored, unassigned) and expects the commit to succeed.
-    pub async fn assign(
-        &self,
-        job: &Job,
-        contractor: &Contractor,
-        range: TimeRange,
-    ) -> DomainEvent {
+    pub async fn assign(&self, job: &Job, contractor: &Contractor, range: TimeRange) -> DomainEvent {
         let (assigned, assignment, event) = plan(job, contractor, range);
-        self.store
-            .commit_assignment(&assigned, &assignment, &event)
-            .await
-            .expect("the assignment commits");
+        self.store.commit_assignment(&assigned, &assignment, &event, None).await.expect("the assignment commits");
         event
     }
 
@@ -187,17 +172,11 @@ impl<B: Backend> Db<B> {
     }
 
     pub async fn stored_job(&self, id: JobId) -> Job {
-        JobRepository::get(&self.store, id)
-            .await
-            .expect("get job")
-            .expect("the job exists")
+        JobRepository::get(&self.store, id).await.expect("get job").expect("the job exists")
     }
 
     pub async fn entry(&self, id: EventId) -> EventLogEntry {
-        EventLog::get(&self.store, id)
-            .await
-            .expect("get event")
-            .expect("the event is logged")
+        EventLog::get(&self.store, id).await.expect("get event").expect("the event is logged")
     }
 
     pub async fn list(
@@ -206,16 +185,7 @@ impl<B: Backend> Db<B> {
         status: Option<EventStatus>,
         limit: u32,
     ) -> Vec<EventLogEntry> {
-        EventLog::list(
-            &self.store,
-            EventQuery {
-                after_sequence,
-                status,
-                limit,
-            },
-        )
-        .await
-        .expect("list events")
+        EventLog::list(&self.store, EventQuery { after_sequence, status, limit }).await.expect("list events")
     }
 
     pub async fn all_events(&self) -> Vec<EventLogEntry> {
@@ -231,10 +201,7 @@ pub fn contractor(name: &str, region_name: &str, created: Timestamp) -> Contract
     Contractor::create(
         PersonName::new(name).expect("a valid name"),
         region(region_name),
-        vec![
-            Skill::new("tile").expect("a valid skill"),
-            Skill::new("vinyl").expect("a valid skill"),
-        ],
+        vec![Skill::new("tile").expect("a valid skill"), Skill::new("vinyl").expect("a valid skill")],
         created,
     )
     .expect("a valid contractor")
@@ -254,9 +221,7 @@ pub fn job(region_name: &str, created: Timestamp) -> Job {
 
 /// `minutes` after 2030-01-01T10:00:00Z.
 pub fn at(minutes: i64) -> Timestamp {
-    Timestamp::parse_rfc3339("t", "2030-01-01T10:00:00Z")
-        .expect("a valid time")
-        .plus_millis(minutes * 60_000)
+    Timestamp::parse_rfc3339("t", "2030-01-01T10:00:00Z").expect("a valid time").plus_millis(minutes * 60_000)
 }
 
 /// `[at(from), at(to))`.
@@ -266,21 +231,12 @@ pub fn range(from: i64, to: i64) -> TimeRange {
 
 /// What the application builds before committing: the job as Assigned, the
 /// assignment and its event. `job` itself is left untouched (unassigned).
-pub fn plan(
-    job: &Job,
-    contractor: &Contractor,
-    range: TimeRange,
-) -> (Job, Assignment, DomainEvent) {
+pub fn plan(job: &Job, contractor: &Contractor, range: TimeRange) -> (Job, Assignment, DomainEvent) {
     let mut job = job.clone();
-    let request = NewAssignment {
-        contractor_id: contractor.id(),
-        range,
-        source: AssignmentSource::Manual,
-        audit_id: None,
-    };
-    let (assignment, event) = job
-        .assign(contractor, request, Timestamp::now())
-        .expect("an unassigned job can be assigned");
+    let request =
+        NewAssignment { contractor_id: contractor.id(), range, source: AssignmentSource::Manual, audit_id: None };
+    let (assignment, event) =
+        job.assign(contractor, request, Timestamp::now()).expect("an unassigned job can be assigned");
     (job, assignment, DomainEvent::from(event))
 }
 
@@ -304,19 +260,12 @@ pub fn entry_ids(entries: &[EventLogEntry]) -> Vec<EventId> {
 pub fn published(claimed: &[ClaimedEvent]) -> Vec<PublishedRow> {
     claimed
         .iter()
-        .map(|c| PublishedRow {
-            event_id: c.event.event_id(),
-            sequence: c.sequence,
-            groups: c.event.audience(),
-        })
+        .map(|c| PublishedRow { event_id: c.event.event_id(), sequence: c.sequence, groups: c.event.audience() })
         .collect()
 }
 
 pub fn assert_strictly_increasing(sequences: &[Sequence]) {
-    assert!(
-        sequences.windows(2).all(|w| w[0] < w[1]),
-        "sequences must strictly increase: {sequences:?}"
-    );
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "sequences must strictly increase: {sequences:?}");
 }
 
 /// Far enough in the future that every committed event is due.
@@ -335,9 +284,7 @@ pub async fn a_stored_contractor_reads_back_unchanged<B: Backend>() {
     let ana = contractor("Ana", "north", at(0));
     ContractorRepository::insert(&db.store, &ana).await.unwrap();
 
-    let read = ContractorRepository::get(&db.store, ana.id())
-        .await
-        .unwrap();
+    let read = ContractorRepository::get(&db.store, ana.id()).await.unwrap();
 
     assert_eq!(read, Some(ana));
 }
@@ -354,21 +301,11 @@ pub async fn contractors_are_listed_oldest_first_by_region_up_to_the_limit<B: Ba
         ContractorRepository::insert(&db.store, x).await.unwrap();
     }
 
-    let all = ContractorRepository::list(&db.store, None, 10)
-        .await
-        .unwrap();
-    let north = ContractorRepository::list(&db.store, Some(region("north")), 10)
-        .await
-        .unwrap();
-    let first_two = ContractorRepository::list(&db.store, None, 2)
-        .await
-        .unwrap();
-    let first_north = ContractorRepository::list(&db.store, Some(region("north")), 1)
-        .await
-        .unwrap();
-    let nowhere = ContractorRepository::list(&db.store, Some(region("west")), 10)
-        .await
-        .unwrap();
+    let all = ContractorRepository::list(&db.store, None, 10).await.unwrap();
+    let north = ContractorRepository::list(&db.store, Some(region("north")), 10).await.unwrap();
+    let first_two = ContractorRepository::list(&db.store, None, 2).await.unwrap();
+    let first_north = ContractorRepository::list(&db.store, Some(region("north")), 1).await.unwrap();
+    let nowhere = ContractorRepository::list(&db.store, Some(region("west")), 10).await.unwrap();
 
     assert_eq!(all, vec![a.clone(), b.clone(), c.clone()]);
     assert_eq!(north, vec![a.clone(), c]);
@@ -405,10 +342,7 @@ pub async fn a_stored_job_reads_back_unchanged_with_or_without_optional_fields<B
     }
 
     for j in [bare, full, untitled] {
-        assert_eq!(
-            JobRepository::get(&db.store, j.id()).await.unwrap(),
-            Some(j)
-        );
+        assert_eq!(JobRepository::get(&db.store, j.id()).await.unwrap(), Some(j));
     }
 }
 
@@ -419,16 +353,8 @@ pub async fn getting_an_unknown_contractor_or_job_returns_none<B: Backend>() {
     db.add_contractor("Ana", "north").await;
     db.add_job("north").await;
 
-    assert_eq!(
-        ContractorRepository::get(&db.store, ContractorId::new())
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        JobRepository::get(&db.store, JobId::new()).await.unwrap(),
-        None
-    );
+    assert_eq!(ContractorRepository::get(&db.store, ContractorId::new()).await.unwrap(), None);
+    assert_eq!(JobRepository::get(&db.store, JobId::new()).await.unwrap(), None);
 }
 
 pub async fn jobs_are_listed_oldest_first_by_region_and_status_up_to_the_limit<B: Backend>() {
@@ -444,47 +370,18 @@ pub async fn jobs_are_listed_oldest_first_by_region_and_status_up_to_the_limit<B
     }
     let ana = db.add_contractor("Ana", "north").await;
     let (n2, assignment, event) = plan(&n2, &ana, range(0, 60));
-    db.store
-        .commit_assignment(&n2, &assignment, &event)
-        .await
-        .unwrap();
+    db.store.commit_assignment(&n2, &assignment, &event, None).await.unwrap();
     let list = |region_name: Option<&str>, status: Option<JobStatus>, limit: u32| {
-        let filter = JobFilter {
-            region: region_name.map(region),
-            status,
-            limit,
-        };
+        let filter = JobFilter { region: region_name.map(region), status, limit };
         JobRepository::list(&db.store, filter)
     };
 
-    assert_eq!(
-        list(None, None, 10).await.unwrap(),
-        vec![n1.clone(), s1.clone(), n2.clone(), s2.clone()]
-    );
-    assert_eq!(
-        list(Some("north"), None, 10).await.unwrap(),
-        vec![n1.clone(), n2.clone()]
-    );
-    assert_eq!(
-        list(None, Some(JobStatus::Unassigned), 10).await.unwrap(),
-        vec![n1.clone(), s1.clone(), s2.clone()]
-    );
-    assert_eq!(
-        list(None, Some(JobStatus::Assigned), 10).await.unwrap(),
-        vec![n2.clone()]
-    );
-    assert_eq!(
-        list(Some("north"), Some(JobStatus::Unassigned), 10)
-            .await
-            .unwrap(),
-        vec![n1.clone()]
-    );
-    assert_eq!(
-        list(Some("south"), Some(JobStatus::Assigned), 10)
-            .await
-            .unwrap(),
-        vec![]
-    );
+    assert_eq!(list(None, None, 10).await.unwrap(), vec![n1.clone(), s1.clone(), n2.clone(), s2.clone()]);
+    assert_eq!(list(Some("north"), None, 10).await.unwrap(), vec![n1.clone(), n2.clone()]);
+    assert_eq!(list(None, Some(JobStatus::Unassigned), 10).await.unwrap(), vec![n1.clone(), s1.clone(), s2.clone()]);
+    assert_eq!(list(None, Some(JobStatus::Assigned), 10).await.unwrap(), vec![n2.clone()]);
+    assert_eq!(list(Some("north"), Some(JobStatus::Unassigned), 10).await.unwrap(), vec![n1.clone()]);
+    assert_eq!(list(Some("south"), Some(JobStatus::Assigned), 10).await.unwrap(), vec![]);
     assert_eq!(list(None, None, 2).await.unwrap(), vec![n1, s1.clone()]);
     assert_eq!(list(Some("south"), None, 1).await.unwrap(), vec![s1]);
 }
@@ -493,9 +390,7 @@ pub async fn jobs_are_listed_oldest_first_by_region_and_status_up_to_the_limit<B
 // commit_assignment
 // ---------------------------------------------------------------------------
 
-pub async fn committing_an_assignment_marks_the_job_assigned_and_logs_one_pending_event<
-    B: Backend,
->() {
+pub async fn committing_an_assignment_marks_the_job_assigned_and_logs_one_pending_event<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
@@ -503,22 +398,12 @@ pub async fn committing_an_assignment_marks_the_job_assigned_and_logs_one_pendin
     let unassigned = db.add_job("north").await;
     let (assigned, assignment, event) = plan(&unassigned, &ana, range(0, 120));
 
-    db.store
-        .commit_assignment(&assigned, &assignment, &event)
-        .await
-        .unwrap();
+    db.store.commit_assignment(&assigned, &assignment, &event, None).await.unwrap();
 
     let stored = db.stored_job(unassigned.id()).await;
     assert_eq!(stored.status(), JobStatus::Assigned);
     assert_eq!(stored, assigned);
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: 1,
-            events: 1,
-            event_groups: 2
-        }
-    );
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 1, event_groups: 2 });
 
     let listed = db.all_events().await;
     assert_eq!(listed.len(), 1);
@@ -551,18 +436,12 @@ pub async fn a_second_assignment_of_the_same_job_is_refused_and_writes_nothing<B
 
     // Built from the stale, unassigned copy, as a racing request would.
     let (job2, assignment2, event2) = plan(&unassigned, &bo, range(120, 180));
-    let result = db
-        .store
-        .commit_assignment(&job2, &assignment2, &event2)
-        .await;
+    let result = db.store.commit_assignment(&job2, &assignment2, &event2, None).await;
 
     assert_eq!(result, Err(CommitAssignmentError::JobAlreadyAssigned));
     assert_eq!(db.counts().await, before);
     assert_eq!(entry_ids(&db.all_events().await), vec![first.event_id()]);
-    assert_eq!(
-        EventLog::get(&db.store, event2.event_id()).await.unwrap(),
-        None
-    );
+    assert_eq!(EventLog::get(&db.store, event2.event_id()).await.unwrap(), None);
     assert_eq!(db.stored_job(unassigned.id()).await, first_job);
 }
 
@@ -574,31 +453,14 @@ pub async fn assigning_a_job_that_is_not_stored_is_job_not_found_and_writes_noth
     let never_stored = job("north", Timestamp::now());
     let (assigned, assignment, event) = plan(&never_stored, &ana, range(0, 60));
 
-    let result = db
-        .store
-        .commit_assignment(&assigned, &assignment, &event)
-        .await;
+    let result = db.store.commit_assignment(&assigned, &assignment, &event, None).await;
 
     assert_eq!(result, Err(CommitAssignmentError::JobNotFound));
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: 0,
-            events: 0,
-            event_groups: 0
-        }
-    );
-    assert_eq!(
-        JobRepository::get(&db.store, never_stored.id())
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(db.counts().await, Counts { assignments: 0, events: 0, event_groups: 0 });
+    assert_eq!(JobRepository::get(&db.store, never_stored.id()).await.unwrap(), None);
 }
 
-pub async fn assigning_to_a_contractor_that_is_not_stored_is_refused_and_rolls_the_job_back<
-    B: Backend,
->() {
+pub async fn assigning_to_a_contractor_that_is_not_stored_is_refused_and_rolls_the_job_back<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
@@ -606,38 +468,20 @@ pub async fn assigning_to_a_contractor_that_is_not_stored_is_refused_and_rolls_t
     let unassigned = db.add_job("north").await;
     let (assigned, assignment, event) = plan(&unassigned, &ghost, range(0, 60));
 
-    let result = db
-        .store
-        .commit_assignment(&assigned, &assignment, &event)
-        .await;
+    let result = db.store.commit_assignment(&assigned, &assignment, &event, None).await;
 
     assert_eq!(result, Err(CommitAssignmentError::ContractorNotFound));
-    assert_eq!(
-        db.stored_job(unassigned.id()).await.status(),
-        JobStatus::Unassigned
-    );
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: 0,
-            events: 0,
-            event_groups: 0
-        }
-    );
+    assert_eq!(db.stored_job(unassigned.id()).await.status(), JobStatus::Unassigned);
+    assert_eq!(db.counts().await, Counts { assignments: 0, events: 0, event_groups: 0 });
     // The job's update was rolled back on the writer too: it can still be
     // assigned to a real contractor.
     let ana = db.add_contractor("Ana", "north").await;
     let event = db.assign(&unassigned, &ana, range(0, 60)).await;
-    assert_eq!(
-        db.stored_job(unassigned.id()).await.status(),
-        JobStatus::Assigned
-    );
+    assert_eq!(db.stored_job(unassigned.id()).await.status(), JobStatus::Assigned);
     assert_eq!(entry_ids(&db.all_events().await), vec![event.event_id()]);
 }
 
-pub async fn an_overlapping_assignment_of_the_same_contractor_is_contractor_busy_and_writes_nothing<
-    B: Backend,
->() {
+pub async fn an_overlapping_assignment_of_the_same_contractor_is_contractor_busy_and_writes_nothing<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
@@ -657,16 +501,9 @@ pub async fn an_overlapping_assignment_of_the_same_contractor_is_contractor_busy
     ];
     for (what, r) in overlapping {
         let (assigned, assignment, event) = plan(&other, &ana, r);
-        let result = db
-            .store
-            .commit_assignment(&assigned, &assignment, &event)
-            .await;
+        let result = db.store.commit_assignment(&assigned, &assignment, &event, None).await;
         assert_eq!(result, Err(CommitAssignmentError::ContractorBusy), "{what}");
-        assert_eq!(
-            db.stored_job(other.id()).await.status(),
-            JobStatus::Unassigned,
-            "{what}"
-        );
+        assert_eq!(db.stored_job(other.id()).await.status(), JobStatus::Unassigned, "{what}");
         assert_eq!(db.counts().await, before, "{what}");
     }
 }
@@ -682,18 +519,11 @@ pub async fn touching_assignments_of_the_same_contractor_are_allowed<B: Backend>
     db.assign(&middle, &ana, range(0, 120)).await; // 10:00-12:00
 
     let (j, a, e) = plan(&after, &ana, range(120, 180)); // 12:00-13:00
-    assert_eq!(db.store.commit_assignment(&j, &a, &e).await, Ok(()));
+    assert_eq!(db.store.commit_assignment(&j, &a, &e, None).await, Ok(()));
     let (j, a, e) = plan(&before, &ana, range(-60, 0)); // 09:00-10:00
-    assert_eq!(db.store.commit_assignment(&j, &a, &e).await, Ok(()));
+    assert_eq!(db.store.commit_assignment(&j, &a, &e, None).await, Ok(()));
 
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: 3,
-            events: 3,
-            event_groups: 6
-        }
-    );
+    assert_eq!(db.counts().await, Counts { assignments: 3, events: 3, event_groups: 6 });
     for j in [middle, after, before] {
         assert_eq!(db.stored_job(j.id()).await.status(), JobStatus::Assigned);
     }
@@ -714,9 +544,7 @@ pub async fn twenty_concurrent_assignments_of_one_job_commit_exactly_one<B: Back
         let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let result = store
-                .commit_assignment(&assigned, &assignment, &event)
-                .await;
+            let result = store.commit_assignment(&assigned, &assignment, &event, None).await;
             (result, event.event_id())
         }));
     }
@@ -725,33 +553,17 @@ pub async fn twenty_concurrent_assignments_of_one_job_commit_exactly_one<B: Back
         results.push(task.await.expect("the task does not panic"));
     }
 
-    let winners: Vec<EventId> = results
-        .iter()
-        .filter(|(r, _)| r.is_ok())
-        .map(|(_, id)| *id)
-        .collect();
+    let winners: Vec<EventId> = results.iter().filter(|(r, _)| r.is_ok()).map(|(_, id)| *id).collect();
     assert_eq!(winners.len(), 1, "exactly one commit succeeds: {results:?}");
     for (result, _) in results.iter().filter(|(r, _)| r.is_err()) {
         assert_eq!(result, &Err(CommitAssignmentError::JobAlreadyAssigned));
     }
     assert_eq!(entry_ids(&db.all_events().await), winners);
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: 1,
-            events: 1,
-            event_groups: 2
-        }
-    );
-    assert_eq!(
-        db.stored_job(unassigned.id()).await.status(),
-        JobStatus::Assigned
-    );
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 1, event_groups: 2 });
+    assert_eq!(db.stored_job(unassigned.id()).await.status(), JobStatus::Assigned);
 }
 
-pub async fn twenty_concurrent_overlapping_assignments_of_one_contractor_commit_exactly_one<
-    B: Backend,
->() {
+pub async fn twenty_concurrent_overlapping_assignments_of_one_contractor_commit_exactly_one<B: Backend>() {
     const RACERS: usize = 20;
     let Some(db) = B::fresh().await else {
         return;
@@ -768,9 +580,7 @@ pub async fn twenty_concurrent_overlapping_assignments_of_one_contractor_commit_
         let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let result = store
-                .commit_assignment(&assigned, &assignment, &event)
-                .await;
+            let result = store.commit_assignment(&assigned, &assignment, &event, None).await;
             (result, assigned.id(), event.event_id())
         }));
     }
@@ -779,11 +589,8 @@ pub async fn twenty_concurrent_overlapping_assignments_of_one_contractor_commit_
         results.push(task.await.expect("the task does not panic"));
     }
 
-    let winners: Vec<(JobId, EventId)> = results
-        .iter()
-        .filter(|(r, _, _)| r.is_ok())
-        .map(|(_, job, event)| (*job, *event))
-        .collect();
+    let winners: Vec<(JobId, EventId)> =
+        results.iter().filter(|(r, _, _)| r.is_ok()).map(|(_, job, event)| (*job, *event)).collect();
     assert_eq!(winners.len(), 1, "exactly one commit succeeds: {results:?}");
     for (result, job_id, _) in &results {
         if result.is_err() {
@@ -791,19 +598,9 @@ pub async fn twenty_concurrent_overlapping_assignments_of_one_contractor_commit_
             assert_eq!(db.stored_job(*job_id).await.status(), JobStatus::Unassigned);
         }
     }
-    assert_eq!(
-        db.stored_job(winners[0].0).await.status(),
-        JobStatus::Assigned
-    );
+    assert_eq!(db.stored_job(winners[0].0).await.status(), JobStatus::Assigned);
     assert_eq!(entry_ids(&db.all_events().await), vec![winners[0].1]);
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: 1,
-            events: 1,
-            event_groups: 2
-        }
-    );
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 1, event_groups: 2 });
 }
 
 pub async fn twenty_concurrent_back_to_back_assignments_of_one_contractor_all_commit<B: Backend>() {
@@ -821,9 +618,7 @@ pub async fn twenty_concurrent_back_to_back_assignments_of_one_contractor_all_co
         let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            store
-                .commit_assignment(&assigned, &assignment, &event)
-                .await
+            store.commit_assignment(&assigned, &assignment, &event, None).await
         }));
     }
     for task in tasks {
@@ -831,14 +626,7 @@ pub async fn twenty_concurrent_back_to_back_assignments_of_one_contractor_all_co
     }
 
     let n = RACERS as i64;
-    assert_eq!(
-        db.counts().await,
-        Counts {
-            assignments: n,
-            events: n,
-            event_groups: 2 * n
-        }
-    );
+    assert_eq!(db.counts().await, Counts { assignments: n, events: n, event_groups: 2 * n });
     let claimed = db.store.claim_due(later(), 100).await.unwrap();
     assert_eq!(claimed.len(), RACERS);
     assert_eq!(
@@ -852,9 +640,7 @@ pub async fn twenty_concurrent_back_to_back_assignments_of_one_contractor_all_co
 // EventLog
 // ---------------------------------------------------------------------------
 
-pub async fn claim_due_hands_out_pending_rows_in_commit_order_with_increasing_sequences_up_to_the_limit<
-    B: Backend,
->() {
+pub async fn claim_due_hands_out_pending_rows_in_commit_order_with_increasing_sequences_up_to_the_limit<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
@@ -880,15 +666,9 @@ pub async fn claiming_again_gives_the_same_rows_new_higher_sequences_never_reuse
 
     assert_eq!(event_ids(&second), ids_of(&events));
     assert_eq!(event_ids(&third), ids_of(&events));
-    let all: Vec<Sequence> = [&first, &second, &third]
-        .into_iter()
-        .flat_map(|c| sequences(c))
-        .collect();
+    let all: Vec<Sequence> = [&first, &second, &third].into_iter().flat_map(|c| sequences(c)).collect();
     assert_strictly_increasing(&all);
-    assert_eq!(
-        sequences(&second),
-        vec![Sequence(3), Sequence(4), Sequence(5)]
-    );
+    assert_eq!(sequences(&second), vec![Sequence(3), Sequence(4), Sequence(5)]);
     // Claimed but unpublished rows show no sequence.
     for entry in db.all_events().await {
         assert_eq!(entry.status, EventStatus::Pending);
@@ -904,12 +684,7 @@ pub async fn claim_due_only_takes_rows_whose_time_has_come<B: Backend>() {
     let before_commit = Timestamp::now().plus_millis(-60_000);
     db.commit_events(2).await;
 
-    assert!(db
-        .store
-        .claim_due(before_commit, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(db.store.claim_due(before_commit, 10).await.unwrap().is_empty());
     assert_eq!(db.store.claim_due(later(), 10).await.unwrap().len(), 2);
 }
 
@@ -921,10 +696,7 @@ pub async fn mark_published_records_the_sequence_groups_and_time<B: Backend>() {
     let claimed = db.store.claim_due(later(), 10).await.unwrap();
     let at_publish = at(500);
 
-    db.store
-        .mark_published(published(&claimed), at_publish)
-        .await
-        .unwrap();
+    db.store.mark_published(published(&claimed), at_publish).await.unwrap();
 
     for (event, claim) in events.iter().zip(&claimed) {
         let entry = db.entry(event.event_id()).await;
@@ -942,10 +714,7 @@ pub async fn mark_published_records_the_sequence_groups_and_time<B: Backend>() {
         listed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         claimed.iter().map(|c| Some(c.sequence)).collect::<Vec<_>>()
     );
-    assert!(
-        db.store.claim_due(later(), 10).await.unwrap().is_empty(),
-        "published rows are not due again"
-    );
+    assert!(db.store.claim_due(later(), 10).await.unwrap().is_empty(), "published rows are not due again");
 }
 
 pub async fn mark_published_with_the_sequence_of_an_older_claim_changes_nothing<B: Backend>() {
@@ -956,86 +725,47 @@ pub async fn mark_published_with_the_sequence_of_an_older_claim_changes_nothing<
     let stale = db.store.claim_due(later(), 10).await.unwrap();
     let current = db.store.claim_due(later(), 10).await.unwrap();
 
-    db.store
-        .mark_published(published(&stale), at(500))
-        .await
-        .unwrap();
-    assert_eq!(
-        db.entry(events[0].event_id()).await.status,
-        EventStatus::Pending
-    );
+    db.store.mark_published(published(&stale), at(500)).await.unwrap();
+    assert_eq!(db.entry(events[0].event_id()).await.status, EventStatus::Pending);
 
-    db.store
-        .mark_published(published(&current), at(501))
-        .await
-        .unwrap();
+    db.store.mark_published(published(&current), at(501)).await.unwrap();
     let entry = db.entry(events[0].event_id()).await;
     assert_eq!(entry.status, EventStatus::Published);
     assert_eq!(entry.sequence, Some(current[0].sequence));
     assert_eq!(entry.published_at_utc, Some(at(501)));
 }
 
-pub async fn claim_takes_the_given_rows_in_the_given_order_and_skips_rows_no_longer_pending<
-    B: Backend,
->() {
+pub async fn claim_takes_the_given_rows_in_the_given_order_and_skips_rows_no_longer_pending<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
     let events = db.commit_events(4).await;
     let done = db.store.claim(vec![events[0].clone()]).await.unwrap();
-    db.store
-        .mark_published(published(&done), at(500))
-        .await
-        .unwrap();
+    db.store.mark_published(published(&done), at(500)).await.unwrap();
     let failing = db.store.claim(vec![events[1].clone()]).await.unwrap();
-    db.store
-        .record_failure(failing[0].event.event_id(), "gave up".into(), None)
-        .await
-        .unwrap();
+    db.store.record_failure(failing[0].event.event_id(), "gave up".into(), None).await.unwrap();
 
-    let claimed = db
-        .store
-        .claim(events.iter().rev().cloned().collect())
-        .await
-        .unwrap();
+    let claimed = db.store.claim(events.iter().rev().cloned().collect()).await.unwrap();
 
-    assert_eq!(
-        event_ids(&claimed),
-        vec![events[3].event_id(), events[2].event_id()]
-    );
+    assert_eq!(event_ids(&claimed), vec![events[3].event_id(), events[2].event_id()]);
     let seqs = sequences(&claimed);
     assert_strictly_increasing(&seqs);
-    assert!(
-        seqs[0] > failing[0].sequence,
-        "sequences continue after the last used"
-    );
+    assert!(seqs[0] > failing[0].sequence, "sequences continue after the last used");
     let published_entry = db.entry(events[0].event_id()).await;
-    assert_eq!(
-        published_entry.sequence,
-        Some(done[0].sequence),
-        "a skipped published row keeps its sequence"
-    );
+    assert_eq!(published_entry.sequence, Some(done[0].sequence), "a skipped published row keeps its sequence");
 }
 
-pub async fn a_failure_with_a_retry_time_keeps_the_row_pending_and_not_due_until_then<
-    B: Backend,
->() {
+pub async fn a_failure_with_a_retry_time_keeps_the_row_pending_and_not_due_until_then<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
     let events = db.commit_events(1).await;
     let id = events[0].event_id();
     let now = later();
-    assert_eq!(
-        event_ids(&db.store.claim_due(now, 10).await.unwrap()),
-        vec![id]
-    );
+    assert_eq!(event_ids(&db.store.claim_due(now, 10).await.unwrap()), vec![id]);
     let retry_at = now.plus_millis(60_000);
 
-    db.store
-        .record_failure(id, "boom".into(), Some(retry_at))
-        .await
-        .unwrap();
+    db.store.record_failure(id, "boom".into(), Some(retry_at)).await.unwrap();
 
     let entry = db.entry(id).await;
     assert_eq!(entry.status, EventStatus::Pending);
@@ -1044,12 +774,7 @@ pub async fn a_failure_with_a_retry_time_keeps_the_row_pending_and_not_due_until
     assert_eq!(entry.sequence, None);
     assert_eq!(entry.published_at_utc, None);
     assert!(db.store.claim_due(now, 10).await.unwrap().is_empty());
-    assert!(db
-        .store
-        .claim_due(retry_at.plus_millis(-1), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(db.store.claim_due(retry_at.plus_millis(-1), 10).await.unwrap().is_empty());
     let retried = db.store.claim_due(retry_at, 10).await.unwrap();
     assert_eq!(event_ids(&retried), vec![id]);
     assert_eq!(retried[0].attempts, 1);
@@ -1063,10 +788,7 @@ pub async fn a_failure_without_a_retry_time_marks_the_row_failed_for_good<B: Bac
     let id = events[0].event_id();
     db.store.claim_due(later(), 10).await.unwrap();
 
-    db.store
-        .record_failure(id, "boom".into(), None)
-        .await
-        .unwrap();
+    db.store.record_failure(id, "boom".into(), None).await.unwrap();
 
     let entry = db.entry(id).await;
     assert_eq!(entry.status, EventStatus::Failed);
@@ -1074,36 +796,19 @@ pub async fn a_failure_without_a_retry_time_marks_the_row_failed_for_good<B: Bac
     assert_eq!(entry.last_error.as_deref(), Some("boom"));
     assert_eq!(entry.sequence, None);
     let far_future = Timestamp::now().plus_millis(365 * 24 * 3_600_000);
-    assert_eq!(
-        event_ids(&db.store.claim_due(far_future, 10).await.unwrap()),
-        vec![events[1].event_id()]
-    );
-    assert!(db
-        .store
-        .claim(vec![events[0].clone()])
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(event_ids(&db.store.claim_due(far_future, 10).await.unwrap()), vec![events[1].event_id()]);
+    assert!(db.store.claim(vec![events[0].clone()]).await.unwrap().is_empty());
 }
 
-pub async fn listing_after_a_sequence_returns_only_later_published_rows_in_publish_order<
-    B: Backend,
->() {
+pub async fn listing_after_a_sequence_returns_only_later_published_rows_in_publish_order<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
     let e = db.commit_events(4).await;
     // Publish order differs from commit order: 2, 0, 1; row 3 stays Pending
     // though it was claimed (so it has a sequence internally).
-    let claimed = db
-        .store
-        .claim(vec![e[2].clone(), e[0].clone(), e[1].clone()])
-        .await
-        .unwrap();
-    db.store
-        .mark_published(published(&claimed), at(500))
-        .await
-        .unwrap();
+    let claimed = db.store.claim(vec![e[2].clone(), e[0].clone(), e[1].clone()]).await.unwrap();
+    db.store.mark_published(published(&claimed), at(500)).await.unwrap();
     let unpublished = db.store.claim(vec![e[3].clone()]).await.unwrap();
     assert!(unpublished[0].sequence > claimed[2].sequence);
     let s = sequences(&claimed);
@@ -1113,26 +818,15 @@ pub async fn listing_after_a_sequence_returns_only_later_published_rows_in_publi
     let limited = db.list(Some(Sequence(0)), None, 2).await;
     let after_last = db.list(Some(s[2]), None, 100).await;
 
-    assert_eq!(
-        entry_ids(&from_start),
-        vec![e[2].event_id(), e[0].event_id(), e[1].event_id()]
-    );
+    assert_eq!(entry_ids(&from_start), vec![e[2].event_id(), e[0].event_id(), e[1].event_id()]);
     assert_eq!(
         from_start.iter().map(|x| x.sequence).collect::<Vec<_>>(),
         s.iter().copied().map(Some).collect::<Vec<_>>()
     );
-    assert!(from_start
-        .iter()
-        .all(|x| x.status == EventStatus::Published));
-    assert_eq!(
-        entry_ids(&after_first),
-        vec![e[0].event_id(), e[1].event_id()]
-    );
+    assert!(from_start.iter().all(|x| x.status == EventStatus::Published));
+    assert_eq!(entry_ids(&after_first), vec![e[0].event_id(), e[1].event_id()]);
     assert_eq!(entry_ids(&limited), vec![e[2].event_id(), e[0].event_id()]);
-    assert!(
-        after_last.is_empty(),
-        "the claimed but unpublished row is not listed after a sequence"
-    );
+    assert!(after_last.is_empty(), "the claimed but unpublished row is not listed after a sequence");
 }
 
 pub async fn listing_by_status_returns_only_rows_with_that_status<B: Backend>() {
@@ -1141,24 +835,14 @@ pub async fn listing_by_status_returns_only_rows_with_that_status<B: Backend>() 
     };
     let e = db.commit_events(4).await;
     let done = db.store.claim(vec![e[1].clone()]).await.unwrap();
-    db.store
-        .mark_published(published(&done), at(500))
-        .await
-        .unwrap();
-    db.store
-        .record_failure(e[2].event_id(), "boom".into(), None)
-        .await
-        .unwrap();
+    db.store.mark_published(published(&done), at(500)).await.unwrap();
+    db.store.record_failure(e[2].event_id(), "boom".into(), None).await.unwrap();
 
     let pending = db.list(None, Some(EventStatus::Pending), 100).await;
     let published_rows = db.list(None, Some(EventStatus::Published), 100).await;
     let failed = db.list(None, Some(EventStatus::Failed), 100).await;
-    let pending_after = db
-        .list(Some(Sequence(0)), Some(EventStatus::Pending), 100)
-        .await;
-    let published_after = db
-        .list(Some(Sequence(0)), Some(EventStatus::Published), 100)
-        .await;
+    let pending_after = db.list(Some(Sequence(0)), Some(EventStatus::Pending), 100).await;
+    let published_after = db.list(Some(Sequence(0)), Some(EventStatus::Published), 100).await;
     let one_pending = db.list(None, Some(EventStatus::Pending), 1).await;
 
     assert_eq!(entry_ids(&pending), vec![e[0].event_id(), e[3].event_id()]);
@@ -1167,60 +851,32 @@ pub async fn listing_by_status_returns_only_rows_with_that_status<B: Backend>() 
     assert_eq!(published_rows[0].status, EventStatus::Published);
     assert_eq!(entry_ids(&failed), vec![e[2].event_id()]);
     assert_eq!(failed[0].status, EventStatus::Failed);
-    assert!(
-        pending_after.is_empty(),
-        "only published rows have a sequence to list after"
-    );
+    assert!(pending_after.is_empty(), "only published rows have a sequence to list after");
     assert_eq!(entry_ids(&published_after), vec![e[1].event_id()]);
     assert_eq!(entry_ids(&one_pending), vec![e[0].event_id()]);
 }
 
-pub async fn listing_without_a_bound_shows_published_rows_by_sequence_then_the_rest_by_commit_order<
-    B: Backend,
->() {
+pub async fn listing_without_a_bound_shows_published_rows_by_sequence_then_the_rest_by_commit_order<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
     let e = db.commit_events(4).await;
     // Published in the order 2, 0; row 1 failed for good; row 3 is Pending.
-    let claimed = db
-        .store
-        .claim(vec![e[2].clone(), e[0].clone()])
-        .await
-        .unwrap();
-    db.store
-        .mark_published(published(&claimed), at(500))
-        .await
-        .unwrap();
-    db.store
-        .record_failure(e[1].event_id(), "boom".into(), None)
-        .await
-        .unwrap();
+    let claimed = db.store.claim(vec![e[2].clone(), e[0].clone()]).await.unwrap();
+    db.store.mark_published(published(&claimed), at(500)).await.unwrap();
+    db.store.record_failure(e[1].event_id(), "boom".into(), None).await.unwrap();
 
     let listed = db.all_events().await;
 
-    assert_eq!(
-        entry_ids(&listed),
-        vec![
-            e[2].event_id(),
-            e[0].event_id(),
-            e[1].event_id(),
-            e[3].event_id()
-        ]
-    );
-    assert_eq!(
-        entry_ids(&db.list(None, None, 3).await),
-        vec![e[2].event_id(), e[0].event_id(), e[1].event_id()]
-    );
+    assert_eq!(entry_ids(&listed), vec![e[2].event_id(), e[0].event_id(), e[1].event_id(), e[3].event_id()]);
+    assert_eq!(entry_ids(&db.list(None, None, 3).await), vec![e[2].event_id(), e[0].event_id(), e[1].event_id()]);
 }
 
 // ---------------------------------------------------------------------------
 // replay
 // ---------------------------------------------------------------------------
 
-pub async fn replay_returns_only_the_groups_events_after_a_sequence_in_order_up_to_the_limit<
-    B: Backend,
->() {
+pub async fn replay_returns_only_the_groups_events_after_a_sequence_in_order_up_to_the_limit<B: Backend>() {
     let Some(db) = B::fresh().await else {
         return;
     };
@@ -1228,15 +884,8 @@ pub async fn replay_returns_only_the_groups_events_after_a_sequence_in_order_up_
     let bo = db.add_contractor("Bo", "south").await;
     let mut events = Vec::new();
     // (job region, contractor): north gets 0, 2, 4; Ana gets 0, 3, 4.
-    for (i, (job_region, who)) in [
-        ("north", &ana),
-        ("south", &bo),
-        ("north", &bo),
-        ("south", &ana),
-        ("north", &ana),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (job_region, who)) in
+        [("north", &ana), ("south", &bo), ("north", &bo), ("south", &ana), ("north", &ana)].into_iter().enumerate()
     {
         let j = db.add_job(job_region).await;
         let start = i as i64 * 60;
@@ -1244,47 +893,19 @@ pub async fn replay_returns_only_the_groups_events_after_a_sequence_in_order_up_
     }
     let claimed = db.store.claim_due(later(), 10).await.unwrap();
     assert_eq!(event_ids(&claimed), ids_of(&events));
-    db.store
-        .mark_published(published(&claimed), at(500))
-        .await
-        .unwrap();
+    db.store.mark_published(published(&claimed), at(500)).await.unwrap();
     let seq = |i: usize| claimed[i].sequence;
     let north = Group::dispatch(&region("north"));
 
-    let all_north = db
-        .store
-        .replay(north.clone(), Sequence(0), 100)
-        .await
-        .unwrap();
+    let all_north = db.store.replay(north.clone(), Sequence(0), 100).await.unwrap();
     let after_first = db.store.replay(north.clone(), seq(0), 100).await.unwrap();
-    let limited = db
-        .store
-        .replay(north.clone(), Sequence(0), 2)
-        .await
-        .unwrap();
+    let limited = db.store.replay(north.clone(), Sequence(0), 2).await.unwrap();
     let after_last = db.store.replay(north, seq(4), 100).await.unwrap();
-    let south = db
-        .store
-        .replay(Group::dispatch(&region("south")), Sequence(0), 100)
-        .await
-        .unwrap();
-    let anas = db
-        .store
-        .replay(Group::contractor(ana.id()), Sequence(0), 100)
-        .await
-        .unwrap();
-    let nobody = db
-        .store
-        .replay(Group::dispatch(&region("west")), Sequence(0), 100)
-        .await
-        .unwrap();
+    let south = db.store.replay(Group::dispatch(&region("south")), Sequence(0), 100).await.unwrap();
+    let anas = db.store.replay(Group::contractor(ana.id()), Sequence(0), 100).await.unwrap();
+    let nobody = db.store.replay(Group::dispatch(&region("west")), Sequence(0), 100).await.unwrap();
 
-    let expect = |indices: &[usize]| {
-        indices
-            .iter()
-            .map(|&i| (events[i].clone(), seq(i)))
-            .collect::<Vec<_>>()
-    };
+    let expect = |indices: &[usize]| indices.iter().map(|&i| (events[i].clone(), seq(i))).collect::<Vec<_>>();
     assert_eq!(all_north, expect(&[0, 2, 4]));
     assert_strictly_increasing(&all_north.iter().map(|(_, s)| *s).collect::<Vec<_>>());
     assert_eq!(after_first, expect(&[2, 4]));
@@ -1293,4 +914,109 @@ pub async fn replay_returns_only_the_groups_events_after_a_sequence_in_order_up_
     assert_eq!(south, expect(&[1, 3]));
     assert_eq!(anas, expect(&[0, 3, 4]));
     assert!(nobody.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Idempotency keys, admin retry, retention
+// ---------------------------------------------------------------------------
+
+fn idem(key: &str, fingerprint: &str) -> Option<smartscheduler_domain::ports::IdempotencyKey> {
+    Some(smartscheduler_domain::ports::IdempotencyKey {
+        scope: "alice".into(),
+        key: key.into(),
+        fingerprint: fingerprint.into(),
+    })
+}
+
+pub async fn an_idempotency_key_is_stored_with_its_assignment_and_found_again<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let c = db.add_contractor("Ana", "north").await;
+    let j = db.add_job("north").await;
+    let (assigned, assignment, event) = plan(&j, &c, range(0, 60));
+    db.store.commit_assignment(&assigned, &assignment, &event, idem("k1", "fp1")).await.unwrap();
+    let long_ago = Timestamp::from_unix_millis(0);
+    let (fingerprint, found) =
+        db.store.find_idempotent("alice".into(), "k1".into(), long_ago).await.unwrap().expect("the key is stored");
+    assert_eq!(fingerprint, "fp1");
+    assert_eq!(found, assignment);
+    // Another caller's key of the same name is another key.
+    assert!(db.store.find_idempotent("bob".into(), "k1".into(), long_ago).await.unwrap().is_none());
+    // Older than the cut-off: not honoured.
+    let future = Timestamp::now().plus_millis(60_000);
+    assert!(db.store.find_idempotent("alice".into(), "k1".into(), future).await.unwrap().is_none());
+}
+
+pub async fn a_live_idempotency_key_cannot_be_taken_twice_but_an_expired_one_can<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let c = db.add_contractor("Ana", "north").await;
+    let j1 = db.add_job("north").await;
+    let j2 = db.add_job("north").await;
+    let (a1, s1, e1) = plan(&j1, &c, range(0, 60));
+    db.store.commit_assignment(&a1, &s1, &e1, idem("k", "one")).await.unwrap();
+    let before = db.counts().await;
+    let (a2, s2, e2) = plan(&j2, &c, range(60, 120));
+    let err = db.store.commit_assignment(&a2, &s2, &e2, idem("k", "two")).await.unwrap_err();
+    assert_eq!(err, CommitAssignmentError::IdempotencyKeyTaken);
+    assert_eq!(db.counts().await, before, "the refused commit wrote nothing");
+    assert_eq!(db.stored_job(j2.id()).await.status(), JobStatus::Unassigned);
+
+    // Once purged (past 24 h), the key is free again.
+    let purged = db.store.purge_idempotency(Timestamp::now().plus_millis(1_000)).await.unwrap();
+    assert_eq!(purged, 1);
+    db.store.commit_assignment(&a2, &s2, &e2, idem("k", "two")).await.unwrap();
+}
+
+pub async fn retrying_a_failed_event_makes_it_pending_and_due_with_attempts_reset<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let events = db.commit_events(2).await;
+    let failed = events[0].event_id();
+    db.store.claim_due(later(), 10).await.unwrap();
+    db.store.record_failure(failed, "boom".into(), None).await.unwrap();
+    assert_eq!(db.store.backlog().await.unwrap(), (1, 1));
+
+    assert_eq!(db.store.retry(events[1].event_id()).await.unwrap(), RetryOutcome::NotFailed);
+    assert_eq!(db.store.retry(EventId::new()).await.unwrap(), RetryOutcome::NotFound);
+    assert_eq!(db.store.retry(failed).await.unwrap(), RetryOutcome::Requeued);
+
+    let entry = db.entry(failed).await;
+    assert_eq!(entry.status, EventStatus::Pending);
+    assert_eq!(entry.attempts, 0);
+    assert_eq!(entry.last_error.as_deref(), Some("boom"), "the last error stays for the record");
+    assert_eq!(db.store.backlog().await.unwrap(), (2, 0));
+    let due = db.store.claim_due(later(), 10).await.unwrap();
+    assert!(event_ids(&due).contains(&failed));
+}
+
+pub async fn purging_deletes_old_published_rows_only_and_raises_the_watermark<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let events = db.commit_events(3).await;
+    let claimed = db.store.claim_due(later(), 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let published_at = Timestamp::now();
+    let rows = claimed
+        .iter()
+        .map(|c| PublishedRow { event_id: c.event.event_id(), sequence: c.sequence, groups: c.event.audience() })
+        .collect();
+    db.store.mark_published(rows, published_at).await.unwrap();
+    assert_eq!(db.store.purged_through().await.unwrap(), Sequence(0));
+
+    // Nothing published before the cut-off: nothing goes.
+    assert_eq!(db.store.purge(published_at).await.unwrap(), 0);
+    let removed = db.store.purge(published_at.plus_millis(1)).await.unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(db.store.purged_through().await.unwrap(), claimed[1].sequence);
+    assert!(EventLog::get(&db.store, events[0].event_id()).await.unwrap().is_none());
+    // The Pending row stays, and replays no longer see the purged ones.
+    assert_eq!(db.entry(events[2].event_id()).await.status, EventStatus::Pending);
+    let north = Group::dispatch(&Region::new("north").unwrap());
+    let replay = db.store.replay(north, Sequence(0), 10).await.unwrap();
+    assert!(replay.iter().all(|(e, _)| e.event_id() == events[2].event_id()));
 }
