@@ -21,7 +21,6 @@ use crate::config::ServeConfig;
 use crate::http;
 
 /// How long a graceful stop waits for the relay to publish what it holds.
-const RELAY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A built, not yet running, service.
 pub struct Application {
@@ -30,6 +29,8 @@ pub struct Application {
     server: Server,
     relay: tokio::task::JoinHandle<()>,
     stop_relay: Arc<Notify>,
+    shutdown_timeout: Duration,
+    maintenance: tokio::task::JoinHandle<()>,
     db: Database,
     hub: HubContext,
 }
@@ -62,13 +63,32 @@ impl Application {
         let db = Database::connect(&config.database_url()).await?;
         let event_log: Arc<dyn EventLog> = db.event_log();
 
-        let hub = HubContext::start(event_log.clone(), verifier.clone(), HubConfig::default());
+        let delivery = &config.delivery;
+        let hub_config = HubConfig {
+            outbound_capacity: delivery.hub_queue_messages as usize,
+            outbound_max_bytes: delivery.hub_queue_bytes,
+            reconnect_window: Duration::from_secs(delivery.reconnect_window_seconds),
+            ..HubConfig::default()
+        };
+        let hub = HubContext::start(event_log.clone(), verifier.clone(), hub_config);
         let handlers = handlers.register(EventType::JobAssigned, Arc::new(HubDelivery::new(hub.hub.clone())));
-        let (publisher, relay) = outbox(event_log.clone(), handlers, RelayConfig::default());
+        let relay_config = RelayConfig {
+            max_attempts: delivery.max_delivery_attempts,
+            base_backoff: Duration::from_millis(delivery.retry_backoff_ms),
+            ..RelayConfig::default()
+        };
+        let (publisher, relay) = outbox(event_log.clone(), handlers, relay_config);
         let stop_relay = Arc::new(Notify::new());
         let stop = stop_relay.clone();
         let relay = tokio::spawn(relay.run(async move { stop.notified().await }));
 
+        let maintenance = tokio::spawn(smartscheduler_application::maintenance::run_retention(
+            event_log.clone(),
+            db.assignments(),
+            Duration::from_secs(u64::from(delivery.event_retention_days) * 24 * 3600),
+            Duration::from_secs(3600),
+        ));
+        let shutdown_timeout = Duration::from_secs(delivery.shutdown_timeout_seconds);
         let catalog = Catalog::new(db.contractors(), db.jobs());
         let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
 
@@ -108,11 +128,21 @@ impl Application {
                 .default_service(web::to(http::problem::not_found))
         })
         .listen(listener)?
-        .shutdown_timeout(10)
+        .shutdown_timeout(delivery.shutdown_timeout_seconds)
         .disable_signals()
         .run();
 
-        Ok(Self { port: address.port(), host: address.ip().to_string(), server, relay, stop_relay, db, hub })
+        Ok(Self {
+            port: address.port(),
+            host: address.ip().to_string(),
+            server,
+            relay,
+            stop_relay,
+            shutdown_timeout,
+            maintenance,
+            db,
+            hub,
+        })
     }
 
     /// The port it listens on (useful with port 0).
@@ -137,7 +167,8 @@ impl Application {
         });
         let result = self.server.await;
         self.stop_relay.notify_one();
-        if tokio::time::timeout(RELAY_STOP_TIMEOUT, self.relay).await.is_err() {
+        self.maintenance.abort();
+        if tokio::time::timeout(self.shutdown_timeout, self.relay).await.is_err() {
             tracing::warn!("the relay did not stop in time; Pending rows are published at the next start");
         }
         self.db.close().await;

@@ -47,6 +47,49 @@ pub struct ServeConfig {
     /// `text` (default) or `json` logs.
     #[arg(long, env = "SMARTSCHEDULER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Delivery settings.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+/// How events are delivered and kept, and the hub's limits.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryArgs {
+    /// Delivery attempts before an event becomes Failed.
+    #[arg(long, env = "SMARTSCHEDULER_MAX_DELIVERY_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_delivery_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt (with jitter), up to 60 s.
+    #[arg(long, env = "SMARTSCHEDULER_RETRY_BACKOFF_MS", default_value_t = 200)]
+    pub retry_backoff_ms: u64,
+    /// Days published events are kept for replay; older positions must reload over HTTP.
+    #[arg(long, env = "SMARTSCHEDULER_EVENT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_retention_days: u32,
+    /// Messages queued per hub connection before it is closed as too slow.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_QUEUE_MESSAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub hub_queue_messages: u32,
+    /// Bytes queued per hub connection before it is closed as too slow.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub hub_queue_bytes: usize,
+    /// Seconds a dropped stateful-reconnect connection waits for its client.
+    #[arg(long, env = "SMARTSCHEDULER_RECONNECT_WINDOW_SECONDS", default_value_t = 15)]
+    pub reconnect_window_seconds: u64,
+    /// Seconds a graceful stop waits for connections and the relay.
+    #[arg(long, env = "SMARTSCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for DeliveryArgs {
+    fn default() -> Self {
+        Self {
+            max_delivery_attempts: 10,
+            retry_backoff_ms: 200,
+            event_retention_days: 30,
+            hub_queue_messages: 1024,
+            hub_queue_bytes: 1024 * 1024,
+            reconnect_window_seconds: 15,
+            shutdown_timeout_seconds: 10,
+        }
+    }
 }
 
 /// Where the token secret comes from.
@@ -100,6 +143,7 @@ impl ServeConfig {
             secret: SecretArgs { jwt_secret: Some(secret.into()), data_dir: PathBuf::from("data") },
             cors_origins: Vec::new(),
             log_format: "text".into(),
+            delivery: DeliveryArgs::default(),
         }
     }
 }

@@ -34,7 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}", web::get().to(jobs::get))
                 .route("/jobs/{id}/assign", web::post().to(jobs::assign))
                 .route("/events", web::get().to(events::list))
-                .route("/events/{id}", web::get().to(events::get)),
+                .route("/events/{id}", web::get().to(events::get))
+                .route("/events/{id}/retry", web::post().to(events::retry)),
         )
         .route("/health/live", web::get().to(health::live))
         .route("/health/ready", web::get().to(health::ready))

@@ -9,10 +9,12 @@
 //! - [`catalog`]: contractors and jobs (create, get, list), with access rules.
 //! - [`publishing`]: handler registration, the publisher and the outbox relay.
 //! - [`auth`]: the token verifier port.
+//! - [`maintenance`]: retention of events and idempotency keys.
 
 pub mod assign_job;
 pub mod auth;
 pub mod catalog;
+pub mod maintenance;
 pub mod publishing;
 
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};

@@ -563,6 +563,17 @@ impl Conn {
             self.membership.floors.remove(&group);
             return Ok(Ok(json!({ "group": group, "replayed": 0 })));
         };
+        match self.ctx.event_log.purged_through().await {
+            Ok(purged) if after < purged.0 => {
+                self.membership.groups.remove(&group);
+                let _ = self.ctx.hub.leave(self.key, group).await;
+                return Ok(Err(refused(
+                    target,
+                    "This position is older than the events kept for replay; reload the state over HTTP and join without afterSequence.",
+                )));
+            }
+            _ => {}
+        }
         let limit = self.ctx.config.max_replay;
         let missed = match self.ctx.event_log.replay(group.clone(), Sequence(after), limit + 1).await {
             Ok(missed) => missed,

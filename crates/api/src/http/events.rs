@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use smartscheduler_domain::ports::{EventLog, EventLogEntry, EventQuery, EventStatus};
+use smartscheduler_domain::ports::{EventLog, EventLogEntry, EventQuery, EventStatus, RetryOutcome};
+use smartscheduler_domain::Role;
 use smartscheduler_domain::{EventId, Sequence};
 
 use super::auth::Authenticated;
@@ -71,4 +72,28 @@ pub async fn get(
     let id: EventId = id.parse().map_err(|_| ApiError::not_found("no event has this id"))?;
     let entry = log.get(id).await?.ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
     Ok(HttpResponse::Ok().json(entry))
+}
+
+/// `POST /api/events/{eventId}/retry` (Admin): a Failed event is published
+/// again (202 with the row, now Pending); 409 when it is not Failed.
+pub async fn retry(
+    Authenticated(principal): Authenticated,
+    log: web::Data<Arc<dyn EventLog>>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if principal.role != Role::Admin {
+        return Err(ApiError::Forbidden("only admins may retry events".into()));
+    }
+    let id: EventId = id.parse().map_err(|_| ApiError::not_found("no event has this id"))?;
+    match log.retry(id).await? {
+        RetryOutcome::Requeued => {
+            tracing::info!(event_id = %id, subject = %principal.subject, "event requeued by an admin");
+            let entry = log.get(id).await?.ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
+            Ok(HttpResponse::Accepted().json(entry))
+        }
+        RetryOutcome::NotFound => Err(ApiError::not_found(format!("event {id} does not exist"))),
+        RetryOutcome::NotFailed => {
+            Err(ApiError::Conflict(format!("event {id} is not Failed; only Failed events can be retried")))
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use actix_web::{web, HttpResponse};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use smartscheduler_domain::ports::EventLog;
 use smartscheduler_realtime::HubContext;
 
 /// The process-wide recorder, installed once (tests build several apps).
@@ -23,13 +24,19 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Renders every metric.
-pub async fn render(hub: web::Data<HubContext>) -> HttpResponse {
+pub async fn render(hub: web::Data<HubContext>, log: web::Data<std::sync::Arc<dyn EventLog>>) -> HttpResponse {
+    if let Ok((pending, failed)) = log.backlog().await {
+        metrics::gauge!("smartscheduler_events_pending").set(pending as f64);
+        metrics::gauge!("smartscheduler_events_failed").set(failed as f64);
+    }
     if let Ok(stats) = hub.hub.stats().await {
         metrics::gauge!("smartscheduler_hub_connections").set(stats.connections as f64);
         metrics::gauge!("smartscheduler_hub_groups").set(stats.groups as f64);
         metrics::gauge!("smartscheduler_hub_pending_negotiations").set(stats.pending as f64);
         metrics::gauge!("smartscheduler_hub_messages_sent").set(stats.frames_sent as f64);
         metrics::gauge!("smartscheduler_hub_slow_client_closes").set(stats.slow_closes as f64);
+        metrics::gauge!("smartscheduler_hub_messages_dropped").set(stats.frames_dropped as f64);
+        metrics::gauge!("smartscheduler_hub_parked_connections").set(stats.parked as f64);
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(handle().render())
 }

@@ -32,7 +32,13 @@ pub struct TestApp {
 
 /// Starts a fresh service (its own in-memory database) on a free port.
 pub async fn spawn_app() -> TestApp {
-    let app = Application::build(ServeConfig::for_tests(SECRET)).await.expect("the service builds");
+    spawn_app_with(ServeConfig::for_tests(SECRET), smartscheduler_application::HandlerRegistry::new()).await
+}
+
+/// Starts a service with `config` and extra event handlers (registered
+/// before the hub's own).
+pub async fn spawn_app_with(config: ServeConfig, handlers: smartscheduler_application::HandlerRegistry) -> TestApp {
+    let app = Application::build_with(config, handlers).await.expect("the service builds");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("a client");
