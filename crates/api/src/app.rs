@@ -13,7 +13,7 @@ use smartscheduler_application::publishing::outbox;
 use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
 use smartscheduler_domain::EventType;
-use smartscheduler_infrastructure::{Database, JwtTokens};
+use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
 use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery};
 use tokio::sync::Notify;
 
@@ -70,7 +70,8 @@ impl Application {
             reconnect_window: Duration::from_secs(delivery.reconnect_window_seconds),
             ..HubConfig::default()
         };
-        let hub = HubContext::start(event_log.clone(), verifier.clone(), hub_config);
+        let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
+        let hub = HubContext::start(event_log.clone(), verifier.clone(), tickets, hub_config);
         let handlers = handlers.register(EventType::JobAssigned, Arc::new(HubDelivery::new(hub.hub.clone())));
         let relay_config = RelayConfig {
             max_attempts: delivery.max_delivery_attempts,

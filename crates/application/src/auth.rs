@@ -25,3 +25,23 @@ pub trait TokenVerifier: Send + Sync {
     /// [`AuthError`] when the token is not acceptable.
     fn verify(&self, token: &str) -> Result<Principal, AuthError>;
 }
+
+/// What a hub connection token carries: issued by negotiate on any node,
+/// accepted by the WebSocket on any node (no sticky sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionTicket {
+    /// The public connection id.
+    pub connection_id: String,
+    /// Who negotiated.
+    pub principal: Principal,
+    /// Whether stateful reconnect was negotiated.
+    pub stateful: bool,
+}
+
+/// Issues and redeems signed, short-lived hub connection tokens.
+pub trait ConnectionTokens: Send + Sync {
+    /// A URL-safe token (`[A-Za-z0-9_-]`) for `ticket`, valid for `ttl`.
+    fn issue(&self, ticket: &ConnectionTicket, ttl: std::time::Duration) -> String;
+    /// The ticket, or `None` when the token is forged, malformed or expired.
+    fn redeem(&self, token: &str) -> Option<ConnectionTicket>;
+}

@@ -18,7 +18,7 @@ pub mod maintenance;
 pub mod publishing;
 
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};
-pub use auth::{AuthError, TokenVerifier};
+pub use auth::{AuthError, ConnectionTicket, ConnectionTokens, TokenVerifier};
 pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
 pub use publishing::{
     outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay, RelayConfig,

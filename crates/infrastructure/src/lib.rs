@@ -10,11 +10,13 @@
 //! - [`tokens`]: HS256 JWTs and the generated-secret file.
 //! - [`database`]: picks the adapter from a URL and hands out the ports.
 
+pub mod connection_tokens;
 pub mod database;
 mod errors;
 pub mod postgres;
 pub mod sqlite;
 pub mod tokens;
 
+pub use connection_tokens::SignedConnectionTokens;
 pub use database::{Database, DatabaseError};
 pub use tokens::{Claims, JwtTokens};

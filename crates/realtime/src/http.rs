@@ -2,18 +2,15 @@
 //! `GET /hubs/jobs[?id=TOKEN]` upgraded to a WebSocket. The bearer token comes
 //! from `Authorization` or, for browsers, the `access_token` query parameter.
 
-use std::time::Instant;
-
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
-use smartscheduler_application::AuthError;
+use smartscheduler_application::{AuthError, ConnectionTicket};
 use smartscheduler_domain::Principal;
 
-use crate::hub::PendingConnection;
 use crate::{connection, HubContext};
 
 /// The hub's path.
@@ -74,8 +71,8 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Negotiate: authenticates, then hands out a connection id and a secret,
-/// single-use connection token for the WebSocket URL. Only WebSockets with
+/// Negotiate: authenticates, then hands out a connection id and a signed,
+/// short-lived connection token for the WebSocket URL, valid on any node. Only WebSockets with
 /// the Text format is offered. `useStatefulReconnect` is answered only when
 /// the client asked for it (the client refuses it otherwise).
 pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
@@ -86,12 +83,9 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
     };
     let stateful = ctx.config.allow_stateful_reconnect && query.use_stateful_reconnect.as_deref() == Some("true");
     let connection_id = random_id();
-    let token = random_id();
-    let pending =
-        PendingConnection { connection_id: connection_id.clone(), principal, stateful, created: Instant::now() };
-    if ctx.hub.negotiated(token.clone(), pending).await.is_err() {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the hub is stopping");
-    }
+    // Signed and self-contained: the WebSocket may land on any node.
+    let ticket = ConnectionTicket { connection_id: connection_id.clone(), principal, stateful };
+    let token = ctx.tickets.issue(&ticket, ctx.config.negotiate_ttl);
     let mut body = json!({
         "negotiateVersion": 1,
         "connectionId": connection_id,
@@ -132,18 +126,25 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
     let query = query(&req);
     let attach = match &query.id {
         Some(id) => {
-            if let Ok(Some(pending)) = ctx.hub.claim(id.clone()).await {
-                match same_subject(&ctx, &req, &query, &pending.principal) {
-                    Ok(principal) => Attach::New { principal, token: Some(id.clone()), stateful: pending.stateful },
-                    Err(response) => return response,
-                }
-            } else if let Ok(Some(parked)) = ctx.hub.resume(id.clone()).await {
+            if let Ok(Some(parked)) = ctx.hub.resume(id.clone()).await {
                 if let Err(response) = same_subject(&ctx, &req, &query, parked.principal()) {
                     // Not this caller's connection: let its window run out.
                     let _ = ctx.hub.park(id.clone(), parked).await;
                     return response;
                 }
                 Attach::Resume(parked)
+            } else if let Some(ticket) = ctx.tickets.redeem(id) {
+                if !matches!(ctx.hub.redeem(id.clone()).await, Ok(true)) {
+                    return problem(
+                        StatusCode::NOT_FOUND,
+                        "Not found",
+                        "This connection token was already used: negotiate again.",
+                    );
+                }
+                match same_subject(&ctx, &req, &query, &ticket.principal) {
+                    Ok(principal) => Attach::New { principal, token: Some(id.clone()), stateful: ticket.stateful },
+                    Err(response) => return response,
+                }
             } else {
                 return problem(StatusCode::NOT_FOUND, "Not found", "No connection with that ID: negotiate again.");
             }

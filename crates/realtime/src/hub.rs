@@ -1,5 +1,4 @@
-//! The JobsHub: one task owns every connection, group membership, pending
-//! negotiation and parked (stateful-reconnect) connection; everyone else
+//! The JobsHub: one task owns every connection, group membership and parked (stateful-reconnect) connection; everyone else
 //! holds a cloneable [`HubHandle`] and talks to it through a private
 //! [`Command`] enum.
 //!
@@ -15,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use smartscheduler_domain::{Group, Principal};
+use smartscheduler_domain::Group;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Conn;
@@ -45,19 +44,6 @@ pub enum CloseReason {
     ReconnectWindowExpired,
 }
 
-/// A negotiated connection waiting for its WebSocket.
-#[derive(Debug, Clone)]
-pub struct PendingConnection {
-    /// The public connection id.
-    pub connection_id: String,
-    /// Who negotiated it.
-    pub principal: Principal,
-    /// Whether stateful reconnect was negotiated.
-    pub stateful: bool,
-    /// When.
-    pub created: Instant,
-}
-
 /// Counters for tests and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubStats {
@@ -65,8 +51,6 @@ pub struct HubStats {
     pub connections: usize,
     /// Groups with at least one member.
     pub groups: usize,
-    /// Negotiations not yet used.
-    pub pending: usize,
     /// Connections parked for a stateful reconnect.
     pub parked: usize,
     /// Frames queued to connections.
@@ -83,13 +67,9 @@ struct Parked {
 }
 
 enum Command {
-    Negotiated {
+    Redeem {
         token: String,
-        pending: PendingConnection,
-    },
-    Claim {
-        token: String,
-        reply: oneshot::Sender<Option<PendingConnection>>,
+        reply: oneshot::Sender<bool>,
     },
     Register {
         key: ConnKey,
@@ -157,20 +137,13 @@ impl HubHandle {
         self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Remembers a negotiation until its WebSocket arrives (or it expires).
+    /// Marks a connection token used on this node; `false` when it already
+    /// was (within the negotiate window): a token opens one connection.
     ///
     /// # Errors
     /// [`HubStopped`].
-    pub async fn negotiated(&self, token: String, pending: PendingConnection) -> Result<(), HubStopped> {
-        self.send(Command::Negotiated { token, pending }).await
-    }
-
-    /// Takes a negotiation by its token; each token can be used once.
-    ///
-    /// # Errors
-    /// [`HubStopped`].
-    pub async fn claim(&self, token: String) -> Result<Option<PendingConnection>, HubStopped> {
-        self.ask(|reply| Command::Claim { token, reply }).await
+    pub async fn redeem(&self, token: String) -> Result<bool, HubStopped> {
+        self.ask(|reply| Command::Redeem { token, reply }).await
     }
 
     /// Adds a connection with its outbound queue, its queued-bytes counter
@@ -265,26 +238,26 @@ struct Connection {
 struct Hub {
     connections: HashMap<ConnKey, Connection>,
     groups: HashMap<Group, HashSet<ConnKey>>,
-    pending: HashMap<String, PendingConnection>,
     parked: HashMap<String, Parked>,
-    negotiate_ttl: Duration,
+    /// Connection tokens used on this node, until they expire anyway.
+    redeemed: HashMap<String, Instant>,
+    token_ttl: Duration,
     reconnect_window: Duration,
     max_queued_bytes: usize,
     stats: HubStats,
 }
 
-/// Starts the hub task on the current runtime. Negotiations unused for
-/// `negotiate_ttl` are forgotten; parked connections not resumed within
+/// Starts the hub task on the current runtime. Parked connections not resumed within
 /// `reconnect_window` are closed; a connection with more than
 /// `max_queued_bytes` queued is slow.
-pub fn spawn(negotiate_ttl: Duration, reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
+pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
     let hub = Hub {
         connections: HashMap::new(),
         groups: HashMap::new(),
-        pending: HashMap::new(),
         parked: HashMap::new(),
-        negotiate_ttl,
+        redeemed: HashMap::new(),
+        token_ttl,
         reconnect_window,
         max_queued_bytes,
         stats: HubStats::default(),
@@ -309,8 +282,8 @@ impl Hub {
     }
 
     fn sweep(&mut self) {
-        let ttl = self.negotiate_ttl;
-        self.pending.retain(|_, p| p.created.elapsed() < ttl);
+        let ttl = self.token_ttl;
+        self.redeemed.retain(|_, at| at.elapsed() < ttl);
         let window = self.reconnect_window;
         let expired: Vec<String> =
             self.parked.iter().filter(|(_, p)| p.since.elapsed() >= window).map(|(t, _)| t.clone()).collect();
@@ -324,13 +297,12 @@ impl Hub {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Negotiated { token, pending } => {
-                self.pending.insert(token, pending);
-            }
-            Command::Claim { token, reply } => {
-                let ttl = self.negotiate_ttl;
-                let pending = self.pending.remove(&token).filter(|p| p.created.elapsed() < ttl);
-                let _ = reply.send(pending);
+            Command::Redeem { token, reply } => {
+                let fresh = !self.redeemed.contains_key(&token);
+                if fresh {
+                    self.redeemed.insert(token, Instant::now());
+                }
+                let _ = reply.send(fresh);
             }
             Command::Register { key, outbound, queued_bytes, close } => {
                 self.connections
@@ -387,7 +359,6 @@ impl Hub {
                 let mut stats = self.stats.clone();
                 stats.connections = self.connections.len();
                 stats.groups = self.groups.len();
-                stats.pending = self.pending.len();
                 stats.parked = self.parked.len();
                 let _ = reply.send(stats);
             }
@@ -543,24 +514,5 @@ mod tests {
         let stats = hub.stats().await.unwrap();
         assert_eq!(stats.connections, 1);
         assert_eq!(stats.slow_closes, 1);
-    }
-
-    #[tokio::test]
-    async fn a_negotiation_is_claimed_once_and_expires() {
-        let hub = spawn(Duration::from_millis(200), Duration::from_secs(15), 1 << 20);
-        let principal = Principal {
-            subject: "s".into(),
-            role: smartscheduler_domain::Role::Admin,
-            regions: vec![],
-            contractor_id: None,
-        };
-        let pending =
-            PendingConnection { connection_id: "c1".into(), principal, stateful: false, created: Instant::now() };
-        hub.negotiated("t1".into(), pending.clone()).await.unwrap();
-        hub.negotiated("t2".into(), pending).await.unwrap();
-        assert_eq!(hub.claim("t1".into()).await.unwrap().unwrap().connection_id, "c1");
-        assert!(hub.claim("t1".into()).await.unwrap().is_none(), "a token is single-use");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(hub.claim("t2".into()).await.unwrap().is_none(), "an unused negotiation expires");
     }
 }

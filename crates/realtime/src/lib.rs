@@ -22,7 +22,7 @@ pub mod protocol;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smartscheduler_application::TokenVerifier;
+use smartscheduler_application::{ConnectionTokens, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
 
 pub use delivery::HubDelivery;
@@ -85,14 +85,21 @@ pub struct HubContext {
     pub event_log: Arc<dyn EventLog>,
     /// For bearer tokens.
     pub verifier: Arc<dyn TokenVerifier>,
+    /// For the connection tokens negotiate hands out.
+    pub tickets: Arc<dyn ConnectionTokens>,
     /// Limits and timers.
     pub config: Arc<HubConfig>,
 }
 
 impl HubContext {
     /// Starts the hub task and returns its context.
-    pub fn start(event_log: Arc<dyn EventLog>, verifier: Arc<dyn TokenVerifier>, config: HubConfig) -> Self {
+    pub fn start(
+        event_log: Arc<dyn EventLog>,
+        verifier: Arc<dyn TokenVerifier>,
+        tickets: Arc<dyn ConnectionTokens>,
+        config: HubConfig,
+    ) -> Self {
         let hub = hub::spawn(config.negotiate_ttl, config.reconnect_window, config.outbound_max_bytes);
-        Self { hub, event_log, verifier, config: Arc::new(config) }
+        Self { hub, event_log, verifier, tickets, config: Arc::new(config) }
     }
 }

@@ -32,7 +32,6 @@ pub async fn render(hub: web::Data<HubContext>, log: web::Data<std::sync::Arc<dy
     if let Ok(stats) = hub.hub.stats().await {
         metrics::gauge!("smartscheduler_hub_connections").set(stats.connections as f64);
         metrics::gauge!("smartscheduler_hub_groups").set(stats.groups as f64);
-        metrics::gauge!("smartscheduler_hub_pending_negotiations").set(stats.pending as f64);
         metrics::gauge!("smartscheduler_hub_messages_sent").set(stats.frames_sent as f64);
         metrics::gauge!("smartscheduler_hub_slow_client_closes").set(stats.slow_closes as f64);
         metrics::gauge!("smartscheduler_hub_messages_dropped").set(stats.frames_dropped as f64);
