@@ -10,9 +10,12 @@ use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use smartscheduler_application::publishing::outbox;
+use smartscheduler_application::tailer::EventTailer;
 use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
 use smartscheduler_domain::EventType;
+use smartscheduler_infrastructure::postgres_lease::PostgresLease;
+use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
 use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery};
 use tokio::sync::Notify;
@@ -30,7 +33,7 @@ pub struct Application {
     relay: tokio::task::JoinHandle<()>,
     stop_relay: Arc<Notify>,
     shutdown_timeout: Duration,
-    maintenance: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
     db: Database,
     hub: HubContext,
 }
@@ -51,17 +54,22 @@ impl Application {
     /// # Errors
     /// As [`Application::build`].
     pub async fn build_with(config: ServeConfig, handlers: HandlerRegistry) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            config.redis_url.is_none(),
-            "SMARTSCHEDULER_REDIS_URL is set, but this build serves a single node only"
-        );
         crate::http::metrics::handle();
         let secret = config.secret.resolve()?;
         let verifier: Arc<dyn TokenVerifier> =
             Arc::new(JwtTokens::hs256(secret.as_bytes()).context("the token secret is not usable")?);
 
-        let db = Database::connect(&config.database_url()).await?;
+        let database_url = config.database_url();
+        let db = Database::connect(&database_url).await?;
         let event_log: Arc<dyn EventLog> = db.event_log();
+        // On PostgreSQL several nodes may share the database: one publishes
+        // (a lease), every node follows the log into its own hub clients.
+        let clustered = matches!(db, Database::Postgres(_));
+        anyhow::ensure!(
+            clustered || config.redis_url.is_none(),
+            "SMARTSCHEDULER_REDIS_URL is for several nodes, which need a postgres:// database"
+        );
+        let bus = config.redis_url.as_deref().map(RedisBus::new).transpose().map_err(anyhow::Error::msg)?;
 
         let delivery = &config.delivery;
         let hub_config = HubConfig {
@@ -72,23 +80,48 @@ impl Application {
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
         let hub = HubContext::start(event_log.clone(), verifier.clone(), tickets, hub_config);
-        let handlers = handlers.register(EventType::JobAssigned, Arc::new(HubDelivery::new(hub.hub.clone())));
+        let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
+        let handlers =
+            if clustered { handlers } else { handlers.register(EventType::JobAssigned, hub_delivery.clone()) };
         let relay_config = RelayConfig {
             max_attempts: delivery.max_delivery_attempts,
             base_backoff: Duration::from_millis(delivery.retry_backoff_ms),
+            // The leader also scans for rows other nodes committed.
+            poll_interval: if clustered { Duration::from_millis(100) } else { RelayConfig::default().poll_interval },
             ..RelayConfig::default()
         };
-        let (publisher, relay) = outbox(event_log.clone(), handlers, relay_config);
+        let (publisher, mut relay) = outbox(event_log.clone(), handlers, relay_config);
+        let mut background = Vec::new();
+        if clustered {
+            let (published_tx, published_rx) = tokio::sync::watch::channel(0i64);
+            relay = relay.with_lease(Arc::new(PostgresLease::new(&database_url))).with_published_signal(published_tx);
+            let wake = Arc::new(Notify::new());
+            // This node's own publishes wake its tailer at once.
+            let local_wake = wake.clone();
+            let mut local_rx = published_rx.clone();
+            background.push(tokio::spawn(async move {
+                while local_rx.changed().await.is_ok() {
+                    local_wake.notify_one();
+                }
+            }));
+            let poll = if bus.is_some() { Duration::from_secs(1) } else { Duration::from_millis(100) };
+            if let Some(bus) = &bus {
+                background.push(tokio::spawn(bus.clone().announce(published_rx)));
+                background.push(tokio::spawn(bus.clone().listen(wake.clone())));
+            }
+            let tailer = EventTailer::new(event_log.clone(), hub_delivery, wake, poll);
+            background.push(tokio::spawn(tailer.run()));
+        }
         let stop_relay = Arc::new(Notify::new());
         let stop = stop_relay.clone();
         let relay = tokio::spawn(relay.run(async move { stop.notified().await }));
 
-        let maintenance = tokio::spawn(smartscheduler_application::maintenance::run_retention(
+        background.push(tokio::spawn(smartscheduler_application::maintenance::run_retention(
             event_log.clone(),
             db.assignments(),
             Duration::from_secs(u64::from(delivery.event_retention_days) * 24 * 3600),
             Duration::from_secs(3600),
-        ));
+        )));
         let shutdown_timeout = Duration::from_secs(delivery.shutdown_timeout_seconds);
         let catalog = Catalog::new(db.contractors(), db.jobs());
         let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
@@ -100,6 +133,7 @@ impl Application {
         let event_log = web::Data::new(event_log);
         let verifier = web::Data::new(verifier);
         let database = web::Data::new(db.clone());
+        let bus_data = web::Data::new(bus.clone());
         let hub_data = web::Data::new(hub.clone());
         let cors_origins = config.cors_origins.clone();
 
@@ -123,6 +157,7 @@ impl Application {
                 .app_data(event_log.clone())
                 .app_data(verifier.clone())
                 .app_data(database.clone())
+                .app_data(bus_data.clone())
                 .app_data(hub_data.clone())
                 .configure(http::configure)
                 .configure(smartscheduler_realtime::http::configure)
@@ -140,7 +175,7 @@ impl Application {
             relay,
             stop_relay,
             shutdown_timeout,
-            maintenance,
+            background,
             db,
             hub,
         })
@@ -168,7 +203,9 @@ impl Application {
         });
         let result = self.server.await;
         self.stop_relay.notify_one();
-        self.maintenance.abort();
+        for task in &self.background {
+            task.abort();
+        }
         if tokio::time::timeout(self.shutdown_timeout, self.relay).await.is_err() {
             tracing::warn!("the relay did not stop in time; Pending rows are published at the next start");
         }

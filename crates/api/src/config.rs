@@ -24,6 +24,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Print a signed bearer token for local use.
     Token(TokenArgs),
+    /// Seed sample regions, contractors and jobs, and print tokens to try the console with.
+    Demo(DemoArgs),
 }
 
 /// Settings of `serve`.
@@ -126,12 +128,40 @@ pub struct TokenArgs {
     pub secret: SecretArgs,
 }
 
+/// Settings of `demo`: the database and secret settings of `serve`, so that
+/// both reach the same database and sign with the same secret.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// `sqlite://PATH`, `sqlite::memory:` or `postgres://…`; default: a SQLite file under ./data/.
+    #[arg(long, env = "SMARTSCHEDULER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The token secret.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The address `serve` listens on, for the URLs printed.
+    #[arg(long, env = "SMARTSCHEDULER_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Lifetime of the printed tokens, in seconds.
+    #[arg(long, default_value_t = 8 * 3600)]
+    pub ttl: u64,
+}
+
+impl DemoArgs {
+    /// The database URL, with `serve`'s default.
+    pub fn database_url(&self) -> String {
+        database_url_or_default(self.database_url.as_deref(), &self.secret)
+    }
+}
+
+/// `url`, or `sqlite://{data_dir}/smartscheduler.db`.
+fn database_url_or_default(url: Option<&str>, secret: &SecretArgs) -> String {
+    url.map_or_else(|| format!("sqlite://{}/smartscheduler.db", secret.data_dir.display()), str::to_owned)
+}
+
 impl ServeConfig {
     /// The database URL, defaulting to `sqlite://{data_dir}/smartscheduler.db`.
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}/smartscheduler.db", self.secret.data_dir.display()))
+        database_url_or_default(self.database_url.as_deref(), &self.secret)
     }
 
     /// Settings for tests: port 0, in-memory SQLite, a fixed secret.

@@ -1,6 +1,7 @@
 //! The HTTP API of the contract: routes, authentication and errors.
 
 pub mod auth;
+pub mod console;
 pub mod contractors;
 pub mod events;
 pub mod health;
@@ -39,7 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/health/live", web::get().to(health::live))
         .route("/health/ready", web::get().to(health::ready))
-        .route("/metrics", web::get().to(metrics::render));
+        .route("/metrics", web::get().to(metrics::render))
+        .configure(console::configure);
 }
 
 /// Checks an optional page size against [`MAX_LIMIT`].

@@ -1,5 +1,7 @@
 //! The `smartscheduler` binary.
 
+mod demo;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -14,6 +16,10 @@ fn main() -> anyhow::Result<()> {
             telemetry::init("text");
             println!("{}", mint(&args)?);
             Ok(())
+        }
+        Some(Command::Demo(args)) => {
+            telemetry::init("text");
+            demo::run(&args)
         }
         Some(Command::Serve(config)) => serve(config),
         None => serve(cli.serve),

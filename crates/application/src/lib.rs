@@ -9,6 +9,7 @@
 //! - [`catalog`]: contractors and jobs (create, get, list), with access rules.
 //! - [`publishing`]: handler registration, the publisher and the outbox relay.
 //! - [`auth`]: the token verifier port.
+//! - [`tailer`]: follows the EventLog into local delivery (several nodes).
 //! - [`maintenance`]: retention of events and idempotency keys.
 
 pub mod assign_job;
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod catalog;
 pub mod maintenance;
 pub mod publishing;
+pub mod tailer;
 
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};
 pub use auth::{AuthError, ConnectionTicket, ConnectionTokens, TokenVerifier};

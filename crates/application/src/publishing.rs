@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventPublisher, PublishedRow};
+use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventPublisher, PublishedRow, PublisherLease};
 use smartscheduler_domain::{DomainEvent, EventType, PublishedEvent, Timestamp};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// A handler's failure: logged, recorded on the row, and retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +117,8 @@ impl EventPublisher for InProcessPublisher {
 
 /// The task that delivers committed events. See the module docs.
 pub struct OutboxRelay {
+    lease: Option<Arc<dyn PublisherLease>>,
+    published: Option<watch::Sender<i64>>,
     log: Arc<dyn EventLog>,
     handlers: Arc<HandlerRegistry>,
     queue: mpsc::Receiver<DomainEvent>,
@@ -133,11 +135,32 @@ pub fn outbox(
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let overflow = Arc::new(Notify::new());
     let publisher = Arc::new(InProcessPublisher { queue: tx, overflow: overflow.clone() });
-    let relay = OutboxRelay { log, handlers: Arc::new(handlers), queue: rx, overflow, config };
+    let relay =
+        OutboxRelay { lease: None, published: None, log, handlers: Arc::new(handlers), queue: rx, overflow, config };
     (publisher, relay)
 }
 
 impl OutboxRelay {
+    /// Publishes only while `lease` is held (several nodes, one database).
+    pub fn with_lease(mut self, lease: Arc<dyn PublisherLease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Announces the highest sequence published after each batch (for
+    /// [`crate::tailer`] and the cross-node bus).
+    pub fn with_published_signal(mut self, published: watch::Sender<i64>) -> Self {
+        self.published = Some(published);
+        self
+    }
+
+    async fn leading(&self) -> bool {
+        match &self.lease {
+            None => true,
+            Some(lease) => lease.hold().await,
+        }
+    }
+
     /// Runs until `shutdown` completes, then delivers what is already queued
     /// and returns. Rows left Pending are published at the next start.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
@@ -172,6 +195,10 @@ impl OutboxRelay {
     }
 
     async fn deliver_queued(&self, events: Vec<DomainEvent>) {
+        if !self.leading().await {
+            // The rows are committed; the node holding the lease scans them.
+            return;
+        }
         match self.log.claim(events).await {
             Ok(claimed) => self.deliver(claimed).await,
             Err(err) => {
@@ -182,6 +209,9 @@ impl OutboxRelay {
 
     /// Publishes every due Pending row, batch after batch.
     async fn drain_due(&self) {
+        if !self.leading().await {
+            return;
+        }
         loop {
             match self.log.claim_due(Timestamp::now(), self.config.batch_size).await {
                 Ok(claimed) => {
@@ -242,6 +272,7 @@ impl OutboxRelay {
             return;
         }
         let count = published.len();
+        let highest = published.iter().map(|p| p.sequence.0).max();
         let now = Timestamp::now();
         if let Err(err) = self.log.mark_published(published, now).await {
             // The rows stay Pending and are delivered again: at-least-once.
@@ -249,6 +280,9 @@ impl OutboxRelay {
             return;
         }
         metrics::counter!("smartscheduler_events_published_total").increment(count as u64);
+        if let (Some(signal), Some(highest)) = (&self.published, highest) {
+            signal.send_replace(highest);
+        }
         let lag = metrics::histogram!("smartscheduler_publish_lag_seconds");
         for occurred in lags {
             lag.record((now.unix_millis() - occurred.unix_millis()).max(0) as f64 / 1000.0);

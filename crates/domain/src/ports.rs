@@ -349,6 +349,18 @@ pub trait EventLog: Send + Sync {
     async fn backlog(&self) -> Result<(u64, u64), StoreError>;
 }
 
+/// The right to publish: with several nodes on one database, exactly one
+/// node's relay claims and publishes at a time, so `sequence` follows one
+/// publish order cluster-wide. A node that dies loses the lease and another
+/// takes it within seconds.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait PublisherLease: Send + Sync {
+    /// Takes or keeps the lease; whether this node holds it now. Cheap to
+    /// call often (an adapter may cache the answer for a moment).
+    async fn hold(&self) -> bool;
+}
+
 /// Hands committed events to delivery.
 #[cfg_attr(feature = "mock", mockall::automock)]
 pub trait EventPublisher: Send + Sync {

@@ -14,6 +14,8 @@ pub mod connection_tokens;
 pub mod database;
 mod errors;
 pub mod postgres;
+pub mod postgres_lease;
+pub mod redis_bus;
 pub mod sqlite;
 pub mod tokens;
 

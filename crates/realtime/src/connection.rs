@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{
-    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsCloseReason, MessageStream, Session,
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsCloseReason, MessageStream, ProtocolError,
+    Session,
 };
 use bytestring::ByteString;
 use serde_json::{json, Value};
@@ -255,6 +256,17 @@ async fn drive(
     end(conn, writer, stop).await;
 }
 
+/// Whether a stream error means the connection was lost (the socket was
+/// reset or hit EOF without a close frame: how a network drop looks) rather
+/// than the client breaking the protocol. actix-ws wraps the first as an I/O
+/// error around the payload's `PayloadError`.
+fn is_transport_loss(err: &ProtocolError) -> bool {
+    match err {
+        ProtocolError::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<actix_web::error::PayloadError>()),
+        _ => false,
+    }
+}
+
 /// Parks a stateful connection whose socket dropped; otherwise unregisters
 /// and closes.
 async fn end(conn: Conn, writer: Writer, stop: Stop) {
@@ -388,6 +400,8 @@ impl Conn {
                         Some(Ok(AggregatedMessage::Ping(p))) => { let _ = writer.session.pong(&p).await; continue; }
                         Some(Ok(AggregatedMessage::Pong(_))) => continue,
                         Some(Ok(AggregatedMessage::Close(_))) | None => return Stop::Dropped,
+                        // A reset or an EOF without a close frame: the network dropped the socket.
+                        Some(Err(err)) if is_transport_loss(&err) => return Stop::Dropped,
                         Some(Err(err)) => {
                             return Stop::Close { error: format!("Connection closed with an error: {err}"), allow_reconnect: false };
                         }
@@ -654,4 +668,27 @@ fn contractor_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>)
     let id: ContractorId =
         id.parse().map_err(|e: smartscheduler_domain::ValidationError| refused(target, &e.to_string()))?;
     Ok((Group::contractor(id), if leave { None } else { after_sequence(target, args)? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use actix_web::error::PayloadError;
+
+    use super::*;
+
+    #[test]
+    fn a_reset_or_eof_is_a_dropped_socket_and_a_protocol_violation_is_not() {
+        // How actix-ws reports a socket reset or an EOF without a close frame.
+        assert!(is_transport_loss(&ProtocolError::Io(io::Error::other(PayloadError::Incomplete(None)))));
+        assert!(is_transport_loss(&ProtocolError::Io(io::Error::other(PayloadError::Io(io::Error::from(
+            io::ErrorKind::ConnectionReset
+        ))))));
+        // The client's fault: close with an error, no stateful resume.
+        assert!(!is_transport_loss(&ProtocolError::Io(io::Error::other("Exceeded maximum continuation size"))));
+        assert!(!is_transport_loss(&ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, "invalid utf-8"))));
+        assert!(!is_transport_loss(&ProtocolError::Overflow));
+        assert!(!is_transport_loss(&ProtocolError::UnmaskedFrame));
+    }
 }

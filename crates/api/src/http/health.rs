@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
+use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::Database;
 
 use super::ApiError;
@@ -11,8 +12,14 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "live" }))
 }
 
-/// The service can serve: the database answers (503 otherwise).
-pub async fn ready(db: web::Data<Database>) -> Result<HttpResponse, ApiError> {
+/// The service can serve: the database answers (503 otherwise). With Redis
+/// configured and down it still serves (events reach other nodes by polling)
+/// and says `degraded`.
+pub async fn ready(db: web::Data<Database>, bus: web::Data<Option<RedisBus>>) -> Result<HttpResponse, ApiError> {
     db.ping().await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "database": "up" })))
+    Ok(HttpResponse::Ok().json(match bus.get_ref() {
+        None => json!({ "status": "ready", "database": "up" }),
+        Some(bus) if bus.is_up() => json!({ "status": "ready", "database": "up", "redis": "up" }),
+        Some(_) => json!({ "status": "degraded", "database": "up", "redis": "down" }),
+    }))
 }

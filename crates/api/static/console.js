@@ -1,0 +1,661 @@
+// SmartScheduler console: plain JavaScript, no build step.
+//
+// - A pasted bearer token is kept in localStorage; its claims are decoded here
+//   for display only (the service verifies the signature on every call).
+// - Admins and dispatchers pick a region, list its contractors and jobs, assign
+//   a job (POST /api/jobs/{id}/assign) and watch dispatch/{region} live.
+// - A contractor watches contractor/{own id}: its own assignments, replayed from
+//   the start of the EventLog's retention, then live.
+// - The hub client is the official @microsoft/signalr browser bundle
+//   (/vendor/signalr.min.js). The last sequence seen per group is tracked and
+//   every group is rejoined with it after a reconnect, so nothing is missed;
+//   events are de-duplicated by eventId.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "smartscheduler.console.token";
+  const REGION_KEY = "smartscheduler.console.region";
+  const HUB_PATH = "/hubs/jobs";
+  const FEED_LIMIT = 200;
+  const DEFAULT_REGIONS = ["north", "south", "east"];
+
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    token: "",
+    claims: null,
+    region: "",
+    contractors: new Map(), // id -> contractor of the region
+    jobs: new Map(), // id -> job of the region
+    connection: null,
+    joined: new Map(), // group -> { method, arg }
+    lastSequence: new Map(), // group -> highest sequence received
+    seen: new Set(), // eventIds shown
+    loadGeneration: 0,
+  };
+
+  // ---------------------------------------------------------------------------
+  // Small helpers
+
+  function el(tag, props = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (value === undefined || value === null) continue;
+      if (key === "className") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("data-") || key.startsWith("aria-") || key === "role") node.setAttribute(key, value);
+      else node[key] = value;
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  const isBackOffice = () => state.claims && (state.claims.role === "Admin" || state.claims.role === "Dispatcher");
+  const isContractor = () => state.claims && state.claims.role === "Contractor";
+  const shortId = (id) => (typeof id === "string" ? id.slice(0, 8) : "");
+
+  /** "2026-12-01T09:00:00Z" -> "2026-12-01 09:00" (UTC). */
+  function utc(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return iso;
+    return d.toISOString().slice(0, 16).replace("T", " ");
+  }
+
+  /** A time range in UTC, the end's date omitted when it is the start's. */
+  function utcRange(start, end) {
+    const a = utc(start);
+    const b = utc(end);
+    return a.slice(0, 10) === b.slice(0, 10) ? `${a}–${b.slice(11)} UTC` : `${a} – ${b} UTC`;
+  }
+
+  /** A Date -> the value of a datetime-local input, read as UTC. */
+  const toLocalInput = (date) => date.toISOString().slice(0, 16);
+
+  /** The value of a datetime-local input (UTC) -> RFC 3339 with Z. */
+  function fromLocalInput(value) {
+    if (!value) return "";
+    return value.length === 16 ? `${value}:00Z` : `${value.slice(0, 19)}Z`;
+  }
+
+  function durationText(minutes) {
+    const h = Math.floor(minutes / 60);
+    const m = minutes % 60;
+    if (!h) return `${m} min`;
+    return m ? `${h} h ${m} min` : `${h} h`;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Errors and status
+
+  function showError(message) {
+    $("error-text").textContent = message;
+    $("error").hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error-text").textContent = "";
+  }
+
+  /** state: idle | connecting | live | reconnecting | closed */
+  function setStatus(kind, text) {
+    const box = $("hub-status");
+    box.dataset.state = kind;
+    $("hub-status-text").textContent = text;
+    $("reconnect").hidden = kind !== "closed" || !state.token;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Token
+
+  /** The claims of a JWT, decoded without verification (display only). */
+  function decodeClaims(token) {
+    const parts = token.split(".");
+    if (parts.length !== 3) throw new Error("This is not a JWT: expected three parts separated by dots.");
+    let b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    while (b64.length % 4) b64 += "=";
+    let claims;
+    try {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      claims = JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      throw new Error("This is not a JWT: its claims could not be decoded.");
+    }
+    if (!claims || typeof claims !== "object") throw new Error("This is not a JWT: its claims are not an object.");
+    if (!["Admin", "Dispatcher", "Contractor"].includes(claims.role)) {
+      throw new Error(`The token's role ${JSON.stringify(claims.role)} is not Admin, Dispatcher or Contractor.`);
+    }
+    return claims;
+  }
+
+  function expiryText(exp) {
+    if (typeof exp !== "number") return "never (no exp claim)";
+    const left = exp * 1000 - Date.now();
+    const when = `${utc(new Date(exp * 1000).toISOString())} UTC`;
+    if (left <= 0) return `${when}: expired, mint a new token`;
+    const minutes = Math.round(left / 60000);
+    return `${when} (in ${minutes >= 60 ? durationText(minutes) : `${minutes} min`})`;
+  }
+
+  function renderIdentity() {
+    const c = state.claims;
+    $("identity").hidden = !c;
+    if (!c) return;
+    $("identity-role").textContent = c.role;
+    $("identity-sub").textContent = c.sub ?? "";
+    const regions = Array.isArray(c.regions) ? c.regions : [];
+    $("identity-regions").textContent = c.role === "Admin" ? "all" : regions.join(", ") || "none";
+    $("identity-regions").parentElement.hidden = c.role === "Contractor";
+    $("identity-contractor").textContent = c.contractorId ?? "—";
+    $("identity-contractor").parentElement.hidden = c.role !== "Contractor";
+    $("identity-exp").textContent = expiryText(c.exp);
+  }
+
+  async function useToken(raw) {
+    clearError();
+    const token = raw.trim();
+    if (!token) {
+      showError("Paste a bearer token first (`smartscheduler demo` or `smartscheduler token` prints one).");
+      return;
+    }
+    let claims;
+    try {
+      claims = decodeClaims(token);
+    } catch (err) {
+      showError(err.message);
+      return;
+    }
+    localStorage.setItem(TOKEN_KEY, token);
+    state.token = token;
+    state.claims = claims;
+    state.lastSequence.clear();
+    state.seen.clear();
+    clearFeed();
+    renderIdentity();
+    if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+      showError("This token has expired: the service will refuse it. Mint a new one.");
+    }
+
+    for (const panel of document.querySelectorAll(".back-office")) panel.hidden = !isBackOffice();
+    if (isBackOffice()) {
+      const regions = claims.role === "Dispatcher" && Array.isArray(claims.regions) ? claims.regions : DEFAULT_REGIONS;
+      const options = $("region-options");
+      options.replaceChildren(...regions.map((r) => el("option", { value: r })));
+      const remembered = localStorage.getItem(REGION_KEY);
+      const region =
+        remembered && (claims.role === "Admin" || regions.includes(remembered)) ? remembered : regions[0] || "north";
+      $("region").value = region;
+      state.region = region;
+      $("feed-scope").textContent = `Assignments in region ${region} (group dispatch/${region}).`;
+      loadRegion(); // in parallel with the hub connection
+    } else {
+      state.region = "";
+      $("feed-scope").textContent = `Your assignments, contractor ${claims.contractorId} (group contractor/${claims.contractorId}).`;
+    }
+    await connectHub();
+  }
+
+  async function forgetToken() {
+    localStorage.removeItem(TOKEN_KEY);
+    state.token = "";
+    state.claims = null;
+    $("token").value = "";
+    renderIdentity();
+    for (const panel of document.querySelectorAll(".back-office")) panel.hidden = true;
+    clearFeed();
+    $("feed-scope").textContent = "Paste a token to watch assignments arrive.";
+    clearError();
+    await disconnectHub();
+    setStatus("idle", "Not connected: paste a token.");
+  }
+
+  // ---------------------------------------------------------------------------
+  // HTTP
+
+  /** fetch with the token; throws an Error carrying the problem+json detail. */
+  async function api(method, path, body) {
+    const headers = { authorization: `Bearer ${state.token}` };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (err) {
+      throw new Error(`${method} ${path}: the service did not answer (${err.message}).`);
+    }
+    const text = await res.text();
+    let json;
+    try {
+      json = text ? JSON.parse(text) : undefined;
+    } catch {
+      json = undefined;
+    }
+    if (!res.ok) {
+      const title = json && json.title ? json.title : res.statusText;
+      const detail = json && json.detail ? json.detail : text.slice(0, 300);
+      const err = new Error(`${res.status} ${title}: ${detail}`);
+      err.status = res.status;
+      err.problem = json;
+      throw err;
+    }
+    return json;
+  }
+
+  async function loadRegion() {
+    const region = state.region;
+    if (!region || !isBackOffice()) return;
+    const generation = ++state.loadGeneration;
+    const q = encodeURIComponent(region);
+    try {
+      const [contractors, jobs] = await Promise.all([
+        api("GET", `/api/contractors?region=${q}`),
+        api("GET", `/api/jobs?region=${q}`),
+      ]);
+      if (generation !== state.loadGeneration) return; // a newer load started
+      state.contractors = new Map(contractors.map((c) => [c.id, c]));
+      state.jobs = new Map(jobs.map((j) => [j.id, j]));
+      renderContractors();
+      renderJobs();
+    } catch (err) {
+      if (generation === state.loadGeneration) showError(`Could not load region ${region}: ${err.message}`);
+    }
+  }
+
+  function renderContractors() {
+    const rows = [...state.contractors.values()].sort((a, b) => a.name.localeCompare(b.name));
+    $("contractors").tBodies[0].replaceChildren(
+      ...rows.map((c) =>
+        el(
+          "tr",
+          { "data-contractor-id": c.id },
+          el("td", { text: c.name }),
+          el("td", { text: (c.skills || []).join(", ") || "—" }),
+          el("td", { className: "mono", text: shortId(c.id), title: c.id }),
+        ),
+      ),
+    );
+    if (!rows.length) {
+      $("contractors").tBodies[0].append(el("tr", {}, el("td", { colSpan: 3, className: "empty", text: "No contractors in this region." })));
+    }
+    $("contractors-count").textContent = `(${rows.length})`;
+
+    const select = $("assign-contractor");
+    const previous = select.value;
+    select.replaceChildren(
+      el("option", { value: "", text: rows.length ? "Choose a contractor…" : "No contractors in this region" }),
+      ...rows.map((c) => el("option", { value: c.id, text: `${c.name}${c.skills && c.skills.length ? ` · ${c.skills.join(", ")}` : ""}` })),
+    );
+    if (state.contractors.has(previous)) select.value = previous;
+  }
+
+  function renderJobs() {
+    const rows = [...state.jobs.values()].sort(
+      (a, b) => (a.status === b.status ? 0 : a.status === "Unassigned" ? -1 : 1) || (a.createdAtUtc < b.createdAtUtc ? -1 : 1),
+    );
+    $("jobs").tBodies[0].replaceChildren(
+      ...rows.map((j) => {
+        const action =
+          j.status === "Unassigned"
+            ? el("button", {
+                type: "button",
+                className: "small secondary",
+                text: "Assign…",
+                "aria-label": `Assign ${j.title || j.jobType}`,
+                onclick: () => pickJob(j.id),
+              })
+            : "";
+        return el(
+          "tr",
+          { "data-job-id": j.id, "data-status": j.status },
+          el("td", { text: j.title || "(untitled)" }),
+          el("td", { text: j.jobType }),
+          el("td", { text: durationText(j.durationMinutes) }),
+          el("td", { text: j.desiredStartUtc ? utc(j.desiredStartUtc) : "—" }),
+          el("td", {}, el("span", { className: `badge ${j.status === "Assigned" ? "ok" : "wait"}`, text: j.status })),
+          el("td", {}, action),
+        );
+      }),
+    );
+    if (!rows.length) {
+      $("jobs").tBodies[0].append(el("tr", {}, el("td", { colSpan: 6, className: "empty", text: "No jobs in this region." })));
+    }
+    const open = rows.filter((j) => j.status === "Unassigned");
+    $("jobs-count").textContent = `(${open.length} unassigned of ${rows.length})`;
+
+    const select = $("assign-job");
+    const previous = select.value;
+    select.replaceChildren(
+      el("option", { value: "", text: open.length ? "Choose an unassigned job…" : "No unassigned jobs" }),
+      ...open.map((j) =>
+        el("option", { value: j.id, text: `${j.title || "(untitled)"} · ${j.jobType} · ${durationText(j.durationMinutes)}` }),
+      ),
+    );
+    if (open.some((j) => j.id === previous)) select.value = previous;
+    else if (previous) fillTimes();
+  }
+
+  function pickJob(jobId) {
+    $("assign-job").value = jobId;
+    fillTimes();
+    $("assign-contractor").focus();
+  }
+
+  /** Start: the job's desired start, or the next full hour; end: start + duration. */
+  function fillTimes() {
+    const job = state.jobs.get($("assign-job").value);
+    if (!job) return;
+    let start = job.desiredStartUtc ? new Date(job.desiredStartUtc) : null;
+    if (!start || Number.isNaN(start.getTime())) {
+      start = new Date();
+      start.setUTCHours(start.getUTCHours() + 1, 0, 0, 0);
+    }
+    $("assign-start").value = toLocalInput(start);
+    fillEnd();
+  }
+
+  function fillEnd() {
+    const job = state.jobs.get($("assign-job").value);
+    const start = $("assign-start").value;
+    if (!job || !start) return;
+    const end = new Date(new Date(fromLocalInput(start)).getTime() + job.durationMinutes * 60_000);
+    if (!Number.isNaN(end.getTime())) $("assign-end").value = toLocalInput(end);
+  }
+
+  async function assign(event) {
+    event.preventDefault();
+    clearError();
+    const jobId = $("assign-job").value;
+    const contractorId = $("assign-contractor").value;
+    const result = $("assign-result");
+    result.textContent = "";
+    if (!jobId || !contractorId) {
+      showError("Choose a job and a contractor.");
+      return;
+    }
+    const body = {
+      contractorId,
+      startUtc: fromLocalInput($("assign-start").value),
+      endUtc: fromLocalInput($("assign-end").value),
+      source: "manual",
+    };
+    const button = $("assign-submit");
+    button.disabled = true;
+    try {
+      const a = await api("POST", `/api/jobs/${encodeURIComponent(jobId)}/assign`, body);
+      const job = state.jobs.get(jobId);
+      const who = state.contractors.get(contractorId);
+      result.textContent =
+        `Assigned “${job ? job.title || job.jobType : shortId(jobId)}” to ${who ? who.name : shortId(contractorId)}, ` +
+        `${utcRange(a.startUtc, a.endUtc)} (event ${shortId(a.eventId)}).`;
+      result.dataset.eventId = a.eventId;
+      if (job) state.jobs.set(jobId, { ...job, status: "Assigned" });
+      renderJobs();
+      loadRegion();
+    } catch (err) {
+      showError(`Assignment refused: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function changeRegion(event) {
+    event.preventDefault();
+    clearError();
+    const input = $("region");
+    const region = input.value.trim();
+    if (!input.checkValidity() || !region) {
+      showError("A region is 1 to 64 characters of A-Z a-z 0-9 . _ -");
+      return;
+    }
+    if (state.claims.role === "Dispatcher" && !(state.claims.regions || []).includes(region)) {
+      showError(`Your token does not dispatch region ${region}; the service will refuse it.`);
+    }
+    const previous = state.region;
+    state.region = region;
+    localStorage.setItem(REGION_KEY, region);
+    $("feed-scope").textContent = `Assignments in region ${region} (group dispatch/${region}).`;
+    state.contractors = new Map();
+    state.jobs = new Map();
+    renderContractors();
+    renderJobs();
+    loadRegion();
+    if (previous !== region) await switchDispatchGroup(previous, region);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Hub
+
+  /** The groups this token should be in, with the method that joins each. */
+  function wantedGroups() {
+    const groups = new Map();
+    if (isContractor() && state.claims.contractorId) {
+      groups.set(`contractor/${state.claims.contractorId}`, { method: "JoinContractorGroup", arg: state.claims.contractorId });
+    } else if (isBackOffice() && state.region) {
+      groups.set(`dispatch/${state.region}`, { method: "JoinDispatchGroup", arg: state.region });
+    }
+    return groups;
+  }
+
+  /**
+   * Joins one group, with the last sequence seen in it when there is one, so
+   * that the server replays what was missed. A contractor's first join replays
+   * its history (afterSequence 0). Returns how many events were replayed.
+   */
+  async function joinGroup(connection, group, spec) {
+    let after = state.lastSequence.get(group);
+    if (after === undefined && spec.method === "JoinContractorGroup") after = 0;
+    const args = after === undefined ? [spec.arg] : [spec.arg, after];
+    try {
+      const result = await connection.invoke(spec.method, ...args);
+      state.joined.set(group, spec);
+      return result && typeof result.replayed === "number" ? result.replayed : 0;
+    } catch (err) {
+      if (after !== undefined && /More than \d+ events were missed/.test(err.message)) {
+        // Too far behind for a replay: reload over HTTP and continue live.
+        const result = await connection.invoke(spec.method, spec.arg);
+        state.joined.set(group, spec);
+        loadRegion();
+        return result && typeof result.replayed === "number" ? result.replayed : 0;
+      }
+      throw err;
+    }
+  }
+
+  async function joinAll(connection) {
+    state.joined.clear();
+    let replayed = 0;
+    for (const [group, spec] of wantedGroups()) replayed += await joinGroup(connection, group, spec);
+    return replayed;
+  }
+
+  const groupNames = () => [...state.joined.keys()].join(", ") || "no group";
+
+  async function connectHub() {
+    await disconnectHub();
+    if (!state.token) return;
+    if (typeof signalR === "undefined") {
+      setStatus("closed", "The SignalR client (/vendor/signalr.min.js) did not load.");
+      return;
+    }
+    const connection = new signalR.HubConnectionBuilder()
+      .withUrl(HUB_PATH, { accessTokenFactory: () => state.token })
+      .withAutomaticReconnect()
+      .withStatefulReconnect()
+      .configureLogging(signalR.LogLevel.Warning)
+      .build();
+    const current = () => state.connection === connection;
+    connection.on("JobAssigned", (payload) => {
+      if (current()) onJobAssigned(payload);
+    });
+    connection.onreconnecting((err) => {
+      if (!current()) return;
+      state.joined.clear();
+      setStatus(
+        "reconnecting",
+        `Connection lost${err && err.message ? ` (${err.message})` : ""}: reconnecting… Missed events are replayed when it is back.`,
+      );
+    });
+    connection.onreconnected(async () => {
+      if (!current()) return;
+      try {
+        const replayed = await joinAll(connection);
+        setStatus("live", `Reconnected: live on ${groupNames()}; ${replayed} missed event${replayed === 1 ? "" : "s"} replayed.`);
+        loadRegion();
+      } catch (err) {
+        setStatus("closed", `Reconnected, but rejoining failed: ${err.message}`);
+      }
+    });
+    connection.onclose((err) => {
+      if (!current()) return;
+      state.joined.clear();
+      setStatus("closed", `Disconnected from the hub${err && err.message ? `: ${err.message}` : ""}. Live events stopped.`);
+    });
+    state.connection = connection;
+    setStatus("connecting", `Connecting to ${HUB_PATH}…`);
+    try {
+      await connection.start();
+      if (!current()) return;
+      const replayed = await joinAll(connection);
+      if (!current()) return;
+      setStatus(
+        "live",
+        `Live on ${groupNames()}${replayed ? `; ${replayed} earlier event${replayed === 1 ? "" : "s"} replayed` : ""}.`,
+      );
+    } catch (err) {
+      if (!current()) return;
+      setStatus("closed", `Could not connect to the hub: ${err.message}`);
+      if (connection.state === signalR.HubConnectionState.Connected) connection.stop();
+    }
+  }
+
+  async function disconnectHub() {
+    const connection = state.connection;
+    state.connection = null;
+    state.joined.clear();
+    if (connection) {
+      try {
+        await connection.stop();
+      } catch {
+        // already stopped
+      }
+    }
+  }
+
+  async function switchDispatchGroup(previous, region) {
+    const connection = state.connection;
+    if (!connection || connection.state !== signalR.HubConnectionState.Connected) return;
+    try {
+      if (previous && state.joined.has(`dispatch/${previous}`)) {
+        await connection.invoke("LeaveDispatchGroup", previous);
+        state.joined.delete(`dispatch/${previous}`);
+      }
+      await joinGroup(connection, `dispatch/${region}`, { method: "JoinDispatchGroup", arg: region });
+      setStatus("live", `Live on ${groupNames()}.`);
+    } catch (err) {
+      showError(`Could not watch region ${region}: ${err.message}`);
+      setStatus("live", `Live on ${groupNames()}.`);
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // The feed
+
+  function clearFeed() {
+    $("feed").replaceChildren();
+    $("feed-empty").hidden = false;
+  }
+
+  function onJobAssigned(e) {
+    if (!e || typeof e !== "object" || !e.eventId) return;
+    // Track the position of every joined group the event belongs to.
+    for (const group of [`dispatch/${e.region}`, `contractor/${e.contractorId}`]) {
+      if (state.joined.has(group) || state.lastSequence.has(group) || wantedGroups().has(group)) {
+        if (typeof e.sequence === "number" && e.sequence > (state.lastSequence.get(group) ?? -1)) {
+          state.lastSequence.set(group, e.sequence);
+        }
+      }
+    }
+    if (state.seen.has(e.eventId)) return; // at-least-once delivery: de-duplicate
+    // A contractor sees only its own assignments; a dispatcher its current region.
+    if (isContractor() && e.contractorId !== state.claims.contractorId) return;
+    if (isBackOffice() && e.region !== state.region) return;
+    state.seen.add(e.eventId);
+
+    const job = e.job || {};
+    const known = state.jobs.get(e.jobId);
+    if (known && known.status !== "Assigned") {
+      state.jobs.set(e.jobId, { ...known, status: "Assigned" });
+      renderJobs();
+    }
+    const contractor = state.contractors.get(e.contractorId);
+    const who = contractor
+      ? contractor.name
+      : isContractor() && e.contractorId === state.claims.contractorId
+        ? "you"
+        : `contractor ${shortId(e.contractorId)}`;
+    const title = job.title || job.jobType || `job ${shortId(e.jobId)}`;
+    const item = el(
+      "li",
+      {
+        className: "event",
+        "data-event-id": e.eventId,
+        "data-sequence": String(e.sequence),
+        "data-job-id": e.jobId,
+        "data-contractor-id": e.contractorId,
+        "data-received-at": String(Date.now()),
+      },
+      el(
+        "div",
+        { className: "event-head" },
+        el("span", { className: "seq", text: `#${e.sequence}` }),
+        el("strong", { className: "event-title", text: title }),
+        el("span", { className: "badge region", text: e.region }),
+        el("time", { dateTime: e.occurredAtUtc, className: "muted", text: utc(e.occurredAtUtc).slice(11) }),
+      ),
+      el(
+        "div",
+        { className: "event-body" },
+        `→ ${who} · ${utcRange(e.startUtc, e.endUtc)}`,
+        el("span", { className: "muted", text: ` · ${job.jobType ? `${job.jobType}, ` : ""}${e.source}` }),
+      ),
+    );
+    const feed = $("feed");
+    // Newest first by sequence (a replay can arrive after a live event).
+    const after = [...feed.children].find((li) => Number(li.dataset.sequence) < e.sequence);
+    feed.insertBefore(item, after || null);
+    while (feed.children.length > FEED_LIMIT) feed.lastElementChild.remove();
+    $("feed-empty").hidden = true;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Wiring
+
+  function init() {
+    $("token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      useToken($("token").value);
+    });
+    $("forget-token").addEventListener("click", forgetToken);
+    $("region-form").addEventListener("submit", changeRegion);
+    $("refresh").addEventListener("click", () => {
+      clearError();
+      loadRegion();
+    });
+    $("assign-form").addEventListener("submit", assign);
+    $("assign-job").addEventListener("change", fillTimes);
+    $("assign-start").addEventListener("change", fillEnd);
+    $("error-dismiss").addEventListener("click", clearError);
+    $("reconnect").addEventListener("click", () => {
+      clearError();
+      connectHub();
+    });
+    const saved = localStorage.getItem(TOKEN_KEY);
+    if (saved) {
+      $("token").value = saved;
+      useToken(saved);
+    }
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
