@@ -76,6 +76,10 @@ impl Application {
             outbound_capacity: delivery.hub_queue_messages as usize,
             outbound_max_bytes: delivery.hub_queue_bytes,
             reconnect_window: Duration::from_secs(delivery.reconnect_window_seconds),
+            negotiate_per_minute: delivery.hub_negotiate_per_minute,
+            connections_per_user: delivery.hub_connections_per_user,
+            invocations_per_second: delivery.hub_invocations_per_second,
+            max_message_bytes: delivery.hub_max_message_bytes,
             ..HubConfig::default()
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));

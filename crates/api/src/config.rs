@@ -75,6 +75,18 @@ pub struct DeliveryArgs {
     /// Seconds a dropped stateful-reconnect connection waits for its client.
     #[arg(long, env = "SMARTSCHEDULER_RECONNECT_WINDOW_SECONDS", default_value_t = 15)]
     pub reconnect_window_seconds: u64,
+    /// Hub negotiations (and connections without one) per user per minute.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_NEGOTIATE_PER_MINUTE", default_value_t = 600)]
+    pub hub_negotiate_per_minute: u32,
+    /// Open hub connections per user on one node.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub hub_connections_per_user: usize,
+    /// Hub invocations per second per connection (bursts up to twice that).
+    #[arg(long, env = "SMARTSCHEDULER_HUB_INVOCATIONS_PER_SECOND", default_value_t = 20)]
+    pub hub_invocations_per_second: u32,
+    /// Largest hub message accepted from a client, in bytes.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024)]
+    pub hub_max_message_bytes: usize,
     /// Seconds a graceful stop waits for connections and the relay.
     #[arg(long, env = "SMARTSCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
@@ -89,6 +101,10 @@ impl Default for DeliveryArgs {
             hub_queue_messages: 1024,
             hub_queue_bytes: 1024 * 1024,
             reconnect_window_seconds: 15,
+            hub_negotiate_per_minute: 600,
+            hub_connections_per_user: 100,
+            hub_invocations_per_second: 20,
+            hub_max_message_bytes: 32 * 1024,
             shutdown_timeout_seconds: 10,
         }
     }

@@ -29,6 +29,7 @@ use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Regi
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::{CloseReason, ConnKey, Frame};
+use crate::limits::{ConnectionPermit, RateLimiter};
 use crate::protocol::{self, HubMessage, RecordBuffer};
 use crate::HubContext;
 
@@ -154,6 +155,10 @@ impl Stateful {
 /// A logical connection: hub membership, queues and protocol state. It
 /// outlives its socket when parked for a stateful reconnect.
 pub struct Conn {
+    /// This user's slot among its open connections, released on drop.
+    _permit: ConnectionPermit,
+    /// Invocations per second.
+    calls: RateLimiter,
     ctx: HubContext,
     principal: Principal,
     key: ConnKey,
@@ -185,6 +190,7 @@ pub(crate) async fn run(
     stream: MessageStream,
     token: Option<String>,
     stateful_negotiated: bool,
+    permit: ConnectionPermit,
 ) {
     let max = ctx.config.max_message_bytes;
     let mut stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
@@ -209,7 +215,10 @@ pub(crate) async fn run(
         return;
     }
     let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
+    let calls = RateLimiter::new(ctx.config.invocations_per_second, ctx.config.invocations_per_second * 2);
     let conn = Conn {
+        _permit: permit,
+        calls,
         ctx,
         principal,
         key,
@@ -493,7 +502,14 @@ impl Conn {
         }
         match message {
             HubMessage::Invocation { invocation_id, target, arguments } => {
-                let outcome = self.invoke(&target, &arguments, writer).await?;
+                let outcome = if self.calls.allow() {
+                    self.invoke(&target, &arguments, writer).await?
+                } else {
+                    Err(CallError(format!(
+                        "Too many invocations: at most {} per second.",
+                        self.ctx.config.invocations_per_second
+                    )))
+                };
                 if let Some(id) = invocation_id {
                     let reply = match outcome {
                         Ok(result) => protocol::completion_result(&id, &result),

@@ -60,6 +60,12 @@ fn authenticate(ctx: &HubContext, req: &HttpRequest, query: &HubQuery) -> Result
     ctx.verifier.verify(&token)
 }
 
+fn too_many(detail: &str) -> HttpResponse {
+    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, "Too many requests", detail);
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+    response
+}
+
 fn unauthorized(err: &AuthError) -> HttpResponse {
     problem(StatusCode::UNAUTHORIZED, "Unauthorized", &err.to_string())
 }
@@ -81,6 +87,9 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
         Ok(p) => p,
         Err(err) => return unauthorized(&err),
     };
+    if !ctx.limits.allow_negotiate(&principal.subject) {
+        return too_many("Too many negotiations for this user; wait a minute.");
+    }
     let stateful = ctx.config.allow_stateful_reconnect && query.use_stateful_reconnect.as_deref() == Some("true");
     let connection_id = random_id();
     // Signed and self-contained: the WebSocket may land on any node.
@@ -150,9 +159,19 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
             }
         }
         None => match authenticate(&ctx, &req, &query) {
-            Ok(principal) => Attach::New { principal, token: None, stateful: false },
+            Ok(principal) if ctx.limits.allow_negotiate(&principal.subject) => {
+                Attach::New { principal, token: None, stateful: false }
+            }
+            Ok(_) => return too_many("Too many connection attempts for this user; wait a minute."),
             Err(err) => return unauthorized(&err),
         },
+    };
+    let permit = match &attach {
+        Attach::New { principal, .. } => match ctx.limits.open_connection(&principal.subject) {
+            Some(permit) => Some(permit),
+            None => return too_many("Too many open connections for this user."),
+        },
+        Attach::Resume(_) => None,
     };
     let (response, session, stream) = match actix_ws::handle(&req, body) {
         Ok(parts) => parts,
@@ -169,7 +188,8 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
     // The message stream is not Send: the loop runs on this worker's runtime.
     match attach {
         Attach::New { principal, token, stateful } => {
-            actix_web::rt::spawn(connection::run(ctx, principal, session, stream, token, stateful));
+            let permit = permit.expect("a new connection has a permit");
+            actix_web::rt::spawn(connection::run(ctx, principal, session, stream, token, stateful, permit));
         }
         Attach::Resume(parked) => {
             actix_web::rt::spawn(connection::resume(parked, session, stream));

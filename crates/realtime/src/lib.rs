@@ -10,6 +10,7 @@
 //! - [`protocol`]: records, handshake, messages; pure functions.
 //! - [`hub`]: the task that owns connections and groups, and its handle.
 //! - [`connection`]: one WebSocket's loop and the hub methods.
+//! - [`limits`]: negotiations, connections and invocations per user.
 //! - [`http`]: `POST /hubs/jobs/negotiate` and the WebSocket endpoint.
 //! - [`delivery`]: the event handler that sends published events to groups.
 
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod delivery;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -55,6 +57,12 @@ pub struct HubConfig {
     pub max_replay: u32,
     /// Groups one connection may be in.
     pub max_groups_per_connection: usize,
+    /// Negotiations (and connections without one) per user per minute.
+    pub negotiate_per_minute: u32,
+    /// Open connections per user on this node.
+    pub connections_per_user: usize,
+    /// Invocations per second per connection (bursts up to twice that).
+    pub invocations_per_second: u32,
 }
 
 impl Default for HubConfig {
@@ -72,6 +80,9 @@ impl Default for HubConfig {
             max_message_bytes: 32 * 1024,
             max_replay: 10_000,
             max_groups_per_connection: 100,
+            negotiate_per_minute: 600,
+            connections_per_user: 100,
+            invocations_per_second: 20,
         }
     }
 }
@@ -89,6 +100,8 @@ pub struct HubContext {
     pub tickets: Arc<dyn ConnectionTokens>,
     /// Limits and timers.
     pub config: Arc<HubConfig>,
+    /// Per-user counters.
+    pub limits: Arc<limits::Limits>,
 }
 
 impl HubContext {
@@ -100,6 +113,7 @@ impl HubContext {
         config: HubConfig,
     ) -> Self {
         let hub = hub::spawn(config.negotiate_ttl, config.reconnect_window, config.outbound_max_bytes);
-        Self { hub, event_log, verifier, tickets, config: Arc::new(config) }
+        let limits = limits::Limits::new(config.negotiate_per_minute, config.connections_per_user);
+        Self { hub, event_log, verifier, tickets, config: Arc::new(config), limits }
     }
 }
