@@ -22,6 +22,27 @@ echo "== Rust workspace tests"
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1
 
+echo "== Chromium for the browser tests (tests/e2e/browser.test.mjs)"
+if [ -x /usr/bin/chromium ]; then
+  echo "run-all: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium) is installed"
+elif [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "run-all: /usr/bin/chromium is missing: apt-get install -y chromium"
+  if ! (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium); then
+    if [ "${CI:-}" = "true" ]; then
+      echo "run-all: installing chromium failed; failing because CI=true" >&2
+      exit 1
+    fi
+    echo "run-all: installing chromium failed; the browser tests skip" >&2
+  fi
+else
+  echo "run-all: /usr/bin/chromium is missing and cannot be installed here (not root, or no apt-get):" \
+    "install it with 'sudo apt-get install chromium'; the browser tests skip" >&2
+  if [ "${CI:-}" = "true" ]; then
+    echo "run-all: failing because CI=true" >&2
+    exit 1
+  fi
+fi
+
 echo "== End-to-end tests (real binary, official SignalR client)"
 export SMARTSCHEDULER_BIN="$root/target/debug/smartscheduler"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$log" || status=1

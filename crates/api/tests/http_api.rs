@@ -1100,7 +1100,7 @@ async fn the_service_is_live_and_ready_without_a_token() {
 async fn an_unknown_route_is_a_404_problem() {
     let app = spawn_app().await;
     expect_problem(app.get("/api/nothing-here").await, StatusCode::NOT_FOUND).await;
-    expect_problem(app.get("/").await, StatusCode::NOT_FOUND).await;
+    expect_problem(app.get("/nothing-here").await, StatusCode::NOT_FOUND).await;
     let response = app.request(Method::GET, "/api/assignments", Some(&app.admin())).send().await.unwrap();
     expect_problem(response, StatusCode::NOT_FOUND).await;
 }
