@@ -16,6 +16,7 @@ use smartscheduler_domain::ports::EventLog;
 use smartscheduler_domain::EventType;
 use smartscheduler_infrastructure::postgres_lease::PostgresLease;
 use smartscheduler_infrastructure::redis_bus::RedisBus;
+use smartscheduler_infrastructure::tokens::JwksVerifier;
 use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
 use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery};
 use tokio::sync::Notify;
@@ -56,8 +57,16 @@ impl Application {
     pub async fn build_with(config: ServeConfig, handlers: HandlerRegistry) -> anyhow::Result<Self> {
         crate::http::metrics::handle();
         let secret = config.secret.resolve()?;
-        let verifier: Arc<dyn TokenVerifier> =
-            Arc::new(JwtTokens::hs256(secret.as_bytes()).context("the token secret is not usable")?);
+        let issuer = config.secret.jwt_issuer.as_deref();
+        let audience = config.secret.jwt_audience.as_deref();
+        let verifier: Arc<dyn TokenVerifier> = match &config.secret.jwt_jwks_file {
+            Some(path) => Arc::new(JwksVerifier::from_file(path, issuer, audience).map_err(anyhow::Error::msg)?),
+            None => Arc::new(
+                JwtTokens::hs256(secret.as_bytes())
+                    .context("the token secret is not usable")?
+                    .expecting(issuer, audience),
+            ),
+        };
 
         let database_url = config.database_url();
         let db = Database::connect(&database_url).await?;

@@ -119,6 +119,16 @@ pub struct SecretArgs {
     /// Folder for the default database and the generated secret.
     #[arg(long, env = "SMARTSCHEDULER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Required `iss` of bearer tokens (unset: not checked).
+    #[arg(long, env = "SMARTSCHEDULER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of bearer tokens (unset: not checked).
+    #[arg(long, env = "SMARTSCHEDULER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// A JWKS file of an external identity provider: bearer tokens are then
+    /// RS256/ES256 (…) signed by its keys, chosen by `kid`, instead of HS256.
+    #[arg(long, env = "SMARTSCHEDULER_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
 }
 
 /// Settings of `token`.
@@ -186,7 +196,13 @@ impl ServeConfig {
             bind: "127.0.0.1:0".into(),
             database_url: Some("sqlite::memory:".into()),
             redis_url: None,
-            secret: SecretArgs { jwt_secret: Some(secret.into()), data_dir: PathBuf::from("data") },
+            secret: SecretArgs {
+                jwt_secret: Some(secret.into()),
+                data_dir: PathBuf::from("data"),
+                jwt_issuer: None,
+                jwt_audience: None,
+                jwt_jwks_file: None,
+            },
             cors_origins: Vec::new(),
             log_format: "text".into(),
             delivery: DeliveryArgs::default(),

@@ -95,7 +95,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             contractor_id,
             sub: Some(sub.to_owned()),
             ttl: args.ttl,
-            secret: SecretArgs { jwt_secret: Some(secret.clone()), data_dir: args.secret.data_dir.clone() },
+            secret: SecretArgs { jwt_secret: Some(secret.clone()), ..args.secret.clone() },
         })
     };
     let admin = token("Admin", &[], None, "demo-admin")?;

@@ -45,6 +45,8 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
         contractor_id: args.contractor_id.map(|id| id.to_string()),
         exp: now + args.ttl,
         iat: Some(now),
+        iss: args.secret.jwt_issuer.clone(),
+        aud: args.secret.jwt_audience.clone(),
     };
     anyhow::ensure!(
         smartscheduler_domain::Role::parse(&claims.role).is_some(),

@@ -12,7 +12,7 @@ use smartscheduler_application::{AuthError, TokenVerifier};
 use smartscheduler_domain::{ContractorId, Principal, Role};
 
 /// The claims of a SmartScheduler token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Claims {
     /// Subject.
@@ -30,6 +30,12 @@ pub struct Claims {
     /// Issued at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Issuer, when the service expects one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience, when the service expects one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 /// Issues and verifies HS256 tokens with one secret.
@@ -55,15 +61,18 @@ impl JwtTokens {
     /// # Errors
     /// An empty secret.
     pub fn hs256(secret: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let validation = validation(Algorithm::HS256, None, None);
         Ok(Self {
             encoding: EncodingKey::from_secret(secret)?,
             decoding: DecodingKey::from_secret(secret)?,
             validation,
         })
+    }
+
+    /// Also requires `iss` and/or `aud` to match, when given.
+    pub fn expecting(mut self, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        self.validation = validation(Algorithm::HS256, issuer, audience);
+        self
     }
 
     /// Signs `claims`.
@@ -75,31 +84,166 @@ impl JwtTokens {
     }
 }
 
+/// The validation every verifier uses: the one algorithm pinned, `exp` and
+/// `sub` required, `exp`/`nbf` with [`LEEWAY_SECONDS`], `iss`/`aud` when set.
+fn validation(algorithm: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    if let Some(issuer) = issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    match audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation
+}
+
+fn auth_error(e: &jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+        ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".into()),
+        ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
+        ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+        ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+        ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+            AuthError::Invalid("claims are missing or malformed".into())
+        }
+        _ => AuthError::Invalid("malformed token".into()),
+    }
+}
+
+fn principal(claims: Claims) -> Result<Principal, AuthError> {
+    let role =
+        Role::parse(&claims.role).ok_or_else(|| AuthError::Invalid(format!("unknown role '{}'", claims.role)))?;
+    let contractor_id = match claims.contractor_id.as_deref() {
+        Some(id) => {
+            Some(id.parse::<ContractorId>().map_err(|_| AuthError::Invalid("contractorId is not a UUID".into()))?)
+        }
+        None => None,
+    };
+    if role == Role::Contractor && contractor_id.is_none() {
+        return Err(AuthError::Invalid("a Contractor token needs contractorId".into()));
+    }
+    Ok(Principal { subject: claims.sub, role, regions: claims.regions, contractor_id })
+}
+
 impl TokenVerifier for JwtTokens {
     fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-            ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".into()),
-            ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet".into()),
-            ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
-                AuthError::Invalid("claims are missing or malformed".into())
-            }
-            _ => AuthError::Invalid("malformed token".into()),
-        })?;
-        let claims = data.claims;
-        let role =
-            Role::parse(&claims.role).ok_or_else(|| AuthError::Invalid(format!("unknown role '{}'", claims.role)))?;
-        let contractor_id = match claims.contractor_id.as_deref() {
-            Some(id) => {
-                Some(id.parse::<ContractorId>().map_err(|_| AuthError::Invalid("contractorId is not a UUID".into()))?)
-            }
-            None => None,
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| auth_error(&e))?;
+        principal(data.claims)
+    }
+}
+
+/// Verifies tokens of an external identity provider (Cognito, Keycloak...)
+/// signed with RS256/384/512, PS256/384/512 or ES256/384, keys from a JWKS
+/// file chosen by the token's `kid`. The algorithm is the key's, never the
+/// token's say-so: a token whose header names another is refused, and
+/// symmetric (`oct`) keys and `alg: none` are never accepted. An unknown
+/// `kid` re-reads the file (at most every 10 s), so keys rotate by
+/// replacing the file.
+pub struct JwksVerifier {
+    path: std::path::PathBuf,
+    issuer: Option<String>,
+    audience: Option<String>,
+    keys: std::sync::RwLock<JwksKeys>,
+}
+
+struct JwksKeys {
+    loaded: std::time::Instant,
+    by_kid: std::collections::HashMap<String, (DecodingKey, Algorithm)>,
+}
+
+impl std::fmt::Debug for JwksVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksVerifier").field("path", &self.path).finish()
+    }
+}
+
+const ASYMMETRIC: [Algorithm; 8] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+
+fn load_jwks(path: &Path) -> Result<std::collections::HashMap<String, (DecodingKey, Algorithm)>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the JWKS file {}: {e}", path.display()))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("the JWKS file is not a JWK set: {e}"))?;
+    let mut keys = std::collections::HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        let algorithm = match (jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok()), &jwk.algorithm) {
+            (Some(alg), _) => alg,
+            (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+            (None, AlgorithmParameters::EllipticCurve(ec)) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+            (None, AlgorithmParameters::EllipticCurve(ec)) if ec.curve == EllipticCurve::P384 => Algorithm::ES384,
+            _ => continue,
         };
-        if role == Role::Contractor && contractor_id.is_none() {
-            return Err(AuthError::Invalid("a Contractor token needs contractorId".into()));
+        if !ASYMMETRIC.contains(&algorithm) {
+            continue; // never a shared-secret key from a key set
         }
-        Ok(Principal { subject: claims.sub, role, regions: claims.regions, contractor_id })
+        if let Ok(key) = DecodingKey::from_jwk(jwk) {
+            keys.insert(kid, (key, algorithm));
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!("the JWKS file {} has no usable signing key with a kid", path.display()));
+    }
+    Ok(keys)
+}
+
+impl JwksVerifier {
+    /// Reads the key set at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds no usable key.
+    pub fn from_file(path: &Path, issuer: Option<&str>, audience: Option<&str>) -> Result<Self, String> {
+        let by_kid = load_jwks(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            keys: std::sync::RwLock::new(JwksKeys { loaded: std::time::Instant::now(), by_kid }),
+        })
+    }
+
+    fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
+        if let Some(found) = self.keys.read().ok()?.by_kid.get(kid) {
+            return Some(found.clone());
+        }
+        let mut keys = self.keys.write().ok()?;
+        if keys.loaded.elapsed() >= std::time::Duration::from_secs(10) {
+            keys.loaded = std::time::Instant::now();
+            match load_jwks(&self.path) {
+                Ok(by_kid) => keys.by_kid = by_kid,
+                Err(err) => tracing::warn!(%err, "could not reload the JWKS file"),
+            }
+        }
+        keys.by_kid.get(kid).cloned()
+    }
+}
+
+impl TokenVerifier for JwksVerifier {
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| auth_error(&e))?;
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("the token has no kid".into()))?;
+        let (key, algorithm) = self.key(&kid).ok_or_else(|| AuthError::Invalid("unknown signing key".into()))?;
+        if header.alg != algorithm {
+            return Err(AuthError::Invalid("algorithm not allowed".into()));
+        }
+        let validation = validation(algorithm, self.issuer.as_deref(), self.audience.as_deref());
+        let data = decode::<Claims>(token, &key, &validation).map_err(|e| auth_error(&e))?;
+        principal(data.claims)
     }
 }
 
@@ -146,6 +290,8 @@ mod tests {
             contractor_id: None,
             exp: now() + 600,
             iat: None,
+            iss: None,
+            aud: None,
         }
     }
 

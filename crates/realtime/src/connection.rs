@@ -557,6 +557,15 @@ impl Conn {
         self.join(target, group, after, writer).await
     }
 
+    /// Takes back a join that just happened, unless the connection was
+    /// already a member before it.
+    async fn undo_join(&mut self, was_member: bool, group: Group) {
+        if !was_member {
+            self.membership.groups.remove(&group);
+            let _ = self.ctx.hub.leave(self.key, group).await;
+        }
+    }
+
     async fn leave(&mut self, group: Group) -> Result<Value, CallError> {
         self.membership.groups.remove(&group);
         self.membership.floors.remove(&group);
@@ -583,6 +592,8 @@ impl Conn {
                 &format!("A connection may join at most {} groups.", self.ctx.config.max_groups_per_connection),
             )));
         }
+        // A refused replay must not undo a membership the connection had.
+        let was_member = self.membership.groups.contains(&group);
         // Join first, so live events queue up while the replay is read: no gap.
         match self.ctx.hub.join(self.key, group.clone()).await {
             Ok(true) => {}
@@ -595,8 +606,7 @@ impl Conn {
         };
         match self.ctx.event_log.purged_through().await {
             Ok(purged) if after < purged.0 => {
-                self.membership.groups.remove(&group);
-                let _ = self.ctx.hub.leave(self.key, group).await;
+                self.undo_join(was_member, group).await;
                 return Ok(Err(refused(
                     target,
                     "This position is older than the events kept for replay; reload the state over HTTP and join without afterSequence.",
@@ -609,14 +619,12 @@ impl Conn {
             Ok(missed) => missed,
             Err(err) => {
                 tracing::warn!(error = %err, %group, "replay failed");
-                self.membership.groups.remove(&group);
-                let _ = self.ctx.hub.leave(self.key, group).await;
+                self.undo_join(was_member, group).await;
                 return Ok(Err(refused(target, "The missed events could not be read; try again.")));
             }
         };
         if missed.len() > limit as usize {
-            self.membership.groups.remove(&group);
-            let _ = self.ctx.hub.leave(self.key, group).await;
+            self.undo_join(was_member, group).await;
             return Ok(Err(refused(
                 target,
                 &format!(

@@ -63,6 +63,7 @@ pub fn claims(role: &str, regions: &[&str], contractor_id: Option<Uuid>) -> Clai
         contractor_id: contractor_id.map(|id| id.to_string()),
         exp: now + 3600,
         iat: Some(now),
+        ..Claims::default()
     }
 }
 
