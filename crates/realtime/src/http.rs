@@ -133,6 +133,11 @@ enum Attach {
 /// without, a new one (skipNegotiation).
 pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubContext>) -> HttpResponse {
     let query = query(&req);
+    // Only a WebSocket upgrade may use (and so burn) a connection token.
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return problem(StatusCode::BAD_REQUEST, "Bad request", "this endpoint expects a WebSocket upgrade");
+    }
     let attach = match &query.id {
         Some(id) => {
             if let Ok(Some(parked)) = ctx.hub.resume(id.clone()).await {
