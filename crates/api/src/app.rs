@@ -20,6 +20,7 @@ use smartscheduler_infrastructure::tokens::JwksVerifier;
 use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
 use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::config::ServeConfig;
 use crate::http;
@@ -157,13 +158,27 @@ impl Application {
                     // Method and path only: query strings can carry access tokens.
                     let method = req.method().clone();
                     let path = req.path().to_owned();
+                    let request_id = request_id(req.headers());
+                    let span = tracing::info_span!("http_request", %request_id, %method, %path);
                     let started = Instant::now();
-                    let fut = srv.call(req);
+                    let fut = {
+                        let _entered = span.enter();
+                        srv.call(req)
+                    };
                     async move {
-                        let res = fut.await?;
-                        tracing::info!(%method, %path, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+                        let mut res = fut.await?;
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "request"
+                        );
+                        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&request_id) {
+                            res.headers_mut()
+                                .insert(actix_web::http::header::HeaderName::from_static("x-request-id"), value);
+                        }
                         Ok(res)
                     }
+                    .instrument(span)
                 })
                 .app_data(catalog.clone())
                 .app_data(assign.clone())
@@ -270,4 +285,20 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
         cors = cors.allowed_origin(origin);
     }
     cors
+}
+
+/// The caller's `X-Request-Id` when it is a sane token (1 to 64 of
+/// `A-Z a-z 0-9 - _ .`), else a fresh UUID. It is logged on every line of the
+/// request's span and returned in the response.
+fn request_id(headers: &actix_web::http::header::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }

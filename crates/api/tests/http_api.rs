@@ -1405,3 +1405,20 @@ async fn idempotency_keys_are_per_caller_and_must_be_visible_ascii() {
         .unwrap();
     expect_problem(other, StatusCode::CONFLICT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_a_request_id_echoing_a_sane_one_from_the_caller() {
+    let app = spawn_app().await;
+    let fresh = app.live().await;
+    let id = fresh.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(Uuid::parse_str(&id).is_ok(), "a generated id: {id}");
+
+    let echoed =
+        app.request(Method::GET, "/health/live", None).header("X-Request-Id", "trace-42.a_b").send().await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-42.a_b");
+
+    let hostile =
+        app.request(Method::GET, "/health/live", None).header("X-Request-Id", "a b\"<script>").send().await.unwrap();
+    let replaced = hostile.headers()["x-request-id"].to_str().unwrap();
+    assert!(Uuid::parse_str(replaced).is_ok(), "an unsafe id is replaced: {replaced}");
+}
