@@ -50,7 +50,7 @@ impl PostgresStore {
     /// When the server cannot be reached or a migration fails.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         let pool =
-            PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
+            PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(5)).connect(url).await?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -385,8 +385,10 @@ async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, event: &Do
     let event_id = event.event_id().as_uuid();
     let occurred = event.occurred_at_utc().unix_millis();
     sqlx::query(
+        // Due at once (0), not at this node's clock: the publishing node
+        // compares with its own, and clocks of nodes may differ.
         "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $5)",
+         VALUES ($1, $2, $3, $4, $5, 0)",
     )
     .bind(event_id)
     .bind(event.event_type().as_str())
@@ -602,7 +604,8 @@ impl EventLog for PostgresStore {
     ) -> Result<Vec<(DomainEvent, Sequence)>, StoreError> {
         let rows = sqlx::query(
             "SELECT e.payload, g.sequence FROM event_groups g JOIN event_log e ON e.event_id = g.event_id
-             WHERE g.group_name = $1 AND g.sequence > $2 ORDER BY g.sequence LIMIT $3",
+             WHERE g.group_name = $1 AND g.sequence > $2 AND e.status = 'Published'
+             ORDER BY g.sequence LIMIT $3",
         )
         .bind(group.as_str())
         .bind(after.0)

@@ -401,14 +401,14 @@ async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, event: &Doma
     let event_id = event.event_id().to_string();
     let occurred = event.occurred_at_utc().unix_millis();
     sqlx::query(
+        // Due at once (0): only a failed attempt sets a later time.
         "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, 0)",
     )
     .bind(&event_id)
     .bind(event.event_type().as_str())
     .bind(event.aggregate_id().to_string())
     .bind(payload)
-    .bind(occurred)
     .bind(occurred)
     .execute(&mut **tx)
     .await

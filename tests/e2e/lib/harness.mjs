@@ -962,3 +962,61 @@ export async function startSwitchProxy(t, target) {
   proxy.base = `http://127.0.0.1:${server.address().port}`;
   return proxy;
 }
+
+// ---------------------------------------------------------------------------
+// Hostile input (security.test.mjs). New helpers only; nothing above changes.
+
+/**
+ * A JWT with any header and signature, for tokens an attacker would make:
+ * `alg` goes in the header (merged with `header`) and picks the HMAC used
+ * with `secret` (HS256, HS384, HS512; anything else signs with `hmac`,
+ * default sha256); `signature` replaces the third segment outright (`""` for
+ * `alg: none`).
+ */
+export function forgeJwt(claims, { alg = "HS256", header = {}, secret = SECRET, hmac, signature } = {}) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const head = `${b64({ typ: "JWT", alg, ...header })}.${b64(claims)}`;
+  if (signature !== undefined) return `${head}.${signature}`;
+  const hash = hmac ?? { HS256: "sha256", HS384: "sha384", HS512: "sha512" }[alg] ?? "sha256";
+  return `${head}.${createHmac(hash, secret).update(head).digest("base64url")}`;
+}
+
+/**
+ * A plain TCP connection to the server that writes `chunks` (strings or
+ * Buffers, `pauseMs` apart), waits `lingerMs`, then closes (`reset: true`
+ * destroys it with a RST instead of a FIN). Resolves with whatever the
+ * server answered, as latin1 text; never rejects.
+ */
+export async function junkConnection(server, chunks, { lingerMs = 50, pauseMs = 0, reset = false } = {}) {
+  const { connect: tcpConnect } = await import("node:net");
+  return new Promise((resolve) => {
+    let answer = "";
+    let done = false;
+    const socket = tcpConnect({ port: server.port, host: "127.0.0.1" });
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(guard);
+      if (reset && typeof socket.resetAndDestroy === "function") socket.resetAndDestroy();
+      else socket.destroy();
+      resolve(answer);
+    };
+    const guard = setTimeout(finish, 10_000);
+    socket.on("data", (d) => (answer += d.toString("latin1")));
+    socket.on("error", finish);
+    socket.on("close", finish);
+    socket.once("connect", async () => {
+      try {
+        for (const chunk of chunks) {
+          if (done) return;
+          socket.write(chunk);
+          if (pauseMs) await sleep(pauseMs);
+        }
+        await sleep(lingerMs);
+      } catch {
+        // the server hung up first
+      }
+      finish();
+    });
+  });
+}
