@@ -3,22 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { startServer, dispatcherToken, sleep, T } from "./lib/harness.mjs";
-
-/** Runs `fn` over `items` with at most `limit` in flight. */
-async function pool(items, limit, fn) {
-  const results = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) {
-        const i = next++;
-        results[i] = await fn(items[i], i);
-      }
-    }),
-  );
-  return results;
-}
+import { startServer, dispatcherToken, sleep, pool, T } from "./lib/harness.mjs";
 
 function assertStrictlyIncreasing(sequences, what) {
   for (let i = 1; i < sequences.length; i++) {
