@@ -17,6 +17,11 @@ use smartscheduler_domain::{ContractorId, Principal, Role};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Longest token redeemed. A ticket embeds the principal, so a token with
+/// many regions makes a long one; 16 KiB is well above any sane claim set
+/// and keeps the work per attempt small.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
 /// Signs and checks connection tokens with a key derived from the secret.
 #[derive(Clone)]
 pub struct SignedConnectionTokens {
@@ -82,7 +87,7 @@ impl ConnectionTokens for SignedConnectionTokens {
     }
 
     fn redeem(&self, token: &str) -> Option<ConnectionTicket> {
-        if token.len() > 4096 {
+        if token.len() > MAX_TOKEN_LEN {
             return None;
         }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;

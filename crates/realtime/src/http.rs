@@ -95,6 +95,14 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
     // Signed and self-contained: the WebSocket may land on any node.
     let ticket = ConnectionTicket { connection_id: connection_id.clone(), principal, stateful };
     let token = ctx.tickets.issue(&ticket, ctx.config.negotiate_ttl);
+    if token.len() > 16 * 1024 {
+        // The WebSocket would refuse it: say so now rather than loop.
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "the bearer token's claims are too large for a hub connection",
+        );
+    }
     let mut body = json!({
         "negotiateVersion": 1,
         "connectionId": connection_id,
