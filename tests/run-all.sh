@@ -44,7 +44,7 @@ else
 fi
 
 echo "== End-to-end tests (real binary, official SignalR client)"
-export SMARTSCHEDULER_BIN="$root/target/debug/smartscheduler"
+export SMARTSCHEDULER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/smartscheduler"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$log" || status=1
 
 # One closing line over every runner: cargo's 'test result' lines and node's summary.
