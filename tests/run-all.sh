@@ -47,6 +47,9 @@ echo "== End-to-end tests (real binary, official SignalR client)"
 export SMARTSCHEDULER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/smartscheduler"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$log" || status=1
 
+echo "== Benchmark smoke (scripts/bench.sh --smoke: tiny sizes, debug build)"
+if bash scripts/bench.sh --smoke; then echo "ss-bench smoke: ok"; else echo "ss-bench smoke: FAILED" >&2; status=1; fi
+
 # One closing line over every runner: cargo's 'test result' lines and node's summary.
 cargo_pass=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
 cargo_fail=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
