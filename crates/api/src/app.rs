@@ -159,7 +159,7 @@ impl Application {
                     let method = req.method().clone();
                     let path = req.path().to_owned();
                     let request_id = request_id(req.headers());
-                    let span = tracing::info_span!("http_request", %request_id, %method, %path);
+                    let span = tracing::info_span!("http_request", %request_id);
                     let started = Instant::now();
                     let fut = {
                         let _entered = span.enter();
@@ -168,6 +168,8 @@ impl Application {
                     async move {
                         let mut res = fut.await?;
                         tracing::info!(
+                            %method,
+                            %path,
                             status = res.status().as_u16(),
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "request"
