@@ -275,10 +275,14 @@ test("cross-origin: the official browser bundle on an allowed origin connects wi
   const page = await newPage(browser);
   const sockets = [];
   page.on("websocket", (ws) => sockets.push(ws.url()));
-  const negotiations = [];
-  page.on("response", async (r) => {
+  // Recorded synchronously (as promises): the headers are read later, so no
+  // assertion races the event handler.
+  const pending = [];
+  page.on("response", (r) => {
     if (r.url().includes("/hubs/jobs/negotiate")) {
-      negotiations.push({ request: await r.request().allHeaders(), response: await r.allHeaders(), status: r.status() });
+      pending.push(
+        (async () => ({ request: await r.request().allHeaders(), response: await r.allHeaders(), status: r.status() }))(),
+      );
     }
   });
   await page.goto(allowed.origin + "/");
@@ -288,6 +292,7 @@ test("cross-origin: the official browser bundle on an allowed origin connects wi
 
   // The token went in the Authorization header of negotiate (so the browser
   // preflighted it) and in the access_token query parameter of the WebSocket.
+  const negotiations = await Promise.all(pending);
   assert.equal(negotiations.length, 1);
   const [negotiation] = negotiations;
   assert.equal(negotiation.status, 200);
