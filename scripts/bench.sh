@@ -23,7 +23,8 @@ done
 
 if $smoke; then
   profile=debug
-  cargo build -q -p smartscheduler-api -p smartscheduler-bench
+  # The same build as the test command's, so it is a no-op there.
+  cargo build -q --workspace --all-targets
   : "${PERSIST_COUNT:=200}" "${PERSIST_CONCURRENCY:=16}" "${FANOUT_CLIENTS:=50}" "${FANOUT_EVENTS:=20}"
 else
   profile=release
@@ -31,8 +32,9 @@ else
   : "${PERSIST_COUNT:=5000}" "${PERSIST_CONCURRENCY:=32}" "${FANOUT_CLIENTS:=1000}" "${FANOUT_EVENTS:=500}"
 fi
 : "${FANOUT_ASSIGN_CONCURRENCY:=4}"
-bin="$root/target/$profile/smartscheduler"
-bench="$root/target/$profile/ss-bench"
+target="${CARGO_TARGET_DIR:-$root/target}"
+bin="$target/$profile/smartscheduler"
+bench="$target/$profile/ss-bench"
 
 # One process may hold at most the hard limit of open files (20,000 here).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
