@@ -53,20 +53,7 @@ impl EventTailer {
     }
 
     async fn highest_published(&self) -> Option<i64> {
-        // Walk to the end in pages: at start only.
-        let mut after = 0;
-        loop {
-            let page = self
-                .log
-                .list(EventQuery { after_sequence: Some(Sequence(after)), status: None, limit: self.batch })
-                .await
-                .ok()?;
-            match page.last().and_then(|e| e.sequence) {
-                Some(last) if page.len() as u32 == self.batch => after = last.0,
-                Some(last) => return Some(last.0),
-                None => return Some(after),
-            }
-        }
+        self.log.highest_published().await.ok().map(|s| s.0)
     }
 
     /// Delivers everything published after `position`; returns the new one.

@@ -342,6 +342,12 @@ pub trait EventLog: Send + Sync {
     /// # Errors
     /// [`StoreError`].
     async fn purged_through(&self) -> Result<Sequence, StoreError>;
+    /// The highest sequence of a Published row (0 when none): where a node
+    /// that starts following the log begins.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn highest_published(&self) -> Result<Sequence, StoreError>;
     /// How many rows are Pending and how many Failed.
     ///
     /// # Errors

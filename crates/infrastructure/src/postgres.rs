@@ -682,6 +682,14 @@ impl EventLog for PostgresStore {
         Ok(Sequence(through))
     }
 
+    async fn highest_published(&self) -> Result<Sequence, StoreError> {
+        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(Sequence(highest.unwrap_or(0)))
+    }
+
     async fn backlog(&self) -> Result<(u64, u64), StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) FILTER (WHERE status = 'Pending') AS pending,

@@ -681,6 +681,14 @@ impl EventLog for SqliteStore {
         Ok(Sequence(through))
     }
 
+    async fn highest_published(&self) -> Result<Sequence, StoreError> {
+        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published'")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(Sequence(highest.unwrap_or(0)))
+    }
+
     async fn backlog(&self) -> Result<(u64, u64), StoreError> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(status = 'Pending'), 0) AS pending, COALESCE(SUM(status = 'Failed'), 0) AS failed

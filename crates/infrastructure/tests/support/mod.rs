@@ -76,6 +76,7 @@ macro_rules! store_suite {
             a_live_idempotency_key_cannot_be_taken_twice_but_an_expired_one_can,
             retrying_a_failed_event_makes_it_pending_and_due_with_attempts_reset,
             purging_deletes_old_published_rows_only_and_raises_the_watermark,
+            highest_published_is_the_top_published_sequence_and_ignores_claimed_rows,
         );
         $crate::support::store_suite!(@multi $backend;
             twenty_concurrent_assignments_of_one_job_commit_exactly_one,
@@ -1025,4 +1026,20 @@ pub async fn purging_deletes_old_published_rows_only_and_raises_the_watermark<B:
     let north = Group::dispatch(&Region::new("north").unwrap());
     let replay = db.store.replay(north, Sequence(0), 10).await.unwrap();
     assert!(replay.iter().all(|(e, _)| e.event_id() == events[2].event_id()));
+}
+
+pub async fn highest_published_is_the_top_published_sequence_and_ignores_claimed_rows<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    assert_eq!(db.store.highest_published().await.unwrap(), Sequence(0));
+    db.commit_events(3).await;
+    let claimed = db.store.claim_due(later(), 3).await.unwrap();
+    let rows = claimed[..2]
+        .iter()
+        .map(|c| PublishedRow { event_id: c.event.event_id(), sequence: c.sequence, groups: c.event.audience() })
+        .collect();
+    db.store.mark_published(rows, Timestamp::now()).await.unwrap();
+    // The third row is claimed (it has a higher sequence) but not published.
+    assert_eq!(db.store.highest_published().await.unwrap(), claimed[1].sequence);
 }
