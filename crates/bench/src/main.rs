@@ -1,35 +1,40 @@
-//! `ss-bench`: a load generator for SmartScheduler.
+//! `ss-bench`: a load generator for SmartScheduler and its peers.
 //!
 //! - `persist`: N concurrent `POST /api/jobs/{id}/assign` (setup not timed):
 //!   assignments per second and HTTP latency percentiles.
-//! - `fanout`: N WebSocket clients speaking the SignalR JSON protocol join
-//!   `dispatch/{region}`, then E assignments are made in that region: the
-//!   latency from sending the assign request to each client receiving its
-//!   `JobAssigned`, and the messages delivered per second to the group.
+//! - `fanout`: N WebSocket clients join groups (our hub: `dispatch/{region}`;
+//!   `--peer socketio`: rooms; `--peer floor`: no groups), some optionally
+//!   stalled (joined, never read again); then E events are published (our hub:
+//!   real assignments over HTTP; the peers: `POST /publish`), closed loop or at
+//!   a set rate: HTTP latency of the publishes, end-to-end delivery latency
+//!   (publish sent → event read by a client), messages delivered per second.
+//! - `idle`: N joined connections held idle: the server's RSS per connection
+//!   and the CPU it spends on keep-alives (from `/proc/PID`).
 //!
 //! Each scenario prints one human line and one JSON line (`{"scenario":…}`).
-//! The exit status is 1 when an assignment, a connection or a delivery failed.
+//! The exit status is 1 when a publish, a connection or a delivery failed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+mod conn;
+mod stats;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use futures_util::{stream, SinkExt, StreamExt};
+use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
 
-/// The SignalR record separator.
-const RS: u8 = 0x1e;
+use crate::conn::{Conn, Endpoint, Event, Peer, KEEPALIVE};
+use crate::stats::{json_line, round, Percentiles, ProcSample};
 
 #[derive(Debug, Parser)]
-#[command(name = "ss-bench", about = "Load generator for the SmartScheduler API and hub")]
+#[command(name = "ss-bench", about = "Load generator for the SmartScheduler API and hub, and its peers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,19 +44,21 @@ struct Cli {
 enum Command {
     /// Time N concurrent assignments over HTTP.
     Persist(PersistArgs),
-    /// Fan E assignments out to N hub clients in one dispatch group.
+    /// Publish E events to N subscribers spread over groups; delivery latency and rate.
     Fanout(FanoutArgs),
+    /// Hold N joined connections idle: server RSS per connection, CPU on keep-alives.
+    Idle(IdleArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 struct Target {
-    /// Base URL of the service, e.g. http://127.0.0.1:8080.
+    /// Base URL of the server, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     base: String,
-    /// Bearer token (Admin, or a Dispatcher of the region).
-    #[arg(long, env = "SS_BENCH_TOKEN", hide_env_values = true)]
+    /// Bearer token (Admin, or a Dispatcher of the regions); our hub only.
+    #[arg(long, env = "SS_BENCH_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
-    /// Region of the jobs, contractors and dispatch group.
+    /// Region of the jobs, contractors and dispatch group (with --regions 1).
     #[arg(long, default_value = "north")]
     region: String,
 }
@@ -68,25 +75,69 @@ struct PersistArgs {
     concurrency: usize,
 }
 
+#[derive(Debug, Clone, Args)]
+struct Connections {
+    /// Server to subscribe to: our hub, or a peer.
+    #[arg(long, value_enum, default_value = "signalr")]
+    peer: Peer,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Groups (regions `r000`, `r001`, …; with 1, `--region`); client i joins region i mod R.
+    #[arg(long, default_value_t = 1)]
+    regions: usize,
+    /// Connections opened (connect, upgrade, handshake, join) at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Local addresses to connect from, round robin (e.g. 127.0.0.1,127.0.0.2): more ephemeral ports.
+    #[arg(long, value_delimiter = ',')]
+    source_addrs: Vec<IpAddr>,
+}
+
 #[derive(Debug, Args)]
 struct FanoutArgs {
     #[command(flatten)]
     target: Target,
-    /// Hub clients joined to the dispatch group.
-    #[arg(long, default_value_t = 100)]
-    clients: usize,
-    /// Assignments (events) made once every client has joined.
+    #[command(flatten)]
+    conns: Connections,
+    /// Events published once every client has joined (event j goes to region j mod R).
     #[arg(long, default_value_t = 100)]
     events: usize,
-    /// Assign requests in flight at once.
-    #[arg(long, default_value_t = 4)]
-    assign_concurrency: usize,
-    /// Clients connecting (negotiate, upgrade, handshake, join) at once.
-    #[arg(long, default_value_t = 64)]
-    connect_concurrency: usize,
-    /// Seconds to wait for the last deliveries after the last assignment.
+    /// Publishes in flight at once (closed loop, when --rate is 0).
+    #[arg(long, alias = "assign-concurrency", default_value_t = 4)]
+    concurrency: usize,
+    /// Publishes per second, open loop (0: closed loop at --concurrency).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Open loop: publishes in flight at most (beyond it the schedule slips, and the run says so).
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// Fraction of the clients that join and then never read their socket again.
+    #[arg(long, default_value_t = 0.0)]
+    stalled_fraction: f64,
+    /// Seconds to wait for the last deliveries after the last publish.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    conns: Connections,
+    /// The server's process id (its /proc/PID/status and /proc/PID/stat are sampled).
+    #[arg(long)]
+    server_pid: u32,
+    /// Seconds to wait after the last join before the "after" sample.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+    /// Seconds held idle while the server's CPU time is measured.
+    #[arg(long, default_value_t = 60)]
+    hold: u64,
+    /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
 }
 
 #[tokio::main]
@@ -95,6 +146,7 @@ async fn main() {
     let result = match cli.command {
         Command::Persist(args) => persist(args).await,
         Command::Fanout(args) => fanout(args).await,
+        Command::Idle(args) => idle(args).await,
     };
     match result {
         Ok(true) => {}
@@ -124,10 +176,11 @@ fn id_of(value: &Value) -> Result<String> {
     value["id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no id in {value}"))
 }
 
-/// Creates `n` (job, contractor) pairs in the region, `concurrency` at a time.
+/// Creates `n` (job, contractor) pairs, pair i in `regions[i % len]`, `concurrency` at a time.
 async fn create_pairs(
     client: &reqwest::Client,
     t: &Target,
+    regions: &[String],
     n: usize,
     concurrency: usize,
 ) -> Result<Vec<(String, String)>> {
@@ -135,12 +188,13 @@ async fn create_pairs(
     let results: Vec<Result<(String, String)>> = stream::iter(0..n)
         .map(|i| {
             let run = &run;
+            let region = &regions[i % regions.len()];
             async move {
                 let (s, job) = post(
                     client,
                     t,
                     "/api/jobs",
-                    &json!({"jobType": "Flooring", "region": t.region, "durationMinutes": 120, "title": format!("bench {run} {i}")}),
+                    &json!({"jobType": "Flooring", "region": region, "durationMinutes": 120, "title": format!("bench {run} {i}")}),
                 )
                 .await?;
                 if s != 201 {
@@ -150,7 +204,7 @@ async fn create_pairs(
                     client,
                     t,
                     "/api/contractors",
-                    &json!({"name": format!("bench {run} {i}"), "region": t.region, "skills": ["hardwood"]}),
+                    &json!({"name": format!("bench {run} {i}"), "region": region, "skills": ["hardwood"]}),
                 )
                 .await?;
                 if s != 201 {
@@ -176,54 +230,14 @@ async fn assign(client: &reqwest::Client, t: &Target, job: &str, contractor: &st
     Ok(status == 201)
 }
 
-// ---------------------------------------------------------------- statistics
-
-struct Percentiles {
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-}
-
-/// Nearest-rank percentiles, in milliseconds.
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    samples.sort_unstable();
-    let at = |p: f64| -> f64 {
-        if samples.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-        samples[rank - 1].as_secs_f64() * 1000.0
-    };
-    Percentiles { p50: at(0.50), p99: at(0.99), p999: at(0.999), max: at(1.0) }
-}
-
-fn round(x: f64, digits: i32) -> Value {
-    if x.is_finite() {
-        let f = 10f64.powi(digits);
-        json!((x * f).round() / f)
-    } else {
-        Value::Null
-    }
-}
-
-/// `{"scenario":NAME,…fields}` on one line, the scenario first (serde_json sorts keys).
-fn json_line(scenario: &str, fields: Value) -> String {
-    let body = fields.to_string();
-    let rest = body.strip_prefix('{').unwrap_or(&body);
-    if rest == "}" {
-        format!("{{\"scenario\":{}}}", json!(scenario))
-    } else {
-        format!("{{\"scenario\":{},{rest}", json!(scenario))
-    }
-}
-
 // ---------------------------------------------------------------- persist
 
 async fn persist(args: PersistArgs) -> Result<bool> {
     let t = &args.target;
     let client = http_client(args.concurrency)?;
-    let pairs = create_pairs(&client, t, args.count, args.concurrency).await.context("setup")?;
+    let pairs = create_pairs(&client, t, std::slice::from_ref(&t.region), args.count, args.concurrency)
+        .await
+        .context("setup")?;
 
     let started = Instant::now();
     let results: Vec<(Duration, bool)> = stream::iter(pairs.iter())
@@ -246,7 +260,7 @@ async fn persist(args: PersistArgs) -> Result<bool> {
     let ok = results.iter().filter(|(_, ok)| *ok).count();
     let errors = results.len() - ok;
     let rate = ok as f64 / elapsed;
-    let p = percentiles(results.into_iter().filter(|(_, ok)| *ok).map(|(d, _)| d).collect());
+    let p = Percentiles::of(results.into_iter().filter(|(_, ok)| *ok).map(|(d, _)| d).collect());
     println!(
         "persist: {ok}/{} assignments in {elapsed:.2} s = {rate:.0} assignments/s at concurrency {}; HTTP latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {errors} errors",
         args.count, args.concurrency, p.p50, p.p99, p.p999, p.max
@@ -272,109 +286,56 @@ async fn persist(args: PersistArgs) -> Result<bool> {
     Ok(errors == 0)
 }
 
-// ---------------------------------------------------------------- hub client
+// ---------------------------------------------------------------- subscribers
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A SignalR JSON-protocol connection: splits text frames into records on 0x1E.
-struct HubConn {
-    ws: Ws,
-    tail: Vec<u8>,
-    records: VecDeque<Value>,
-}
-
-impl HubConn {
-    /// Negotiates, upgrades with the bearer token, and completes the handshake.
-    async fn connect(http: &reqwest::Client, t: &Target) -> Result<Self> {
-        let base = t.base.trim_end_matches('/');
-        let res =
-            http.post(format!("{base}/hubs/jobs/negotiate?negotiateVersion=1")).bearer_auth(&t.token).send().await?;
-        let status = res.status();
-        let body: Value = res.json().await.context("negotiate answer")?;
-        if !status.is_success() {
-            bail!("negotiate: {status} {body}");
-        }
-        let token =
-            body["connectionToken"].as_str().ok_or_else(|| anyhow!("negotiate: no connectionToken in {body}"))?;
-        let ws_base = base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
-        let mut request = format!("{ws_base}/hubs/jobs?id={token}").into_client_request()?;
-        request.headers_mut().insert(AUTHORIZATION, format!("Bearer {}", t.token).parse()?);
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.context("WebSocket upgrade")?;
-        let mut conn = Self { ws, tail: Vec::new(), records: VecDeque::new() };
-        conn.send_record(&json!({"protocol": "json", "version": 1})).await?;
-        let first = conn.next_record().await?;
-        if first.as_object().is_none_or(|o| !o.is_empty()) {
-            bail!("handshake refused: {first}");
-        }
-        Ok(conn)
-    }
-
-    async fn send_record(&mut self, record: &Value) -> Result<()> {
-        let mut text = record.to_string();
-        text.push(RS as char);
-        self.ws.send(Message::text(text)).await?;
-        Ok(())
-    }
-
-    /// The next record; cancel-safe (records are queued before returning).
-    async fn next_record(&mut self) -> Result<Value> {
-        loop {
-            if let Some(record) = self.records.pop_front() {
-                return Ok(record);
-            }
-            let message = self.ws.next().await.ok_or_else(|| anyhow!("connection closed"))??;
-            let data: &[u8] = match &message {
-                Message::Text(text) => text.as_bytes(),
-                Message::Binary(_) => bail!("unexpected binary frame"),
-                Message::Close(frame) => bail!("connection closed: {frame:?}"),
-                _ => continue, // WebSocket ping/pong: tungstenite answers pings itself.
-            };
-            let mut rest = data;
-            while let Some(pos) = rest.iter().position(|&b| b == RS) {
-                let mut record = std::mem::take(&mut self.tail);
-                record.extend_from_slice(&rest[..pos]);
-                self.records.push_back(serde_json::from_slice(&record).context("record is not JSON")?);
-                rest = &rest[pos + 1..];
-            }
-            self.tail.extend_from_slice(rest);
-        }
-    }
-
-    /// Invokes a hub method and waits for its completion (events that arrive
-    /// meanwhile are dropped: nothing is assigned yet when this runs).
-    async fn invoke(&mut self, id: &str, target: &str, arguments: Value) -> Result<Value> {
-        self.send_record(&json!({"type": 1, "invocationId": id, "target": target, "arguments": arguments})).await?;
-        loop {
-            let record = self.next_record().await?;
-            match record["type"].as_u64() {
-                Some(3) if record["invocationId"] == id => {
-                    if let Some(error) = record.get("error") {
-                        bail!("{target} failed: {error}");
-                    }
-                    return Ok(record["result"].clone());
-                }
-                Some(7) => bail!("closed by the server: {record}"),
-                _ => {}
-            }
-        }
+/// The region names of a run: `--region` alone, or `r000`, `r001`, ….
+fn region_names(t: &Target, regions: usize) -> Vec<String> {
+    if regions <= 1 {
+        vec![t.region.clone()]
+    } else {
+        (0..regions).map(|i| format!("r{i:03}")).collect()
     }
 }
 
-/// One client: connects and joins, reports that it has joined, then records
-/// when each JobAssigned arrives until it has `events` of them or `stop`.
-async fn run_client(
+/// What every subscriber task shares.
+struct Shared {
+    peer: Peer,
     http: reqwest::Client,
-    t: Arc<Target>,
-    gate: Arc<Semaphore>,
-    joined: tokio::sync::mpsc::UnboundedSender<Result<()>>,
-    events: usize,
+    endpoint: Endpoint,
+    gate: Semaphore,
+    /// Event number of each `jobId` (empty when nothing is published).
+    index: HashMap<String, u32>,
+    /// When each event's publish was sent: nanoseconds since `epoch`, plus one (0: not yet).
+    sent: Vec<AtomicU64>,
+    epoch: Instant,
+}
+
+/// One subscriber's part.
+struct Plan {
+    region: String,
+    source: Option<IpAddr>,
+    /// Events it should receive before it stops by itself.
+    expected: usize,
+    /// Joins, then never reads again.
+    stalled: bool,
+}
+
+#[derive(Default)]
+struct Report {
+    latencies_us: Vec<u32>,
+    duplicates: usize,
+    last: Option<Instant>,
+}
+
+async fn subscriber(
+    shared: Arc<Shared>,
+    plan: Plan,
+    joined: mpsc::UnboundedSender<Result<()>>,
     mut stop: watch::Receiver<bool>,
-) -> Vec<(String, Instant)> {
+) -> Report {
     let setup = async {
-        let _permit = gate.acquire().await?;
-        let mut conn = HubConn::connect(&http, &t).await?;
-        conn.invoke("1", "JoinDispatchGroup", json!([t.region])).await?;
-        anyhow::Ok(conn)
+        let _permit = shared.gate.acquire().await?;
+        Conn::open(shared.peer, &shared.http, &shared.endpoint, plan.source, &plan.region).await
     };
     let mut conn = match setup.await {
         Ok(conn) => {
@@ -383,169 +344,426 @@ async fn run_client(
         }
         Err(e) => {
             let _ = joined.send(Err(e));
-            return Vec::new();
+            return Report::default();
         }
     };
     drop(joined);
-
-    let mut received = Vec::with_capacity(events);
-    let mut seen = HashSet::with_capacity(events);
-    // The server closes a connection that sends nothing for 30 s.
-    let mut keepalive = tokio::time::interval(Duration::from_secs(10));
+    let mut report = Report::default();
+    if plan.stalled {
+        let _ = stop.changed().await;
+        drop(conn); // closed without reading what is queued
+        return report;
+    }
+    let mut seen = vec![0u64; shared.sent.len().div_ceil(64)];
+    let mut received = 0usize;
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;
-    while received.len() < events {
+    while received < plan.expected {
         tokio::select! {
-            record = conn.next_record() => {
-                let record = match record {
-                    Ok(record) => record,
+            event = conn.next_event() => {
+                let id = match event {
+                    Ok(Event::Job(id)) => id,
+                    Ok(Event::Other) => continue,
                     Err(e) => {
-                        eprintln!("ss-bench: client stopped reading: {e:#}");
+                        eprintln!("ss-bench: a client stopped reading: {e:#}");
                         break;
                     }
                 };
                 let at = Instant::now();
-                match record["type"].as_u64() {
-                    Some(1) if record["target"] == "JobAssigned" => {
-                        if let Some(job) = record["arguments"][0]["jobId"].as_str() {
-                            if seen.insert(job.to_owned()) {
-                                received.push((job.to_owned(), at));
-                            }
-                        }
-                    }
-                    Some(7) => {
-                        eprintln!("ss-bench: closed by the server: {record}");
-                        break;
-                    }
-                    _ => {} // pings and anything else: keep reading
+                let Some(&n) = shared.index.get(&id) else { continue };
+                let (word, bit) = (n as usize / 64, 1u64 << (n % 64));
+                if seen[word] & bit != 0 {
+                    report.duplicates += 1;
+                    continue;
+                }
+                seen[word] |= bit;
+                received += 1;
+                let sent = shared.sent[n as usize].load(Ordering::Acquire);
+                if sent > 0 {
+                    let latency = at.saturating_duration_since(shared.epoch).as_nanos() as u64 + 1 - sent;
+                    report.latencies_us.push((latency / 1000).min(u64::from(u32::MAX)) as u32);
+                    report.last = Some(at);
                 }
             }
             _ = keepalive.tick() => {
-                if conn.send_record(&json!({"type": 6})).await.is_err() {
+                if conn.keepalive().await.is_err() {
                     break;
                 }
             }
             _ = stop.changed() => break,
         }
     }
-    let _ = conn.ws.close(None).await;
-    received
+    conn.close().await;
+    report
+}
+
+/// Subscribers, connecting `connect_concurrency` at a time.
+struct Subscribers {
+    active: Vec<tokio::task::JoinHandle<Report>>,
+    stalled: Vec<tokio::task::JoinHandle<Report>>,
+    stop: watch::Sender<bool>,
+    connected: usize,
+    connect_errors: usize,
+    connect_seconds: f64,
+}
+
+impl Subscribers {
+    /// Opens them all and waits until each has joined or failed.
+    async fn open(shared: &Arc<Shared>, plans: Vec<Plan>) -> Self {
+        let started = Instant::now();
+        let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let (mut active, mut stalled) = (Vec::new(), Vec::new());
+        for plan in plans {
+            let is_stalled = plan.stalled;
+            let task = tokio::spawn(subscriber(shared.clone(), plan, joined_tx.clone(), stop_rx.clone()));
+            if is_stalled {
+                stalled.push(task)
+            } else {
+                active.push(task)
+            }
+        }
+        drop(joined_tx);
+        let (mut connected, mut connect_errors) = (0usize, 0usize);
+        while let Some(result) = joined_rx.recv().await {
+            match result {
+                Ok(()) => connected += 1,
+                Err(e) => {
+                    if connect_errors < 5 {
+                        eprintln!("ss-bench: a client failed to connect/join: {e:#}");
+                    }
+                    connect_errors += 1;
+                }
+            }
+            let done = connected + connect_errors;
+            if done % 2000 == 0 {
+                eprintln!("ss-bench: {done} clients connected or failed");
+            }
+        }
+        let connect_seconds = started.elapsed().as_secs_f64();
+        eprintln!("ss-bench: {connected} clients joined in {connect_seconds:.2} s ({connect_errors} failed)");
+        Self { active, stalled, stop, connected, connect_errors, connect_seconds }
+    }
+
+    /// Waits for the active ones (they stop once they have all their events,
+    /// or after `drain`), then closes the stalled ones.
+    async fn finish(self, drain: Duration) -> Result<Vec<Report>> {
+        let stop = Arc::new(self.stop);
+        let timer = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(drain).await;
+                let _ = stop.send(true);
+            })
+        };
+        let mut reports = Vec::with_capacity(self.active.len());
+        for task in self.active {
+            reports.push(task.await?);
+        }
+        timer.abort();
+        let _ = stop.send(true);
+        for task in self.stalled {
+            task.await?;
+        }
+        Ok(reports)
+    }
+}
+
+fn shared(args: &Connections, t: &Target, endpoint: Endpoint, job_ids: &[String]) -> Result<Arc<Shared>> {
+    if args.peer == Peer::Signalr && t.token.is_empty() {
+        bail!("our hub needs a token: --token or SS_BENCH_TOKEN");
+    }
+    Ok(Arc::new(Shared {
+        peer: args.peer,
+        http: http_client(args.connect_concurrency)?,
+        endpoint,
+        gate: Semaphore::new(args.connect_concurrency.max(1)),
+        index: job_ids.iter().enumerate().map(|(n, id)| (id.clone(), n as u32)).collect(),
+        sent: (0..job_ids.len()).map(|_| AtomicU64::new(0)).collect(),
+        epoch: Instant::now(),
+    }))
 }
 
 // ---------------------------------------------------------------- fanout
 
+/// How events are published.
+enum Publisher {
+    /// Our hub: a real assignment (job, contractor) over HTTP.
+    Assign(Vec<(String, String)>),
+    /// A peer: `POST {base}/publish` with a prepared body.
+    Post(String, Vec<String>),
+}
+
+/// A JobAssigned payload shaped and sized like ours (docs/realtime.md).
+fn peer_payload(job: &str, region: &str, sequence: usize) -> Value {
+    let id = || uuid::Uuid::new_v4().to_string();
+    json!({
+        "type": "JobAssigned", "schemaVersion": 1, "eventId": id(), "sequence": sequence + 1,
+        "occurredAtUtc": "2026-11-28T14:15:21.992Z", "jobId": job, "contractorId": id(), "assignmentId": id(),
+        "startUtc": "2026-12-01T09:00:00Z", "endUtc": "2026-12-01T11:00:00Z", "region": region,
+        "source": "manual", "auditId": null,
+        "job": {"id": job, "jobType": "Flooring", "title": format!("bench job {sequence}"), "region": region,
+                "status": "Assigned", "durationMinutes": 120}
+    })
+}
+
 async fn fanout(args: FanoutArgs) -> Result<bool> {
     let t = Arc::new(args.target.clone());
-    let http = http_client(args.connect_concurrency.max(args.assign_concurrency))?;
-    let pairs = create_pairs(&http, &t, args.events, 8).await.context("setup")?;
+    let c = &args.conns;
+    let peer = c.peer;
+    let regions = region_names(&t, c.regions);
+    let http = http_client(args.concurrency.max(64))?;
+    let endpoint = Endpoint::new(&t.base, &t.token).await?;
 
-    // Connect and join every client.
-    let connect_started = Instant::now();
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let clients: Vec<_> = (0..args.clients)
-        .map(|_| {
-            tokio::spawn(run_client(
-                http.clone(),
-                t.clone(),
-                gate.clone(),
-                joined_tx.clone(),
-                args.events,
-                stop_rx.clone(),
-            ))
+    // The events: real jobs on our hub; made-up ones for the peers.
+    let (job_ids, publisher) = if peer == Peer::Signalr {
+        let started = Instant::now();
+        let pairs = create_pairs(&http, &t, &regions, args.events, 16).await.context("setup")?;
+        eprintln!("ss-bench: {} jobs and contractors created in {:.1} s", pairs.len(), started.elapsed().as_secs_f64());
+        (pairs.iter().map(|(job, _)| job.clone()).collect::<Vec<_>>(), Publisher::Assign(pairs))
+    } else {
+        let ids: Vec<String> = (0..args.events).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let bodies = ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| {
+                let region = &regions[j % regions.len()];
+                let payload = peer_payload(id, region, j);
+                match peer {
+                    Peer::Socketio => json!({"room": format!("dispatch/{region}"), "payload": payload}).to_string(),
+                    _ => payload.to_string(),
+                }
+            })
+            .collect();
+        (ids, Publisher::Post(format!("{}/publish", endpoint.base), bodies))
+    };
+    let shared = shared(c, &t, endpoint, &job_ids)?;
+
+    // Subscribe.
+    let stalled_count = ((c.clients as f64) * args.stalled_fraction).round() as usize;
+    let per_region = |r: usize| (r..args.events).step_by(regions.len()).count();
+    let plans = (0..c.clients)
+        .map(|i| Plan {
+            region: regions[i % regions.len()].clone(),
+            source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
+            expected: if peer.has_groups() { per_region(i % regions.len()) } else { args.events },
+            // The first ones: one per region while there are fewer stalled clients than regions.
+            stalled: i < stalled_count,
+        })
+        .collect::<Vec<_>>();
+    let expected_total: usize = plans.iter().filter(|p| !p.stalled).map(|p| p.expected).sum();
+    let expected_per_event: Vec<usize> = {
+        let mut per = vec![0usize; regions.len()];
+        for (i, plan) in plans.iter().enumerate() {
+            if !plan.stalled {
+                per[i % regions.len()] += 1;
+            }
+        }
+        (0..args.events).map(|j| if peer.has_groups() { per[j % regions.len()] } else { per.iter().sum() }).collect()
+    };
+    let subs = Subscribers::open(&shared, plans).await;
+
+    // Publish: closed loop (--concurrency in flight) or open loop (--rate).
+    let open_loop = args.rate > 0.0;
+    let limit = Arc::new(Semaphore::new(if open_loop { args.max_in_flight } else { args.concurrency }.max(1)));
+    let publisher = Arc::new(publisher);
+    let mut tasks = JoinSet::new();
+    let started = Instant::now();
+    let mut behind = Duration::ZERO;
+    let mut last_send = started;
+    let mut outcomes = Vec::with_capacity(args.events);
+    for j in 0..args.events {
+        let permit = if open_loop {
+            let due = started + Duration::from_secs_f64(j as f64 / args.rate);
+            tokio::time::sleep_until(due.into()).await;
+            let permit = limit.clone().acquire_owned().await?;
+            behind = behind.max(Instant::now().saturating_duration_since(due));
+            permit
+        } else {
+            limit.clone().acquire_owned().await?
+        };
+        tasks.spawn(publish_one(publisher.clone(), http.clone(), t.clone(), shared.clone(), j, permit));
+        last_send = Instant::now();
+        // Collect the finished ones as we go, so that the set stays small.
+        while let Some(done) = tasks.try_join_next() {
+            outcomes.push(done?);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done?);
+    }
+    let mut http_latencies = Vec::with_capacity(args.events);
+    let mut failed = vec![false; args.events];
+    let mut last_answer = started;
+    for outcome in outcomes {
+        if outcome.ok {
+            http_latencies.push(outcome.latency);
+        } else {
+            failed[outcome.event] = true;
+        }
+        last_answer = last_answer.max(outcome.at);
+    }
+    let publish_errors = failed.iter().filter(|f| **f).count();
+    let publish_seconds = last_answer.saturating_duration_since(started).as_secs_f64();
+    let send_seconds = last_send.saturating_duration_since(started).as_secs_f64();
+
+    // Deliveries.
+    let (connected, connect_errors, connect_seconds) = (subs.connected, subs.connect_errors, subs.connect_seconds);
+    let reports = subs.finish(Duration::from_secs(args.drain_timeout)).await?;
+    let expected = if publish_errors == 0 {
+        expected_total
+    } else {
+        expected_total - failed.iter().zip(&expected_per_event).filter(|(f, _)| **f).map(|(_, n)| n).sum::<usize>()
+    };
+    let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
+    let last_delivery = reports.iter().filter_map(|r| r.last).max().unwrap_or(started);
+    let latencies: Vec<u32> = reports.into_iter().flat_map(|r| r.latencies_us).collect();
+    let delivered = latencies.len();
+    let missing = expected.saturating_sub(delivered);
+    let window = last_delivery.saturating_duration_since(started).as_secs_f64();
+    let rate = if window > 0.0 { delivered as f64 / window } else { f64::NAN };
+    let ok_publishes = args.events - publish_errors;
+    let publishes_per_s = ok_publishes as f64 / publish_seconds.max(f64::MIN_POSITIVE);
+    let http_p = Percentiles::of(http_latencies);
+    let p = Percentiles::of_micros(latencies);
+    println!(
+        "fanout [{}]: {connected} clients ({stalled_count} stalled) in {} groups x {} events{}: {delivered}/{expected} deliveries in {window:.2} s = {rate:.0} msg/s; publishes {publishes_per_s:.0}/s, HTTP {}; delivery {}; {connect_errors} connect errors, {publish_errors} publish errors, {missing} missing, {duplicates} duplicates",
+        peer.name(),
+        if peer.has_groups() { regions.len() } else { 1 },
+        args.events,
+        if open_loop { format!(" at {} /s (max {:.0} ms behind schedule)", args.rate, behind.as_secs_f64() * 1000.0) } else { format!(", {} in flight", args.concurrency) },
+        http_p.human(),
+        p.human(),
+    );
+    let mut fields = json!({
+        "peer": peer.name(),
+        "clients": c.clients,
+        "connected": connected,
+        "stalled": stalled_count,
+        "regions": regions.len(),
+        "events": args.events,
+        "rate": if open_loop { json!(args.rate) } else { Value::Null },
+        "concurrency": if open_loop { Value::Null } else { json!(args.concurrency) },
+        "behind_schedule_max_ms": round(behind.as_secs_f64() * 1000.0, 1),
+        "send_seconds": round(send_seconds, 3),
+        "publish_seconds": round(publish_seconds, 3),
+        "publishes_per_s": round(publishes_per_s, 1),
+        "connect_seconds": round(connect_seconds, 3),
+        "deliveries": delivered,
+        "expected": expected,
+        "missing": missing,
+        "duplicates": duplicates,
+        "connect_errors": connect_errors,
+        "publish_errors": publish_errors,
+        "seconds": round(window, 3),
+        "messages_per_s": round(rate, 1),
+    });
+    http_p.insert_into(&mut fields, "http");
+    p.insert_into(&mut fields, "latency");
+    println!("{}", json_line("fanout", fields));
+    Ok(connect_errors == 0 && publish_errors == 0 && missing == 0 && duplicates == 0)
+}
+
+/// How one publish went.
+struct Outcome {
+    event: usize,
+    ok: bool,
+    /// Request sent → answer read.
+    latency: Duration,
+    /// When the answer was read.
+    at: Instant,
+}
+
+/// Publishes event `j`, noting when it was sent.
+async fn publish_one(
+    publisher: Arc<Publisher>,
+    http: reqwest::Client,
+    t: Arc<Target>,
+    shared: Arc<Shared>,
+    j: usize,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) -> Outcome {
+    let sent = Instant::now();
+    shared.sent[j].store(sent.saturating_duration_since(shared.epoch).as_nanos() as u64 + 1, Ordering::Release);
+    let result = match &*publisher {
+        Publisher::Assign(pairs) => assign(&http, &t, &pairs[j].0, &pairs[j].1).await,
+        Publisher::Post(url, bodies) => {
+            async {
+                let res =
+                    http.post(url).header("content-type", "application/json").body(bodies[j].clone()).send().await?;
+                let status = res.status();
+                let _ = res.bytes().await?;
+                if !status.is_success() {
+                    eprintln!("ss-bench: publish {j}: {status}");
+                }
+                anyhow::Ok(status.is_success())
+            }
+            .await
+        }
+    };
+    let ok = result.unwrap_or_else(|e| {
+        eprintln!("ss-bench: publish {j}: {e:#}");
+        false
+    });
+    let at = Instant::now();
+    Outcome { event: j, ok, latency: at - sent, at }
+}
+
+// ---------------------------------------------------------------- idle
+
+async fn idle(args: IdleArgs) -> Result<bool> {
+    let t = &args.target;
+    let c = &args.conns;
+    let regions = region_names(t, c.regions);
+    let endpoint = Endpoint::new(&t.base, &t.token).await?;
+    let shared = shared(c, t, endpoint, &[])?;
+    let before = ProcSample::read(args.server_pid).context("server process")?;
+    let plans = (0..c.clients)
+        .map(|i| Plan {
+            region: regions[i % regions.len()].clone(),
+            source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
+            expected: usize::MAX,
+            stalled: false,
         })
         .collect();
-    drop(joined_tx);
-    let mut connected = 0usize;
-    let mut connect_errors = 0usize;
-    while let Some(result) = joined_rx.recv().await {
-        match result {
-            Ok(()) => connected += 1,
-            Err(e) => {
-                if connect_errors < 5 {
-                    eprintln!("ss-bench: client failed to connect/join: {e:#}");
-                }
-                connect_errors += 1;
-            }
-        }
-    }
-    let connect_seconds = connect_started.elapsed().as_secs_f64();
-    eprintln!(
-        "ss-bench: {connected} clients joined dispatch/{} in {connect_seconds:.2} s ({connect_errors} failed)",
-        t.region
-    );
+    let subs = Subscribers::open(&shared, plans).await;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let after = ProcSample::read(args.server_pid)?;
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    let end = ProcSample::read(args.server_pid)?;
+    let (connected, connect_errors, connect_seconds) = (subs.connected, subs.connect_errors, subs.connect_seconds);
+    subs.finish(Duration::ZERO).await?;
 
-    // Assign, noting when each request is sent.
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(args.events)));
-    let assign_started = Instant::now();
-    let results: Vec<bool> = stream::iter(pairs.iter())
-        .map(|(job, contractor)| {
-            let (http, t, sent) = (&http, &t, &sent);
-            async move {
-                sent.lock().expect("sent times").insert(job.clone(), Instant::now());
-                assign(http, t, job, contractor).await.unwrap_or_else(|e| {
-                    eprintln!("ss-bench: assign {job}: {e:#}");
-                    false
-                })
-            }
-        })
-        .buffer_unordered(args.assign_concurrency.max(1))
-        .collect()
-        .await;
-    let assign_errors = results.iter().filter(|ok| !**ok).count();
-
-    // Wait for the clients, up to the drain timeout.
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(args.drain_timeout)).await;
-        let _ = stop_tx.send(true);
-        stop_tx // keep the sender alive until here
-    });
-    let mut latencies = Vec::with_capacity(connected * args.events);
-    let mut last_delivery = assign_started;
-    let sent = sent.lock().expect("sent times").clone();
-    for client in clients {
-        for (job, at) in client.await? {
-            if let Some(s) = sent.get(&job) {
-                latencies.push(at.saturating_duration_since(*s));
-                last_delivery = last_delivery.max(at);
-            }
-        }
-    }
-    stopper.abort();
-
-    let delivered = latencies.len();
-    let expected = connected * (args.events - assign_errors);
-    let missing = expected.saturating_sub(delivered);
-    let window = last_delivery.saturating_duration_since(assign_started).as_secs_f64();
-    let rate = if window > 0.0 { delivered as f64 / window } else { f64::NAN };
-    let p = percentiles(latencies);
+    let per_conn = (after.rss_kib as f64 - before.rss_kib as f64) / connected.max(1) as f64;
+    let cpu_seconds = end.cpu_ticks.saturating_sub(after.cpu_ticks) as f64 / args.clk_tck as f64;
+    let cpu_percent = 100.0 * cpu_seconds / args.hold as f64;
     println!(
-        "fanout: {connected} clients x {} events: {delivered}/{expected} deliveries in {window:.2} s = {rate:.0} msg/s; end-to-end latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {connect_errors} connect errors, {assign_errors} assign errors, {missing} missing",
-        args.events, p.p50, p.p99, p.p999, p.max
+        "idle [{}]: {connected} joined connections ({connect_errors} failed, {connect_seconds:.1} s to open): server RSS {} KiB -> {} KiB = {per_conn:.1} KiB per connection; {cpu_seconds:.2} s CPU over {} s idle ({cpu_percent:.2}% of a core); RSS at the end {} KiB",
+        c.peer.name(),
+        before.rss_kib,
+        after.rss_kib,
+        args.hold,
+        end.rss_kib,
     );
     println!(
         "{}",
         json_line(
-            "fanout",
+            "idle",
             json!({
-                "clients": args.clients,
+                "peer": c.peer.name(),
+                "clients": c.clients,
                 "connected": connected,
-                "events": args.events,
-                "assign_concurrency": args.assign_concurrency,
-                "connect_seconds": round(connect_seconds, 3),
-                "deliveries": delivered,
-                "expected": expected,
-                "missing": missing,
                 "connect_errors": connect_errors,
-                "assign_errors": assign_errors,
-                "seconds": round(window, 3),
-                "messages_per_s": round(rate, 1),
-                "latency_p50_ms": round(p.p50, 3),
-                "latency_p99_ms": round(p.p99, 3),
-                "latency_p999_ms": round(p.p999, 3),
-                "latency_max_ms": round(p.max, 3),
+                "connect_seconds": round(connect_seconds, 3),
+                "rss_before_kib": before.rss_kib,
+                "rss_after_kib": after.rss_kib,
+                "rss_end_kib": end.rss_kib,
+                "kib_per_connection": round(per_conn, 2),
+                "hold_seconds": args.hold,
+                "cpu_seconds": round(cpu_seconds, 3),
+                "cpu_percent": round(cpu_percent, 3),
             })
         )
     );
-    Ok(connect_errors == 0 && assign_errors == 0 && missing == 0)
+    Ok(connect_errors == 0)
 }
