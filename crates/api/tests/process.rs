@@ -19,6 +19,11 @@ struct Server {
 }
 
 fn start(dir: &Path) -> Server {
+    start_with(dir, &[])
+}
+
+/// Starts the binary with `env` added (or overriding the defaults below).
+fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
         .arg("serve")
         .env("SMARTSCHEDULER_BIND", "127.0.0.1:0")
@@ -26,6 +31,7 @@ fn start(dir: &Path) -> Server {
         .env("SMARTSCHEDULER_JWT_SECRET", SECRET)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -47,7 +53,8 @@ fn start(dir: &Path) -> Server {
             .expect("a 'listening on' line within 30 s");
         if let Some(at) = line.find("listening on http://") {
             let rest = &line[at + "listening on ".len()..];
-            let base: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '\u{1b}').collect();
+            // Text or JSON logs: the address ends at a space, a colour code or a quote.
+            let base: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '\u{1b}' && *c != '"').collect();
             return Server { child, base, lines: rx };
         }
     }
@@ -65,6 +72,28 @@ fn token(role: &str, regions: &[&str]) -> String {
 
 async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -> reqwest::Result<reqwest::Response> {
     client.post(url).bearer_auth(token).json(&body).send().await
+}
+
+/// A new contractor named `name` and a new job, both in `north`.
+async fn contractor_and_job(client: &reqwest::Client, base: &str, token: &str, name: &str) -> (Value, Value) {
+    let contractor = post(client, format!("{base}/api/contractors"), token, json!({"name": name, "region": "north"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = post(
+        client,
+        format!("{base}/api/jobs"),
+        token,
+        json!({"jobType": "Flooring", "region": "north", "durationMinutes": 60}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    (contractor, job)
 }
 
 /// Every EventLog row (one page of up to 1000 holds them all here).
@@ -92,28 +121,7 @@ async fn sigkill_in_the_middle_of_a_burst_loses_no_committed_event_and_adds_none
     // Arrange: N jobs and N contractors, so every assignment can succeed.
     let mut pairs = Vec::with_capacity(N);
     for i in 0..N {
-        let c: Value = post(
-            &client,
-            format!("{}/api/contractors", server.base),
-            &admin,
-            json!({"name": format!("C{i}"), "region": "north"}),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        let j: Value = post(
-            &client,
-            format!("{}/api/jobs", server.base),
-            &admin,
-            json!({"jobType": "Flooring", "region": "north", "durationMinutes": 60}),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let (c, j) = contractor_and_job(&client, &server.base, &admin, &format!("C{i}")).await;
         pairs.push((j["id"].as_str().unwrap().to_owned(), c["id"].as_str().unwrap().to_owned()));
     }
 
@@ -229,6 +237,74 @@ async fn sigterm_stops_the_service_cleanly_with_exit_code_zero() {
     assert!(exit.success(), "exit status {exit:?}");
     let lines: Vec<String> = server.lines.try_iter().collect();
     assert!(lines.iter().any(|l| l.contains("stopped")), "logs: {lines:#?}");
+}
+
+/// The JSON log line of `message` whose spans include `request_id`, waiting
+/// up to 10 s; every line read on the way is added to `seen`.
+fn log_line(server: &Server, message: &str, request_id: &str, seen: &mut Vec<String>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no '{message}' log line for request {request_id} within 10 s"));
+        let Ok(value) = serde_json::from_str::<Value>(&line) else {
+            panic!("a log line that is not JSON: {line}");
+        };
+        seen.push(line);
+        let spans = value["spans"].as_array().cloned().unwrap_or_default();
+        if value["fields"]["message"] == message && spans.iter().any(|s| s["request_id"] == request_id) {
+            return value;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_assign_request_to_the_delivery_of_its_event_in_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(
+        dir.path(),
+        &[("SMARTSCHEDULER_LOG_FORMAT", "json"), ("RUST_LOG", "info,smartscheduler_application=debug")],
+    );
+    let admin = token("Admin", &[]);
+    let client = reqwest::Client::new();
+    let (contractor, job) = contractor_and_job(&client, &server.base, &admin, "Traced").await;
+
+    let request_id = "trace-me-0123456789";
+    let response = client
+        .post(format!("{}/api/jobs/{}/assign", server.base, job["id"].as_str().unwrap()))
+        .bearer_auth(&admin)
+        .header("X-Request-Id", request_id)
+        .json(&json!({
+            "contractorId": contractor["id"],
+            "startUtc": "2030-01-01T09:00:00Z",
+            "endUtc": "2030-01-01T10:00:00Z"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-request-id"], request_id);
+    let assignment: Value = response.json().await.unwrap();
+
+    // The delivery runs in the relay's task, yet its log line sits in the
+    // request's trace: http_request > assign_job > deliver.
+    let mut seen = Vec::new();
+    let delivered = log_line(&server, "event delivered", request_id, &mut seen);
+    let spans = delivered["spans"].as_array().unwrap();
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["http_request", "assign_job", "deliver"], "{delivered}");
+    let assign = &spans[1];
+    assert_eq!(assign["job_id"], job["id"], "{delivered}");
+    assert_eq!(assign["contractor_id"], contractor["id"], "{delivered}");
+    assert_eq!(assign["assignment_id"], assignment["assignmentId"], "{delivered}");
+    assert_eq!(assign["event_id"], assignment["eventId"], "{delivered}");
+    assert_eq!(spans[2]["event_id"], assignment["eventId"], "{delivered}");
+    assert!(spans[2]["sequence"].as_i64().is_some_and(|s| s >= 1), "{delivered}");
+    // The token never reaches the logs.
+    seen.extend(server.lines.try_iter());
+    assert!(seen.iter().any(|l| l.contains("\"request\"")), "request lines are logged: {seen:#?}");
+    assert!(seen.iter().all(|l| !l.contains(&admin)), "a log line holds the bearer token");
 }
 
 #[test]

@@ -112,9 +112,22 @@ impl AssignJob {
 
     /// Assigns the job for `principal`.
     ///
+    /// Runs in an `assign_job` span carrying the job, contractor, assignment
+    /// and event ids; the event is delivered later inside a child of it.
+    ///
     /// # Errors
     /// [`AssignJobError`]; then nothing was written or published.
-    #[instrument(skip_all, err, fields(job_id = %request.job_id, contractor_id = %request.contractor_id))]
+    #[instrument(
+        name = "assign_job",
+        skip_all,
+        err,
+        fields(
+            job_id = %request.job_id,
+            contractor_id = %request.contractor_id,
+            assignment_id = tracing::field::Empty,
+            event_id = tracing::field::Empty,
+        )
+    )]
     pub async fn execute(&self, principal: &Principal, request: AssignJobRequest) -> Result<Assigned, AssignJobError> {
         let result = self.assign(principal, request).await;
         let outcome = match &result {
@@ -189,7 +202,10 @@ impl AssignJob {
             CommitAssignmentError::Store(e) => e.into(),
         })?;
 
-        tracing::info!(assignment_id = %assignment.id(), event_id = %assignment.event_id(), "job assigned");
+        let span = tracing::Span::current();
+        span.record("assignment_id", tracing::field::display(assignment.id()));
+        span.record("event_id", tracing::field::display(assignment.event_id()));
+        tracing::info!("job assigned");
         // After the commit, never before: a refused or failed commit publishes nothing.
         self.publisher.publish(event);
         Ok(Assigned { assignment, replayed: false })

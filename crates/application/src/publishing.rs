@@ -13,6 +13,15 @@
 //!
 //! Handlers register at start-up into a [`HandlerRegistry`] that is frozen
 //! before the relay starts: publishing reads it without a lock.
+//!
+//! Tracing: the publisher carries the caller's span (for an assignment, the
+//! use case's span inside the HTTP request's span) along with the event, and
+//! the relay delivers the event inside a `deliver` span whose parent is that
+//! span. One trace thus runs from the request through the commit to every
+//! handler (the hub's fan-out), carrying the request, job, assignment and
+//! event ids, although the relay is another task. Events the relay finds in
+//! the table instead (a full queue, a restart, a retry) get a `deliver` span
+//! of their own with the event id.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,8 +31,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventPublisher, PublishedRow, PublisherLease};
-use smartscheduler_domain::{DomainEvent, EventType, PublishedEvent, Timestamp};
+use smartscheduler_domain::{DomainEvent, EventId, EventType, PublishedEvent, Timestamp};
 use tokio::sync::{mpsc, watch, Notify};
+use tracing::Instrument;
 
 /// A handler's failure: logged, recorded on the row, and retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,21 +108,27 @@ impl Default for RelayConfig {
 
 /// The [`EventPublisher`] the use cases hold.
 pub struct InProcessPublisher {
-    queue: mpsc::Sender<DomainEvent>,
+    queue: mpsc::Sender<Queued>,
     overflow: Arc<Notify>,
 }
 
 impl EventPublisher for InProcessPublisher {
     fn publish(&self, event: DomainEvent) {
-        if let Err(err) = self.queue.try_send(event) {
+        if let Err(err) = self.queue.try_send(Queued { event, span: tracing::Span::current() }) {
             // The row is committed; the relay's scan will find it.
             let event_id = match &err {
-                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e.event_id(),
+                mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q.event.event_id(),
             };
             tracing::debug!(%event_id, "publish queue full; the event waits in the EventLog");
             self.overflow.notify_one();
         }
     }
+}
+
+/// An event handed over after commit, with the span of whoever committed it.
+struct Queued {
+    event: DomainEvent,
+    span: tracing::Span,
 }
 
 /// The task that delivers committed events. See the module docs.
@@ -121,7 +137,7 @@ pub struct OutboxRelay {
     published: Option<watch::Sender<i64>>,
     log: Arc<dyn EventLog>,
     handlers: Arc<HandlerRegistry>,
-    queue: mpsc::Receiver<DomainEvent>,
+    queue: mpsc::Receiver<Queued>,
     overflow: Arc<Notify>,
     config: RelayConfig,
 }
@@ -194,13 +210,21 @@ impl OutboxRelay {
         tracing::info!("outbox relay stopped");
     }
 
-    async fn deliver_queued(&self, events: Vec<DomainEvent>) {
+    async fn deliver_queued(&self, queued: Vec<Queued>) {
         if !self.leading().await {
             // The rows are committed; the node holding the lease scans them.
             return;
         }
+        let mut spans = HashMap::with_capacity(queued.len());
+        let events = queued
+            .into_iter()
+            .map(|Queued { event, span }| {
+                spans.insert(event.event_id(), span);
+                event
+            })
+            .collect();
         match self.log.claim(events).await {
-            Ok(claimed) => self.deliver(claimed).await,
+            Ok(claimed) => self.deliver(claimed, spans).await,
             Err(err) => {
                 tracing::warn!(error = %err, "could not claim queued events; they stay Pending for the next scan")
             }
@@ -216,7 +240,7 @@ impl OutboxRelay {
             match self.log.claim_due(Timestamp::now(), self.config.batch_size).await {
                 Ok(claimed) => {
                     let full = claimed.len() as u32 >= self.config.batch_size;
-                    self.deliver(claimed).await;
+                    self.deliver(claimed, HashMap::new()).await;
                     if !full {
                         return;
                     }
@@ -229,7 +253,9 @@ impl OutboxRelay {
         }
     }
 
-    async fn deliver(&self, claimed: Vec<ClaimedEvent>) {
+    /// Runs the handlers of each claimed event, inside a `deliver` span that
+    /// is a child of the span the event was published from, when known.
+    async fn deliver(&self, claimed: Vec<ClaimedEvent>, mut spans: HashMap<EventId, tracing::Span>) {
         if claimed.is_empty() {
             return;
         }
@@ -243,15 +269,19 @@ impl OutboxRelay {
             let groups = event.audience();
             let event_type = event.event_type();
             let published_event = PublishedEvent { event, sequence };
-            let mut failure = None;
-            for handler in self.handlers.handlers(event_type) {
-                if let Err(err) = handler.handle(&published_event).await {
-                    failure = Some(format!("{}: {}", handler.name(), err));
-                    break;
-                }
-            }
+            let parent = spans.remove(&event_id).unwrap_or_else(tracing::Span::none);
+            let span = tracing::info_span!(
+                parent: &parent,
+                "deliver",
+                %event_id,
+                event_type = event_type.as_str(),
+                sequence = sequence.0,
+                attempt = attempts + 1
+            );
+            let failure = self.run_handlers(&published_event).instrument(span.clone()).await;
             match failure {
                 None => {
+                    span.in_scope(|| tracing::debug!(groups = groups.len(), "event delivered"));
                     published.push(PublishedRow { event_id, sequence, groups });
                     lags.push(published_event.event.occurred_at_utc());
                 }
@@ -259,7 +289,9 @@ impl OutboxRelay {
                     let attempt = attempts + 1;
                     let retry_at = (attempt < self.config.max_attempts)
                         .then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
-                    tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
+                    span.in_scope(|| {
+                        tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
+                    });
                     let outcome = if retry_at.is_some() { "retry_scheduled" } else { "failed" };
                     metrics::counter!("smartscheduler_event_failures_total", "outcome" => outcome).increment(1);
                     if let Err(err) = self.log.record_failure(event_id, error, retry_at).await {
@@ -287,6 +319,16 @@ impl OutboxRelay {
         for occurred in lags {
             lag.record((now.unix_millis() - occurred.unix_millis()).max(0) as f64 / 1000.0);
         }
+    }
+
+    /// Runs every handler of the event's type in order; the first failure stops it.
+    async fn run_handlers(&self, event: &PublishedEvent) -> Option<String> {
+        for handler in self.handlers.handlers(event.event.event_type()) {
+            if let Err(err) = handler.handle(event).await {
+                return Some(format!("{}: {}", handler.name(), err));
+            }
+        }
+        None
     }
 
     /// Exponential backoff with full jitter, in milliseconds.
