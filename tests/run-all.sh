@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the Rust workspace (unit, adapter and
-# black-box HTTP suites) and the end-to-end suite that drives the real binary
-# with the official @microsoft/signalr client. Starts PostgreSQL and Redis
+# black-box HTTP suites), the end-to-end suite that drives the real binary
+# with the official @microsoft/signalr client, schemathesis against the
+# OpenAPI document, and the benchmark smoke run. Starts PostgreSQL and Redis
 # when they are down. With CI=true a missing service is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,11 @@ echo "== End-to-end tests (real binary, official SignalR client)"
 export SMARTSCHEDULER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/smartscheduler"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$log" || status=1
 
+echo "== OpenAPI: schemathesis against the running service (tests/openapi/run.sh)"
+openapi_pass=0
+openapi_fail=0
+if bash tests/openapi/run.sh; then openapi_pass=1; else openapi_fail=1; status=1; fi
+
 echo "== Benchmark smoke (scripts/bench.sh --smoke: tiny sizes, debug build)"
 if bash scripts/bench.sh --smoke; then echo "ss-bench smoke: ok"; else echo "ss-bench smoke: FAILED" >&2; status=1; fi
 
@@ -55,5 +61,5 @@ cargo_pass=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/
 cargo_fail=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 node_pass=$(grep -E '^ℹ pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
 node_fail=$(grep -E '^ℹ fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
-echo "$((cargo_pass + node_pass)) passed, $((cargo_fail + node_fail)) failed"
+echo "$((cargo_pass + node_pass + openapi_pass)) passed, $((cargo_fail + node_fail + openapi_fail)) failed"
 exit "$status"

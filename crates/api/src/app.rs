@@ -25,8 +25,6 @@ use tracing::Instrument;
 use crate::config::ServeConfig;
 use crate::http;
 
-/// How long a graceful stop waits for the relay to publish what it holds.
-
 /// A built, not yet running, service.
 pub struct Application {
     port: u16,

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod problem;
 
+use actix_web::http::Method;
 use actix_web::web;
 
 pub use problem::ApiError;
@@ -20,28 +21,46 @@ pub const DEFAULT_LIMIT: u32 = 100;
 /// Largest page size of list endpoints.
 pub const MAX_LIMIT: u32 = 1000;
 
-/// Registers the API routes.
+/// Declares the routes once: [`ROUTES`] lists them (the OpenAPI test checks
+/// the document against it) and `register` registers exactly those, one
+/// resource per path, so that another method on a known path is a 405.
+macro_rules! routes {
+    ($( $path:literal => { $( $method:ident => $handler:path ),+ $(,)? } ),* $(,)?) => {
+        /// Every route this module registers, as (method, path).
+        pub const ROUTES: &[(&str, &str)] = &[ $( $( (stringify!($method), $path), )+ )* ];
+
+        fn register(cfg: &mut web::ServiceConfig) {
+            $(
+                cfg.service(
+                    web::resource($path)
+                        $( .route(web::method(Method::$method).to($handler)) )+
+                        .default_service(web::to(|| problem::method_not_allowed(&[ $( stringify!($method) ),+ ]))),
+                );
+            )*
+        }
+    };
+}
+
+routes! {
+    "/api/contractors" => { POST => contractors::create, GET => contractors::list },
+    "/api/contractors/{id}" => { GET => contractors::get },
+    "/api/jobs" => { POST => jobs::create, GET => jobs::list },
+    "/api/jobs/{id}" => { GET => jobs::get },
+    "/api/jobs/{id}/assign" => { POST => jobs::assign },
+    "/api/events" => { GET => events::list },
+    "/api/events/{id}" => { GET => events::get },
+    "/api/events/{id}/retry" => { POST => events::retry },
+    "/api/openapi.json" => { GET => crate::openapi::document },
+    "/health/live" => { GET => health::live },
+    "/health/ready" => { GET => health::ready },
+    "/metrics" => { GET => metrics::render },
+}
+
+/// Registers the API routes and the console.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(problem::json_config())
-        .app_data(problem::query_config())
-        .app_data(problem::path_config())
-        .service(
-            web::scope("/api")
-                .route("/contractors", web::post().to(contractors::create))
-                .route("/contractors", web::get().to(contractors::list))
-                .route("/contractors/{id}", web::get().to(contractors::get))
-                .route("/jobs", web::post().to(jobs::create))
-                .route("/jobs", web::get().to(jobs::list))
-                .route("/jobs/{id}", web::get().to(jobs::get))
-                .route("/jobs/{id}/assign", web::post().to(jobs::assign))
-                .route("/events", web::get().to(events::list))
-                .route("/events/{id}", web::get().to(events::get))
-                .route("/events/{id}/retry", web::post().to(events::retry)),
-        )
-        .route("/health/live", web::get().to(health::live))
-        .route("/health/ready", web::get().to(health::ready))
-        .route("/metrics", web::get().to(metrics::render))
-        .configure(console::configure);
+    cfg.app_data(problem::json_config()).app_data(problem::query_config()).app_data(problem::path_config());
+    register(cfg);
+    cfg.configure(console::configure);
 }
 
 /// Checks an optional page size against [`MAX_LIMIT`].

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod openapi;
 pub mod telemetry;
 
 pub use app::Application;

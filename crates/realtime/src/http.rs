@@ -16,9 +16,31 @@ use crate::{connection, HubContext};
 /// The hub's path.
 pub const HUB_PATH: &str = "/hubs/jobs";
 
-/// Registers the hub routes.
+/// The negotiate endpoint's path.
+pub const NEGOTIATE_PATH: &str = "/hubs/jobs/negotiate";
+
+/// The hub's routes as (method, path): `configure` registers these, and only these.
+pub const ROUTES: [(&str, &str); 2] = [("POST", NEGOTIATE_PATH), ("GET", HUB_PATH)];
+
+/// Registers the hub routes; another method on them is a 405 problem.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/hubs/jobs/negotiate", web::post().to(negotiate)).route(HUB_PATH, web::get().to(connect));
+    cfg.service(
+        web::resource(ROUTES[0].1)
+            .route(web::post().to(negotiate))
+            .default_service(web::to(|| async { method_not_allowed(ROUTES[0].0) })),
+    )
+    .service(
+        web::resource(ROUTES[1].1)
+            .route(web::get().to(connect))
+            .default_service(web::to(|| async { method_not_allowed(ROUTES[1].0) })),
+    );
+}
+
+fn method_not_allowed(allowed: &'static str) -> HttpResponse {
+    let mut response =
+        problem(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", &format!("this path answers {allowed}"));
+    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    response
 }
 
 #[derive(Debug, Default, Deserialize)]

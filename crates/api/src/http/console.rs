@@ -49,29 +49,61 @@ static SIGNALR_JS: Asset =
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// Registers `/`, `/console.js`, `/console.css` and `/vendor/signalr.min.js`
-/// (GET, and HEAD).
+/// The console's files by path: `configure` registers these, and only these.
+pub const ROUTES: [(&str, &str); 4] =
+    [("GET", "/"), ("GET", "/console.js"), ("GET", "/console.css"), ("GET", "/vendor/signalr.min.js")];
+
+/// Registers the console's files (GET, and HEAD; other methods are a 405).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let get_or_head = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
-    cfg.route("/", get_or_head().to(index))
-        .route("/console.js", get_or_head().to(console_js))
-        .route("/console.css", get_or_head().to(console_css))
-        .route("/vendor/signalr.min.js", get_or_head().to(signalr_js));
+    cfg.service(web::resource(ROUTES[0].1).route(get_or_head().to(index)).default_service(web::to(not_allowed)))
+        .service(web::resource(ROUTES[1].1).route(get_or_head().to(console_js)).default_service(web::to(not_allowed)))
+        .service(web::resource(ROUTES[2].1).route(get_or_head().to(console_css)).default_service(web::to(not_allowed)))
+        .service(web::resource(ROUTES[3].1).route(get_or_head().to(signalr_js)).default_service(web::to(not_allowed)));
 }
 
-async fn index(req: HttpRequest) -> HttpResponse {
+async fn not_allowed() -> Result<HttpResponse, super::ApiError> {
+    super::problem::method_not_allowed(&["GET", "HEAD"]).await
+}
+
+/// The console: paste a token, pick a region, see contractors and jobs,
+/// assign, and watch JobAssigned arrive live.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses(
+        (status = 200, description = "The console's page.", content_type = "text/html"),
+        (status = 304, description = "The client's copy (If-None-Match) is current."),
+    ))]
+pub async fn index(req: HttpRequest) -> HttpResponse {
     serve(&req, &INDEX_HTML)
 }
 
-async fn console_js(req: HttpRequest) -> HttpResponse {
+/// The console's script.
+#[utoipa::path(get, path = "/console.js", tag = "operations",
+    responses(
+        (status = 200, description = "The console's script.", content_type = "text/javascript"),
+        (status = 304, description = "The client's copy (If-None-Match) is current."),
+    ))]
+pub async fn console_js(req: HttpRequest) -> HttpResponse {
     serve(&req, &CONSOLE_JS)
 }
 
-async fn console_css(req: HttpRequest) -> HttpResponse {
+/// The console's style sheet.
+#[utoipa::path(get, path = "/console.css", tag = "operations",
+    responses(
+        (status = 200, description = "The console's style sheet.", content_type = "text/css"),
+        (status = 304, description = "The client's copy (If-None-Match) is current."),
+    ))]
+pub async fn console_css(req: HttpRequest) -> HttpResponse {
     serve(&req, &CONSOLE_CSS)
 }
 
-async fn signalr_js(req: HttpRequest) -> HttpResponse {
+/// The official `@microsoft/signalr` browser bundle the console uses.
+#[utoipa::path(get, path = "/vendor/signalr.min.js", tag = "operations",
+    responses(
+        (status = 200, description = "The SignalR browser client (MIT).", content_type = "text/javascript"),
+        (status = 304, description = "The client's copy (If-None-Match) is current."),
+    ))]
+pub async fn signalr_js(req: HttpRequest) -> HttpResponse {
     serve(&req, &SIGNALR_JS)
 }
 

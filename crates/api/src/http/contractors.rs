@@ -9,16 +9,29 @@ use super::auth::Authenticated;
 use super::ApiError;
 
 /// The body of `POST /api/contractors`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateContractorBody {
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// The contractor's region.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     region: String,
+    /// Up to 50 skills of 1 to 64 characters.
     #[serde(default)]
+    #[schema(max_items = 50)]
     skills: Vec<String>,
 }
 
 /// Creates a contractor: 201 with `Location`.
+#[utoipa::path(post, path = "/api/contractors", tag = "contractors",
+    request_body = CreateContractorBody,
+    responses(
+        (status = 201, description = "Created.", body = crate::openapi::Contractor,
+            headers(("Location" = String, description = "The contractor's URL."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn create(
     Authenticated(principal): Authenticated,
     catalog: web::Data<Catalog>,
@@ -37,6 +50,13 @@ pub async fn create(
 }
 
 /// One contractor.
+#[utoipa::path(get, path = "/api/contractors/{id}", tag = "contractors",
+    params(("id" = String, Path, description = "The contractor's id (a UUID).")),
+    responses(
+        (status = 200, description = "The contractor.", body = crate::openapi::Contractor),
+        (status = 404, description = "No contractor has this id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn get(
     Authenticated(principal): Authenticated,
     catalog: web::Data<Catalog>,
@@ -51,13 +71,22 @@ pub async fn get(
 }
 
 /// The query of `GET /api/contractors`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this region's contractors.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     region: Option<String>,
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// Contractors, optionally of one region.
+#[utoipa::path(get, path = "/api/contractors", tag = "contractors",
+    params(ListQuery),
+    responses((status = 200, description = "The contractors, oldest first.", body = Vec<crate::openapi::Contractor>)),
+    security(("bearer" = [])))]
 pub async fn list(
     Authenticated(principal): Authenticated,
     catalog: web::Data<Catalog>,

@@ -20,11 +20,18 @@ fn back_office(principal: &smartscheduler_domain::Principal) -> Result<(), ApiEr
 }
 
 /// The query of `GET /api/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only published rows with a greater sequence, in sequence order.
+    #[param(minimum = 0)]
     after_sequence: Option<i64>,
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Only rows in this state.
+    #[param(value_type = Option<crate::openapi::EventStatus>)]
     status: Option<String>,
 }
 
@@ -39,6 +46,10 @@ pub struct EventPage {
 
 /// Lists EventLog rows. With `afterSequence`, published rows after it in
 /// sequence order (a page to follow); without, every row in commit order.
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the EventLog.", body = crate::openapi::EventPage)),
+    security(("bearer" = [])))]
 pub async fn list(
     Authenticated(principal): Authenticated,
     log: web::Data<Arc<dyn EventLog>>,
@@ -63,6 +74,13 @@ pub async fn list(
 }
 
 /// One EventLog row.
+#[utoipa::path(get, path = "/api/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "The event's id (a UUID).")),
+    responses(
+        (status = 200, description = "The row.", body = crate::openapi::EventLogEntry),
+        (status = 404, description = "No event has this id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn get(
     Authenticated(principal): Authenticated,
     log: web::Data<Arc<dyn EventLog>>,
@@ -76,6 +94,14 @@ pub async fn get(
 
 /// `POST /api/events/{eventId}/retry` (Admin): a Failed event is published
 /// again (202 with the row, now Pending); 409 when it is not Failed.
+#[utoipa::path(post, path = "/api/events/{id}/retry", tag = "events",
+    params(("id" = String, Path, description = "The event's id (a UUID).")),
+    responses(
+        (status = 202, description = "Requeued: the row, now Pending.", body = crate::openapi::EventLogEntry),
+        (status = 404, description = "No event has this id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is not Failed.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn retry(
     Authenticated(principal): Authenticated,
     log: web::Data<Arc<dyn EventLog>>,

@@ -8,6 +8,8 @@ use smartscheduler_infrastructure::Database;
 use super::ApiError;
 
 /// The process is up.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "Live.", body = crate::openapi::Liveness)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "live" }))
 }
@@ -15,6 +17,12 @@ pub async fn live() -> HttpResponse {
 /// The service can serve: the database answers (503 otherwise). With Redis
 /// configured and down it still serves (events reach other nodes by polling)
 /// and says `degraded`.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready (or degraded: Redis down, events reach other nodes by polling).", body = crate::openapi::Readiness),
+        (status = 503, description = "The database does not answer.", body = crate::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ))]
 pub async fn ready(db: web::Data<Database>, bus: web::Data<Option<RedisBus>>) -> Result<HttpResponse, ApiError> {
     db.ping().await?;
     Ok(HttpResponse::Ok().json(match bus.get_ref() {

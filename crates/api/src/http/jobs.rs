@@ -14,18 +14,37 @@ use super::auth::Authenticated;
 use super::ApiError;
 
 /// The body of `POST /api/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateJobBody {
+    /// The kind of work, e.g. `Flooring`.
+    #[schema(min_length = 1, max_length = 64)]
     job_type: String,
+    /// Where it is; you must dispatch this region.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     region: String,
+    /// How long the work takes.
+    #[schema(minimum = 1, maximum = 10080)]
     duration_minutes: i64,
+    /// A short title.
+    #[schema(max_length = 200)]
     title: Option<String>,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     desired_start_utc: Option<String>,
+    /// Where the work is.
+    #[schema(max_length = 500)]
     address: Option<String>,
 }
 
 /// Creates a job in one of the caller's regions: 201 with `Location`.
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
+    request_body = CreateJobBody,
+    responses(
+        (status = 201, description = "Created, Unassigned.", body = crate::openapi::Job,
+            headers(("Location" = String, description = "The job's URL."))),
+    ),
+    security(("bearer" = [])))]
 pub async fn create(
     Authenticated(principal): Authenticated,
     catalog: web::Data<Catalog>,
@@ -53,6 +72,13 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// One job.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (a UUID).")),
+    responses(
+        (status = 200, description = "The job.", body = crate::openapi::Job),
+        (status = 404, description = "No job has this id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn get(
     Authenticated(principal): Authenticated,
     catalog: web::Data<Catalog>,
@@ -65,14 +91,25 @@ pub async fn get(
 }
 
 /// The query of `GET /api/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this region's jobs.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     region: Option<String>,
+    /// `Unassigned` or `Assigned`.
+    #[param(value_type = Option<crate::openapi::JobStatus>)]
     status: Option<String>,
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// Jobs, optionally of one region and status.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    params(ListQuery),
+    responses((status = 200, description = "The jobs, oldest first.", body = Vec<crate::openapi::Job>)),
+    security(("bearer" = [])))]
 pub async fn list(
     Authenticated(principal): Authenticated,
     catalog: web::Data<Catalog>,
@@ -85,13 +122,23 @@ pub async fn list(
 }
 
 /// The body of `POST /api/jobs/{jobId}/assign`.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AssignBody {
+    /// Who gets the job.
+    #[schema(format = Uuid)]
     contractor_id: String,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     start_utc: String,
+    /// RFC 3339, UTC; after `startUtc`.
+    #[schema(format = DateTime)]
     end_utc: String,
+    /// `manual` (default) or `auto`.
+    #[schema(value_type = Option<crate::openapi::AssignmentSource>)]
     source: Option<String>,
+    /// An external audit record.
+    #[schema(format = Uuid)]
     audit_id: Option<String>,
 }
 
@@ -112,6 +159,21 @@ impl AssignBody {
 }
 
 /// Assigns a job: 201 with the Assignment. Never waits for delivery.
+#[utoipa::path(post, path = "/api/jobs/{id}/assign", tag = "jobs",
+    params(
+        ("id" = String, Path, description = "The job's id (a UUID)."),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 255 visible ASCII characters: a repeat with the same key and body within 24 h answers as the first did."),
+    ),
+    request_body = AssignBody,
+    responses(
+        (status = 201, description = "Assigned; JobAssigned is committed with it and delivered after commit.", body = crate::openapi::Assignment,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the first answer to the same Idempotency-Key."))),
+        (status = 404, description = "The job or the contractor does not exist.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is already assigned, or the contractor has an overlapping assignment.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "This Idempotency-Key was used with another body.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
 pub async fn assign(
     req: HttpRequest,
     Authenticated(principal): Authenticated,

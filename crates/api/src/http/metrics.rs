@@ -24,6 +24,8 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Renders every metric.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Every metric, in the Prometheus text format 0.0.4.", content_type = "text/plain", body = String)))]
 pub async fn render(hub: web::Data<HubContext>, log: web::Data<std::sync::Arc<dyn EventLog>>) -> HttpResponse {
     if let Ok((pending, failed)) = log.backlog().await {
         metrics::gauge!("smartscheduler_events_pending").set(pending as f64);

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the path exists, the method does not; the methods it has.
+    #[error("{0}")]
+    MethodNotAllowed(String, &'static [&'static str]),
     /// 409: the request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -59,6 +62,7 @@ impl ApiError {
             Self::Unauthorized(_) => ("unauthorized", "Authentication is required"),
             Self::Forbidden(_) => ("forbidden", "Not allowed"),
             Self::NotFound(_) => ("not-found", "Not found"),
+            Self::MethodNotAllowed(..) => ("method-not-allowed", "Method not allowed"),
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "The request body is too large"),
             Self::Unprocessable(_) => ("unprocessable", "The request cannot be processed"),
@@ -85,6 +89,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -117,6 +122,9 @@ impl ResponseError for ApiError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if let Self::MethodNotAllowed(_, allowed) = self {
+            response.insert_header((header::ALLOW, allowed.join(", ")));
         }
         response.body(serde_json::to_string(&body).unwrap_or_default())
     }
@@ -196,5 +204,10 @@ pub(crate) fn path_config() -> web::PathConfig {
 
 /// The fallback for unknown routes.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::not_found("no route matches this method and path"))
+    Err(ApiError::not_found("no route matches this path"))
+}
+
+/// The fallback for a known path asked with another method: 405 with `Allow`.
+pub async fn method_not_allowed(allowed: &'static [&'static str]) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!("this path answers {}", allowed.join(", ")), allowed))
 }
