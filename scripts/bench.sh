@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Benchmarks: builds `smartscheduler` and `ss-bench`, starts the service on a
-# free loopback port with a temporary SQLite file and a fixed secret, runs the
-# `persist` and `fanout` scenarios and appends their JSON lines to
-# docs/bench-results.jsonl. See docs/benchmarks.md.
+# Benchmarks: our service against a socket.io server (bench/socketio) and a raw
+# WebSocket floor (ss-floor), driven by ss-bench, on this machine, in one run.
+# Starts each server on a free loopback port (ours with a temporary SQLite file
+# and a fixed secret), runs the scenarios and appends their JSON lines (with the
+# load average at the end of each) to docs/bench-results.jsonl.
+# See docs/benchmarks.md.
 #
-#   scripts/bench.sh            release builds, full sizes
-#   scripts/bench.sh --smoke    debug builds, tiny sizes (a few seconds); results not kept
+#   scripts/bench.sh            release builds, full sizes (about 15 minutes)
+#   scripts/bench.sh --smoke    debug builds, tiny sizes (seconds); results not kept
 #
+# Environment:
+#   SS_SERVER_BIN   a smartscheduler binary to measure instead of building one
+#                   (e.g. one built from a clean checkout of a revision)
+#   SS_SERVER_REV   the revision that binary was built from (recorded in the results)
+#   SCENARIOS       full run only: which to run, of: persist fanout broadcast stalled rate idle
+#                   (default: all)
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
-# FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY.
+# FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, BROADCAST_EVENTS,
+# STALLED_EVENTS, STALLED_RATE, RATE_STEPS ("rate:events …"), IDLE_CLIENTS, IDLE_HOLD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -23,34 +32,88 @@ done
 
 if $smoke; then
   profile=debug
-  # The same build as the test command's, so it is a no-op there.
-  cargo build -q --workspace --all-targets
+  if [ -n "${SS_SERVER_BIN:-}" ]; then
+    cargo build -q -p smartscheduler-bench
+  else
+    # The same build as the test command's, so it is a no-op there.
+    cargo build -q --workspace --all-targets
+  fi
   : "${PERSIST_COUNT:=200}" "${PERSIST_CONCURRENCY:=16}" "${FANOUT_CLIENTS:=50}" "${FANOUT_EVENTS:=20}"
+  : "${SCENARIOS:=persist fanout broadcast stalled rate idle}"
+  : "${SCALE_CLIENTS:=200}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}"
+  : "${RATE_STEPS:=200:40 50:20}"
+  : "${IDLE_CLIENTS:=100}" "${IDLE_HOLD:=1}"
+  regions=4
 else
   profile=release
-  cargo build --release -p smartscheduler-api -p smartscheduler-bench
+  if [ -n "${SS_SERVER_BIN:-}" ]; then
+    cargo build --release -p smartscheduler-bench
+  else
+    cargo build --release -p smartscheduler-api -p smartscheduler-bench
+  fi
   : "${PERSIST_COUNT:=5000}" "${PERSIST_CONCURRENCY:=32}" "${FANOUT_CLIENTS:=1000}" "${FANOUT_EVENTS:=500}"
+  : "${SCENARIOS:=persist fanout broadcast stalled rate idle}"
+  : "${SCALE_CLIENTS:=10000}" "${BROADCAST_EVENTS:=100}" "${STALLED_EVENTS:=1500}" "${STALLED_RATE:=100}"
+  : "${RATE_STEPS:=2000:4000 800:2400 400:2000 200:2000}"
+  : "${IDLE_CLIENTS:=15000}" "${IDLE_HOLD:=60}"
+  regions=100
 fi
 : "${FANOUT_ASSIGN_CONCURRENCY:=4}"
 target="${CARGO_TARGET_DIR:-$root/target}"
-bin="$target/$profile/smartscheduler"
+bin="${SS_SERVER_BIN:-$target/$profile/smartscheduler}"
 bench="$target/$profile/ss-bench"
+floor="$target/$profile/ss-floor"
+if [ -n "${SS_SERVER_BIN:-}" ]; then
+  rev="${SS_SERVER_REV:-unknown}"
+else
+  rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev-dirty"
+fi
 
 # One process may hold at most the hard limit of open files (20,000 here).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-echo "bench: open-file limit $(ulimit -n), profile $profile"
+echo "bench: open-file limit $(ulimit -n), profile $profile, service $bin ($rev)"
+
+wants() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+peers=false
+if wants broadcast || wants idle; then peers=true; fi
+if $peers; then
+  command -v node >/dev/null || { echo "bench: node (20) is needed for the socket.io peer" >&2; exit 1; }
+  (cd bench/socketio && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 
 tmp=$(mktemp -d)
-pid=""
+pids=()
 cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  for p in "${pids[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+
+# start NAME COMMAND...: runs it in the background, logging to $tmp/NAME.log, and
+# waits for its "listening on http://127.0.0.1:PORT" line; sets $started_base and $started_pid.
+start() {
+  local name=$1
+  shift
+  "$@" >"$tmp/$name.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  started_base=""
+  for _ in $(seq 1 300); do
+    started_base=$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$tmp/$name.log" | head -1 | sed 's/listening on //' || true)
+    [ -n "$started_base" ] && break
+    kill -0 "$started_pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; echo "bench: $name did not start" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$started_base" ] || { cat "$tmp/$name.log" >&2; echo "bench: $name did not report its address" >&2; exit 1; }
+  echo "bench: $name pid $started_pid on $started_base"
+}
 
 export SMARTSCHEDULER_JWT_SECRET="ss-bench-secret-not-for-production-0123456789"
 export SMARTSCHEDULER_DATA_DIR="$tmp"
@@ -61,39 +124,97 @@ export SMARTSCHEDULER_HUB_CONNECTIONS_PER_USER=100000
 export SMARTSCHEDULER_HUB_NEGOTIATE_PER_MINUTE=1000000
 export NO_COLOR=1
 
-"$bin" serve >"$tmp/server.log" 2>&1 &
-pid=$!
-base=""
-for _ in $(seq 1 300); do
-  base=$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$tmp/server.log" | head -1 | sed 's/listening on //' || true)
-  [ -n "$base" ] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$tmp/server.log" >&2; echo "bench: the service did not start" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$base" ] || { cat "$tmp/server.log" >&2; echo "bench: the service did not report its address" >&2; exit 1; }
-echo "bench: service pid $pid on $base"
+start service "$bin" serve
+base=$started_base
+service_pid=$started_pid
+if $peers; then
+  start floor "$floor"
+  floor_base=$started_base
+  floor_pid=$started_pid
+  start socketio node bench/socketio/server.js
+  socketio_base=$started_base
+  socketio_pid=$started_pid
+fi
 
 SS_BENCH_TOKEN=$("$bin" token --role Admin --ttl 7200)
 export SS_BENCH_TOKEN
 
 out="$tmp/results.jsonl"
 status=0
-echo "bench: persist --count $PERSIST_COUNT --concurrency $PERSIST_CONCURRENCY"
-"$bench" persist --base "$base" --count "$PERSIST_COUNT" --concurrency "$PERSIST_CONCURRENCY" | tee -a "$out" || status=1
-echo "bench: fanout --clients $FANOUT_CLIENTS --events $FANOUT_EVENTS --assign-concurrency $FANOUT_ASSIGN_CONCURRENCY"
-"$bench" fanout --base "$base" --clients "$FANOUT_CLIENTS" --events "$FANOUT_EVENTS" \
-  --assign-concurrency "$FANOUT_ASSIGN_CONCURRENCY" | tee -a "$out" || status=1
+# run LABEL ARGS...: one ss-bench run; its JSON line gets the label and the load average.
+run() {
+  local label=$1
+  shift
+  echo "bench: [$label] ss-bench $*"
+  if ! "$bench" "$@" >"$tmp/run.out"; then
+    status=1
+    echo "bench: [$label] FAILED" >&2
+  fi
+  cat "$tmp/run.out"
+  local load
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  grep -E '^\{"scenario"' "$tmp/run.out" | sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\"}/" >>"$out" || true
+}
+idle_pid_of() {
+  case "$1" in signalr) echo "$service_pid" ;; floor) echo "$floor_pid" ;; socketio) echo "$socketio_pid" ;; esac
+}
+base_of() {
+  case "$1" in signalr) echo "$base" ;; floor) echo "$floor_base" ;; socketio) echo "$socketio_base" ;; esac
+}
+
+# (d) idle joined connections: server RSS per connection and CPU over IDLE_HOLD seconds.
+# First, while every server is fresh: memory freed by earlier runs would hide the growth.
+if wants idle; then
+  for peer in signalr socketio floor; do
+    run "d-idle-$peer" idle --peer "$peer" --base "$(base_of "$peer")" --clients "$IDLE_CLIENTS" \
+      --regions "$regions" --server-pid "$(idle_pid_of "$peer")" --hold "$IDLE_HOLD" \
+      --settle "$( $smoke && echo 0 || echo 5)" --clk-tck "$(getconf CLK_TCK)"
+  done
+fi
+
+# (e) persisted assignments per second.
+if wants persist; then
+  run persist persist --base "$base" --count "$PERSIST_COUNT" --concurrency "$PERSIST_CONCURRENCY"
+fi
+# Fan-out to one group of FANOUT_CLIENTS (the first pass's scenario, kept for comparison).
+if wants fanout; then
+  run fanout fanout --base "$base" --clients "$FANOUT_CLIENTS" --events "$FANOUT_EVENTS" \
+    --concurrency "$FANOUT_ASSIGN_CONCURRENCY"
+fi
+# (c) broadcast to one group of SCALE_CLIENTS: each peer, same client, same sizes.
+if wants broadcast; then
+  for peer in signalr socketio floor; do
+    run "c-broadcast-$peer" fanout --peer "$peer" --base "$(base_of "$peer")" --clients "$SCALE_CLIENTS" \
+      --events "$BROADCAST_EVENTS" --concurrency "$FANOUT_ASSIGN_CONCURRENCY"
+  done
+fi
+# (a) assignment HTTP latency at a steady rate: no hub connection, then SCALE_CLIENTS over the
+# regions all reading, then the same with 1% stalled (joined, never read).
+if wants stalled; then
+  run a-none fanout --base "$base" --clients 0 --regions "$regions" --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
+  run a-active fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" \
+    --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
+  run a-stalled fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" --stalled-fraction 0.01 \
+    --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
+fi
+# (b) delivery latency at set rates (open loop), RATE_STEPS of "rate:events": the target
+# first, then lower rates, to find the highest one the service sustains.
+if wants rate; then
+  for step in $RATE_STEPS; do
+    run "b-${step%%:*}" fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" \
+      --events "${step##*:}" --rate "${step%%:*}" --drain-timeout 120
+  done
+fi
 
 if [ "$status" -ne 0 ]; then
   echo "bench: a scenario failed; the service's log ends with:" >&2
-  tail -n 20 "$tmp/server.log" >&2
+  tail -n 20 "$tmp/service.log" >&2
   exit 1
 fi
 
 if ! $smoke; then
   stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  grep -E '^\{"scenario"' "$out" | sed -E "s/\}\$/,\"at\":\"$stamp\",\"rev\":\"$rev\",\"cores\":$(nproc)}/" >>docs/bench-results.jsonl
+  sed -E "s/\}\$/,\"at\":\"$stamp\",\"rev\":\"$rev\",\"cores\":$(nproc)}/" "$out" >>docs/bench-results.jsonl
   echo "bench: results appended to docs/bench-results.jsonl"
 fi
 echo "bench: ok"

@@ -17,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 #[derive(Debug, Parser)]
@@ -68,7 +69,9 @@ async fn main() -> std::io::Result<()> {
 
 /// Sends every broadcast message to one WebSocket until either side closes.
 async fn subscriber(stream: TcpStream, mut rx: broadcast::Receiver<Message>) {
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+    // tungstenite reads in 128 KiB chunks by default; subscribers send next to nothing.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
     let (mut sink, mut source) = ws.split();
     loop {
         tokio::select! {
