@@ -13,8 +13,8 @@
 #   SS_SERVER_BIN   a smartscheduler binary to measure instead of building one
 #                   (e.g. one built from a clean checkout of a revision)
 #   SS_SERVER_REV   the revision that binary was built from (recorded in the results)
-#   SCENARIOS       full run only: which to run, of: persist fanout broadcast stalled rate idle
-#                   (default: all)
+#   SCENARIOS       which to run, of: idle persist fanout broadcast stalled rate (default: all)
+#   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
 # FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, BROADCAST_EVENTS,
 # STALLED_EVENTS, STALLED_RATE, RATE_STEPS ("rate:events …"), IDLE_CLIENTS, IDLE_HOLD.
@@ -74,6 +74,15 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "bench: open-file limit $(ulimit -n), profile $profile, service $bin ($rev)"
 
+server_cmd=()
+client_cmd=()
+pinned=false
+if [ "${PIN:-0}" = 1 ]; then
+  server_cmd=(taskset -c 0)
+  client_cmd=(taskset -c 1)
+  pinned=true
+fi
+
 wants() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 peers=false
 if wants broadcast || wants idle; then peers=true; fi
@@ -101,7 +110,7 @@ trap cleanup EXIT
 start() {
   local name=$1
   shift
-  "$@" >"$tmp/$name.log" 2>&1 &
+  "${server_cmd[@]}" "$@" >"$tmp/$name.log" 2>&1 &
   started_pid=$!
   pids+=("$started_pid")
   started_base=""
@@ -146,14 +155,14 @@ run() {
   local label=$1
   shift
   echo "bench: [$label] ss-bench $*"
-  if ! "$bench" "$@" >"$tmp/run.out"; then
+  if ! "${client_cmd[@]}" "$bench" "$@" >"$tmp/run.out"; then
     status=1
     echo "bench: [$label] FAILED" >&2
   fi
   cat "$tmp/run.out"
   local load
   load=$(cut -d' ' -f1-3 /proc/loadavg)
-  grep -E '^\{"scenario"' "$tmp/run.out" | sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\"}/" >>"$out" || true
+  grep -E '^\{"scenario"' "$tmp/run.out" | sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\",\"pinned\":$pinned}/" >>"$out" || true
 }
 idle_pid_of() {
   case "$1" in signalr) echo "$service_pid" ;; floor) echo "$floor_pid" ;; socketio) echo "$socketio_pid" ;; esac
