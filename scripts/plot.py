@@ -3,6 +3,7 @@
 
     scripts/plot.py            writes docs/bench-latency.png, docs/bench-throughput.png, docs/bench-idle.png
     scripts/plot.py --at STAMP plots the run stamped STAMP ("at" field) instead of the latest
+    scripts/plot.py --table    prints that run as a Markdown table instead (no matplotlib needed)
 
 matplotlib comes from PyPI into a virtual environment under target/plot-venv
 (created on first use); the script re-runs itself there.
@@ -33,21 +34,27 @@ def ensure_matplotlib():
     os.execv(python, [python] + sys.argv)
 
 
-def load(at):
+def load(at, pinned=False):
+    """The run stamped `at`, or the latest full (unpinned) one: {label: row}."""
     rows = []
     with open(os.path.join(ROOT, "docs", "bench-results.jsonl")) as f:
         for line in f:
             line = line.strip()
             if line:
                 rows.append(json.loads(line))
-    labelled = [r for r in rows if "label" in r]
-    if not labelled:
-        sys.exit("plot: no labelled run in docs/bench-results.jsonl (run scripts/bench.sh)")
-    stamp = at or labelled[-1]["at"]
-    run = [r for r in labelled if r["at"] == stamp]
+    labelled = [r for r in rows if "label" in r and bool(r.get("pinned")) == pinned]
+    if at is None:
+        wanted = "c-broadcast-signalr" if pinned else "persist"
+        stamps = [r["at"] for r in labelled if r["label"] == wanted]
+        if not stamps:
+            if pinned:
+                return None, {}
+            sys.exit("plot: no full run in docs/bench-results.jsonl (run scripts/bench.sh)")
+        at = stamps[-1]
+    run = {r["label"]: r for r in labelled if r["at"] == at}
     if not run:
-        sys.exit("plot: no run stamped " + stamp)
-    return stamp, {r["label"]: r for r in run}
+        sys.exit("plot: no run stamped " + at)
+    return at, run
 
 
 PEERS = [("signalr", "our hub (SignalR)", "#1f77b4"), ("socketio", "socket.io 4", "#ff7f0e"), ("floor", "raw floor", "#2ca02c")]
@@ -61,7 +68,52 @@ def save(fig, name):
     return path
 
 
+def fmt(value, digits=1):
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(run):
+    """One Markdown row per result of the run, in the order of the script."""
+    print("| label | peer | connections (stalled) | groups | events | offered | publishes/s | HTTP p50 / p99 / p99.9 ms"
+          " | delivery p50 / p99 / p99.9 ms | messages/s | missing | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, r in run.items():
+        if r["scenario"] == "idle":
+            continue
+        if r["scenario"] == "persist":
+            http = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
+            print(f"| {label} | signalr | 0 | 1 | {r['count']} | {r['concurrency']} in flight | "
+                  f"{fmt(r['assignments_per_s'])} | {http} | — | — | {r['errors']} errors | {r['loadavg']} |")
+            continue
+        offered = f"{fmt(r['rate'], 0)}/s open loop" if r.get("rate") else f"{r['concurrency']} in flight"
+        http = " / ".join(fmt(r[f"http_{p}_ms"]) for p in ("p50", "p99", "p999"))
+        delivery = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
+        print(f"| {label} | {r['peer']} | {r['connected']:,} ({r['stalled']}) | {r['regions']} | {r['events']} | {offered} | "
+              f"{fmt(r['publishes_per_s'])} | {http} | {delivery} | {fmt(r['messages_per_s'])} | {r['missing']} | {r['loadavg']} |")
+    idle = [r for r in run.values() if r["scenario"] == "idle"]
+    if idle:
+        print()
+        print("| peer | idle joined connections | RSS before → after (KiB) | KiB per connection | CPU over hold | "
+              "at 100k: RSS | at 100k: CPU | load avg |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in idle:
+            print(f"| {r['peer']} | {r['connected']:,} | {r['rss_before_kib']:,} → {r['rss_after_kib']:,} | "
+                  f"{r['kib_per_connection']:.1f} | {r['cpu_seconds']:.2f} s / {r['hold_seconds']} s = {r['cpu_percent']:.1f}% | "
+                  f"{r['kib_per_connection'] * 100000 / 1048576:.2f} GiB | "
+                  f"{r['cpu_percent'] * 100000 / r['connected']:.0f}% of a core | {r['loadavg']} |")
+
+
 def main():
+    if "--table" in sys.argv:
+        at = sys.argv[sys.argv.index("--at") + 1] if "--at" in sys.argv else None
+        stamp, run = load(at)
+        print(f"Run {stamp}, rev {next(iter(run.values())).get('rev', '?')}:\n")
+        table(run)
+        return
     ensure_matplotlib()
     import matplotlib
 
@@ -111,17 +163,29 @@ def main():
         ax.legend()
         written.append(save(fig, "bench-latency.png"))
 
-    # Broadcast throughput against the peers.
+    # Broadcast throughput against the peers (and, when there is one, the latest pinned run).
+    pinned_stamp, pinned = load(None, pinned=True)
     bars = [(title, color, run[f"c-broadcast-{peer}"]) for peer, title, color in PEERS if f"c-broadcast-{peer}" in run]
     if bars:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        values = [b[2]["messages_per_s"] for b in bars]
-        drawn = ax.bar([b[0] for b in bars], values, color=[b[1] for b in bars])
-        ax.bar_label(drawn, labels=[f"{v:,.0f}/s" for v in values], fontsize=9)
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        groups = [("shared cores", run)] + ([("pinned: server core 0, client core 1", pinned)] if pinned else [])
+        width = 0.8 / len(groups)
+        for k, (name, which) in enumerate(groups):
+            present = [(i, peer) for i, (peer, _, _) in enumerate(PEERS) if f"c-broadcast-{peer}" in which]
+            values = [which[f"c-broadcast-{peer}"]["messages_per_s"] for _, peer in present]
+            xs = [i + (k - (len(groups) - 1) / 2) * width for i, _ in present]
+            colors = [PEERS[i][2] for i, _ in present]
+            drawn = ax.bar(xs, values, width, color=colors, alpha=1.0 if k == 0 else 0.55, hatch=None if k == 0 else "//",
+                           label=name, edgecolor="black", linewidth=0.5)
+            ax.bar_label(drawn, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        ax.set_xticks(range(len(PEERS)))
+        ax.set_xticklabels([p[1] for p in PEERS])
+        ax.legend(fontsize=8)
         first = bars[0][2]
         ax.set_ylabel("messages delivered per second")
         ax.set_title(
-            f"(c) Broadcast to one group of {first['connected']:,} connections, {first['events']} events\n" + subtitle,
+            f"(c) Broadcast to one group of {first['connected']:,} connections, {first['events']} events\n" + subtitle
+            + (f"\npinned run {pinned_stamp}" if pinned else ""),
             fontsize=9,
         )
         written.append(save(fig, "bench-throughput.png"))
