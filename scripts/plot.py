@@ -132,21 +132,21 @@ def main():
     for label, title, prefix in [
         ("persist", "(e) assign HTTP,\n32 in flight", "latency"),
         ("a-none", "(a) assign HTTP,\n0 connections", "http"),
-        ("a-active", "(a) assign HTTP,\n10k conns reading", "http"),
-        ("a-stalled", "(a) assign HTTP,\n10k conns, 1% stalled", "http"),
-        ("a-stalled", "(a) delivery,\n10k conns, 1% stalled", "latency"),
+        ("a-active", "(a) assign HTTP,\n10k reading", "http"),
+        ("a-stalled", "(a) assign HTTP,\n10k, 1% stalled", "http"),
+        ("a-stalled", "(a) delivery,\n10k, 1% stalled", "latency"),
     ] + [
-        ("b-" + r["label"][2:], f"(b) delivery, 10k conns,\n{r['rate']:.0f}/s open loop", "latency") for r in rates
+        ("b-" + r["label"][2:], f"(b) delivery,\n{r['rate']:.0f}/s, 10k", "latency") for r in rates
     ] + [
-        ("c-broadcast-signalr", "(c) delivery, 1 group\nour hub", "latency"),
-        ("c-broadcast-socketio", "(c) delivery, 1 group\nsocket.io", "latency"),
-        ("c-broadcast-floor", "(c) delivery, 1 group\nfloor", "latency"),
+        ("c-broadcast-signalr", "(c) delivery,\n1 group, ours", "latency"),
+        ("c-broadcast-socketio", "(c) delivery,\n1 group, socket.io", "latency"),
+        ("c-broadcast-floor", "(c) delivery,\n1 group, floor", "latency"),
     ]:
         r = run.get(label)
         if r and r.get(f"{prefix}_p50_ms") is not None:
             series.append((title, [r[f"{prefix}_{p}_ms"] for p in ("p50", "p99", "p999")]))
     if series:
-        fig, ax = plt.subplots(figsize=(15, 5.5))
+        fig, ax = plt.subplots(figsize=(16, 5.5))
         width = 0.27
         for k, (name, color) in enumerate([("p50", "#9ecae1"), ("p99", "#3182bd"), ("p99.9", "#08519c")]):
             xs = [i + (k - 1) * width for i in range(len(series))]
@@ -154,7 +154,7 @@ def main():
             bars = ax.bar(xs, values, width, label=name, color=color)
             ax.bar_label(bars, labels=[f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in values], fontsize=7, padding=1)
         ax.set_xticks(range(len(series)))
-        ax.set_xticklabels([s[0] for s in series], fontsize=8)
+        ax.set_xticklabels([s[0] for s in series], fontsize=7.5)
         ax.set_yscale("log")
         ax.set_ylabel("milliseconds (log scale)")
         ax.set_title("Latency percentiles per scenario\n" + subtitle, fontsize=10)
