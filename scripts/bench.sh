@@ -17,7 +17,8 @@
 #   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
 # FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, BROADCAST_EVENTS,
-# STALLED_EVENTS, STALLED_RATE, RATE_STEPS ("rate:events …"), IDLE_CLIENTS, IDLE_HOLD.
+# STALLED_EVENTS, STALLED_RATE, RATE_STEPS ("rate:events …"), CONTRACTOR_FRACTION, IDLE_CLIENTS,
+# IDLE_HOLD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -59,6 +60,9 @@ else
   regions=100
 fi
 : "${FANOUT_ASSIGN_CONCURRENCY:=4}"
+# (a) and (b): this share of the connections join one contractor's group each (the contractor of
+# event k for the k-th), the others their region's dispatch group, as in production.
+: "${CONTRACTOR_FRACTION:=0.2}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 bin="${SS_SERVER_BIN:-$target/$profile/smartscheduler}"
 bench="$target/$profile/ss-bench"
@@ -202,16 +206,16 @@ fi
 if wants stalled; then
   run a-none fanout --base "$base" --clients 0 --regions "$regions" --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
   run a-active fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" \
-    --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
+    --contractor-fraction "$CONTRACTOR_FRACTION" --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
   run a-stalled fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" --stalled-fraction 0.01 \
-    --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
+    --contractor-fraction "$CONTRACTOR_FRACTION" --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
 fi
 # (b) delivery latency at set rates (open loop), RATE_STEPS of "rate:events": the target
 # first, then lower rates, to find the highest one the service sustains.
 if wants rate; then
   for step in $RATE_STEPS; do
     run "b-${step%%:*}" fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" \
-      --events "${step##*:}" --rate "${step%%:*}" --drain-timeout 120
+      --contractor-fraction "$CONTRACTOR_FRACTION" --events "${step##*:}" --rate "${step%%:*}" --drain-timeout 120
   done
 fi
 

@@ -5,8 +5,9 @@
 //
 // - A client emits `join` with a room name (and, optionally, an ack callback,
 //   called with the room once joined).
-// - `POST /publish` with {"room": "...", "payload": {...}} emits
-//   `JobAssigned` with the payload to the room; the answer is 204.
+// - `POST /publish` with {"room": "..." or ["...", ...], "payload": {...}}
+//   emits `JobAssigned` with the payload to the room(s) (a socket in several
+//   of them gets it once); the answer is 204.
 // - Prints `socket.io listening on http://127.0.0.1:PORT` once listening.
 "use strict";
 
@@ -28,11 +29,12 @@ const server = http.createServer((req, res) => {
       res.writeHead(400).end("body is not JSON");
       return;
     }
-    if (typeof message.room !== "string" || message.payload === undefined) {
+    const rooms = Array.isArray(message.room) ? message.room : [message.room];
+    if (rooms.length === 0 || rooms.some((room) => typeof room !== "string") || message.payload === undefined) {
       res.writeHead(400).end("expected {room, payload}");
       return;
     }
-    io.to(message.room).emit("JobAssigned", message.payload);
+    io.to(rooms).emit("JobAssigned", message.payload);
     res.writeHead(204).end();
   });
 });

@@ -59,6 +59,32 @@ impl Peer {
     }
 }
 
+/// The group a connection joins: a region's dispatchers, or one contractor.
+#[derive(Debug, Clone)]
+pub enum Group {
+    /// `dispatch/{region}` (`JoinDispatchGroup`).
+    Dispatch(String),
+    /// `contractor/{id}` (`JoinContractorGroup`).
+    Contractor(String),
+}
+
+impl Group {
+    /// The group's name on our hub, and the room's on socket.io.
+    pub fn name(&self) -> String {
+        match self {
+            Group::Dispatch(region) => format!("dispatch/{region}"),
+            Group::Contractor(id) => format!("contractor/{id}"),
+        }
+    }
+
+    fn hub_method(&self) -> (&'static str, &str) {
+        match self {
+            Group::Dispatch(region) => ("JoinDispatchGroup", region),
+            Group::Contractor(id) => ("JoinContractorGroup", id),
+        }
+    }
+}
+
 /// Where and as whom to connect.
 pub struct Endpoint {
     /// Base URL (`http://host:port`).
@@ -131,14 +157,13 @@ fn job_id(text: &[u8]) -> Option<String> {
 }
 
 impl Conn {
-    /// Connects and joins the group of region `group` (`dispatch/{group}` on our
-    /// hub and the room of that name on socket.io; the floor has no groups).
+    /// Connects and joins `group` (on our hub and socket.io; the floor has no groups).
     pub async fn open(
         peer: Peer,
         http: &reqwest::Client,
         endpoint: &Endpoint,
         source: Option<IpAddr>,
-        group: &str,
+        group: &Group,
     ) -> Result<Self> {
         let ws_base = endpoint.base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
         let mut conn = match peer {
@@ -218,7 +243,7 @@ impl Conn {
         }
     }
 
-    async fn join(&mut self, group: &str) -> Result<()> {
+    async fn join(&mut self, group: &Group) -> Result<()> {
         match self.peer {
             Peer::Signalr => {
                 self.send_record(&json!({"protocol": "json", "version": 1})).await?;
@@ -226,15 +251,14 @@ impl Conn {
                 if first != b"{}" {
                     bail!("handshake refused: {}", String::from_utf8_lossy(&first));
                 }
-                self.send_record(
-                    &json!({"type": 1, "invocationId": "1", "target": "JoinDispatchGroup", "arguments": [group]}),
-                )
-                .await?;
+                let (method, argument) = group.hub_method();
+                self.send_record(&json!({"type": 1, "invocationId": "1", "target": method, "arguments": [argument]}))
+                    .await?;
                 loop {
                     let record: Value = serde_json::from_slice(&self.next_text().await?).context("record")?;
                     match record["type"].as_u64() {
                         Some(3) if record["invocationId"] == "1" => match record.get("error") {
-                            Some(error) => bail!("JoinDispatchGroup failed: {error}"),
+                            Some(error) => bail!("{method} failed: {error}"),
                             None => return Ok(()),
                         },
                         Some(7) => bail!("closed by the server: {record}"),
@@ -252,7 +276,7 @@ impl Conn {
                 if !connected.starts_with(b"40") {
                     bail!("socket.io connect refused: {}", String::from_utf8_lossy(&connected));
                 }
-                self.send_text(format!("421{}", json!(["join", format!("dispatch/{group}")]))).await?;
+                self.send_text(format!("421{}", json!(["join", group.name()]))).await?;
                 loop {
                     if self.next_text().await?.starts_with(b"431") {
                         return Ok(());

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::conn::{Conn, Endpoint, Event, Peer, KEEPALIVE};
+use crate::conn::{Conn, Endpoint, Event, Group, Peer, KEEPALIVE};
 use crate::stats::{json_line, round, Percentiles, ProcSample};
 
 #[derive(Debug, Parser)]
@@ -112,6 +112,9 @@ struct FanoutArgs {
     /// Open loop: publishes in flight at most (beyond it the schedule slips, and the run says so).
     #[arg(long, default_value_t = 2048)]
     max_in_flight: usize,
+    /// Fraction of the clients that join a contractor's group (`contractor/{id}`) instead of a region's.
+    #[arg(long, default_value_t = 0.0)]
+    contractor_fraction: f64,
     /// Fraction of the clients that join and then never read their socket again.
     #[arg(long, default_value_t = 0.0)]
     stalled_fraction: f64,
@@ -312,7 +315,7 @@ struct Shared {
 
 /// One subscriber's part.
 struct Plan {
-    region: String,
+    group: Group,
     source: Option<IpAddr>,
     /// Events it should receive before it stops by itself.
     expected: usize,
@@ -335,7 +338,7 @@ async fn subscriber(
 ) -> Report {
     let setup = async {
         let _permit = shared.gate.acquire().await?;
-        Conn::open(shared.peer, &shared.http, &shared.endpoint, plan.source, &plan.region).await
+        Conn::open(shared.peer, &shared.http, &shared.endpoint, plan.source, &plan.group).await
     };
     let mut conn = match setup.await {
         Ok(conn) => {
@@ -495,11 +498,11 @@ enum Publisher {
 }
 
 /// A JobAssigned payload shaped and sized like ours (docs/realtime.md).
-fn peer_payload(job: &str, region: &str, sequence: usize) -> Value {
+fn peer_payload(job: &str, contractor: &str, region: &str, sequence: usize) -> Value {
     let id = || uuid::Uuid::new_v4().to_string();
     json!({
         "type": "JobAssigned", "schemaVersion": 1, "eventId": id(), "sequence": sequence + 1,
-        "occurredAtUtc": "2026-11-28T14:15:21.992Z", "jobId": job, "contractorId": id(), "assignmentId": id(),
+        "occurredAtUtc": "2026-11-28T14:15:21.992Z", "jobId": job, "contractorId": contractor, "assignmentId": id(),
         "startUtc": "2026-12-01T09:00:00Z", "endUtc": "2026-12-01T11:00:00Z", "region": region,
         "source": "manual", "auditId": null,
         "job": {"id": job, "jobType": "Flooring", "title": format!("bench job {sequence}"), "region": region,
@@ -515,51 +518,74 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
     let http = http_client(args.concurrency.max(64))?;
     let endpoint = Endpoint::new(&t.base, &t.token).await?;
 
-    // The events: real jobs on our hub; made-up ones for the peers.
-    let (job_ids, publisher) = if peer == Peer::Signalr {
+    // The events: real jobs on our hub; made-up ones for the peers. Event j is in region j mod R.
+    let region_of = |j: usize| &regions[j % regions.len()];
+    let (job_ids, contractor_ids, publisher) = if peer == Peer::Signalr {
         let started = Instant::now();
         let pairs = create_pairs(&http, &t, &regions, args.events, 16).await.context("setup")?;
         eprintln!("ss-bench: {} jobs and contractors created in {:.1} s", pairs.len(), started.elapsed().as_secs_f64());
-        (pairs.iter().map(|(job, _)| job.clone()).collect::<Vec<_>>(), Publisher::Assign(pairs))
+        let (jobs, contractors) = pairs.iter().cloned().unzip();
+        (jobs, contractors, Publisher::Assign(pairs))
     } else {
-        let ids: Vec<String> = (0..args.events).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-        let bodies = ids
-            .iter()
-            .enumerate()
-            .map(|(j, id)| {
-                let region = &regions[j % regions.len()];
-                let payload = peer_payload(id, region, j);
+        let new_ids = || (0..args.events).map(|_| uuid::Uuid::new_v4().to_string()).collect::<Vec<_>>();
+        let (jobs, contractors) = (new_ids(), new_ids());
+        let bodies = (0..args.events)
+            .map(|j| {
+                let payload = peer_payload(&jobs[j], &contractors[j], region_of(j), j);
                 match peer {
-                    Peer::Socketio => json!({"room": format!("dispatch/{region}"), "payload": payload}).to_string(),
+                    // Like our hub: to the region's dispatchers and to the contractor.
+                    Peer::Socketio => json!({
+                        "room": [Group::Dispatch(region_of(j).clone()).name(), Group::Contractor(contractors[j].clone()).name()],
+                        "payload": payload,
+                    })
+                    .to_string(),
                     _ => payload.to_string(),
                 }
             })
             .collect();
-        (ids, Publisher::Post(format!("{}/publish", endpoint.base), bodies))
+        (jobs, contractors, Publisher::Post(format!("{}/publish", endpoint.base), bodies))
     };
     let shared = shared(c, &t, endpoint, &job_ids)?;
 
-    // Subscribe.
+    // Subscribe: the first clients are the stalled ones (one per region while there are fewer
+    // of them than regions), the last ones the contractors (the one of event k for the k-th).
     let stalled_count = ((c.clients as f64) * args.stalled_fraction).round() as usize;
+    let contractor_count = ((c.clients as f64) * args.contractor_fraction).round() as usize;
+    let dispatchers = c.clients.saturating_sub(contractor_count);
     let per_region = |r: usize| (r..args.events).step_by(regions.len()).count();
     let plans = (0..c.clients)
-        .map(|i| Plan {
-            region: regions[i % regions.len()].clone(),
-            source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
-            expected: if peer.has_groups() { per_region(i % regions.len()) } else { args.events },
-            // The first ones: one per region while there are fewer stalled clients than regions.
-            stalled: i < stalled_count,
+        .map(|i| {
+            let (group, expected) = if i < dispatchers || args.events == 0 {
+                (Group::Dispatch(regions[i % regions.len()].clone()), per_region(i % regions.len()))
+            } else {
+                (Group::Contractor(contractor_ids[(i - dispatchers) % args.events].clone()), 1)
+            };
+            Plan {
+                group,
+                source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
+                expected: if peer.has_groups() { expected } else { args.events },
+                stalled: i < stalled_count,
+            }
         })
         .collect::<Vec<_>>();
     let expected_total: usize = plans.iter().filter(|p| !p.stalled).map(|p| p.expected).sum();
+    // Deliveries each event should make (to subtract those of failed publishes).
     let expected_per_event: Vec<usize> = {
-        let mut per = vec![0usize; regions.len()];
-        for (i, plan) in plans.iter().enumerate() {
-            if !plan.stalled {
-                per[i % regions.len()] += 1;
+        let active = plans.iter().filter(|p| !p.stalled).count();
+        let mut per_region = vec![0usize; regions.len()];
+        let mut per_contractor: HashMap<&str, usize> = HashMap::new();
+        for (i, plan) in plans.iter().enumerate().filter(|(_, p)| !p.stalled) {
+            match &plan.group {
+                Group::Dispatch(_) => per_region[i % regions.len()] += 1,
+                Group::Contractor(id) => *per_contractor.entry(id.as_str()).or_default() += 1,
             }
         }
-        (0..args.events).map(|j| if peer.has_groups() { per[j % regions.len()] } else { per.iter().sum() }).collect()
+        (0..args.events)
+            .map(|j| match peer.has_groups() {
+                true => per_region[j % regions.len()] + per_contractor.get(contractor_ids[j].as_str()).unwrap_or(&0),
+                false => active,
+            })
+            .collect()
     };
     let subs = Subscribers::open(&shared, plans).await;
 
@@ -627,7 +653,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
     let http_p = Percentiles::of(http_latencies);
     let p = Percentiles::of_micros(latencies);
     println!(
-        "fanout [{}]: {connected} clients ({stalled_count} stalled) in {} groups x {} events{}: {delivered}/{expected} deliveries in {window:.2} s = {rate:.0} msg/s; publishes {publishes_per_s:.0}/s, HTTP {}; delivery {}; {connect_errors} connect errors, {publish_errors} publish errors, {missing} missing, {duplicates} duplicates",
+        "fanout [{}]: {connected} clients ({stalled_count} stalled, {contractor_count} in contractor groups) in {} regions x {} events{}: {delivered}/{expected} deliveries in {window:.2} s = {rate:.0} msg/s; publishes {publishes_per_s:.0}/s, HTTP {}; delivery {}; {connect_errors} connect errors, {publish_errors} publish errors, {missing} missing, {duplicates} duplicates",
         peer.name(),
         if peer.has_groups() { regions.len() } else { 1 },
         args.events,
@@ -640,6 +666,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
         "clients": c.clients,
         "connected": connected,
         "stalled": stalled_count,
+        "contractors": contractor_count,
         "regions": regions.len(),
         "events": args.events,
         "rate": if open_loop { json!(args.rate) } else { Value::Null },
@@ -720,7 +747,7 @@ async fn idle(args: IdleArgs) -> Result<bool> {
     let before = ProcSample::read(args.server_pid).context("server process")?;
     let plans = (0..c.clients)
         .map(|i| Plan {
-            region: regions[i % regions.len()].clone(),
+            group: Group::Dispatch(regions[i % regions.len()].clone()),
             source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
             expected: usize::MAX,
             stalled: false,
