@@ -78,7 +78,7 @@ def fmt(value, digits=1):
 
 def table(run):
     """One Markdown row per result of the run, in the order of the script."""
-    print("| label | peer | connections (stalled) | groups | events | offered | publishes/s | HTTP p50 / p99 / p99.9 ms"
+    print("| label | peer | connections (stalled; contractors) | groups | events | offered | publishes/s | HTTP p50 / p99 / p99.9 ms"
           " | delivery p50 / p99 / p99.9 ms | messages/s | missing | load avg |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in run.items():
@@ -92,7 +92,8 @@ def table(run):
         offered = f"{fmt(r['rate'], 0)}/s open loop" if r.get("rate") else f"{r['concurrency']} in flight"
         http = " / ".join(fmt(r[f"http_{p}_ms"]) for p in ("p50", "p99", "p999"))
         delivery = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
-        print(f"| {label} | {r['peer']} | {r['connected']:,} ({r['stalled']}) | {r['regions']} | {r['events']} | {offered} | "
+        conns = f"{r['connected']:,} ({r['stalled']}" + (f"; {r['contractors']:,} contractors)" if r.get("contractors") else ")")
+        print(f"| {label} | {r['peer']} | {conns} | {r['regions']} | {r['events']} | {offered} | "
               f"{fmt(r['publishes_per_s'])} | {http} | {delivery} | {fmt(r['messages_per_s'])} | {r['missing']} | {r['loadavg']} |")
     idle = [r for r in run.values() if r["scenario"] == "idle"]
     if idle:
