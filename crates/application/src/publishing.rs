@@ -501,7 +501,7 @@ mod tests {
         let (_, relay) = outbox(Arc::new(MockEventLog::new()), HandlerRegistry::new(), config());
         for attempt in 1..40 {
             let ms = relay.backoff(attempt);
-            assert!(ms >= 1 && ms <= 60_000, "attempt {attempt}: {ms}");
+            assert!((1..=60_000).contains(&ms), "attempt {attempt}: {ms}");
         }
         assert!(relay.backoff(1) <= 200);
         assert!(relay.backoff(20) >= 30_000);

@@ -82,6 +82,7 @@ macro_rules! store_suite {
             twenty_concurrent_assignments_of_one_job_commit_exactly_one,
             twenty_concurrent_overlapping_assignments_of_one_contractor_commit_exactly_one,
             twenty_concurrent_back_to_back_assignments_of_one_contractor_all_commit,
+            a_concurrent_burst_of_good_and_refused_assignments_gives_each_its_own_outcome,
         );
     };
     (@current $backend:ty; $($name:ident),* $(,)?) => {
@@ -1042,4 +1043,79 @@ pub async fn highest_published_is_the_top_published_sequence_and_ignores_claimed
     db.store.mark_published(rows, Timestamp::now()).await.unwrap();
     // The third row is claimed (it has a higher sequence) but not published.
     assert_eq!(db.store.highest_published().await.unwrap(), claimed[1].sequence);
+}
+
+/// A burst as group commit sees it: good assignments, racing duplicates,
+/// unknown jobs and unknown contractors, all at once. Each gets its own
+/// answer, the refused ones leave nothing behind, and none fails another.
+pub async fn a_concurrent_burst_of_good_and_refused_assignments_gives_each_its_own_outcome<B: Backend>() {
+    const GOOD: usize = 30;
+    const EACH_BAD: usize = 10;
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let mut plans = Vec::new(); // (what, job, assignment, event)
+    let mut raced = Vec::new();
+    for i in 0..GOOD {
+        let c = db.add_contractor(&format!("Good {i}"), "north").await;
+        let j = db.add_job("north").await;
+        let (assigned, assignment, event) = plan(&j, &c, range(0, 60));
+        plans.push(("good", assigned, assignment, event));
+        if i < EACH_BAD {
+            // The same job to another contractor: exactly one of the two wins.
+            let rival = db.add_contractor(&format!("Rival {i}"), "north").await;
+            let (assigned, assignment, event) = plan(&j, &rival, range(0, 60));
+            plans.push(("rival", assigned, assignment, event));
+            raced.push(j.id());
+        }
+    }
+    let someone = db.add_contractor("Someone", "north").await;
+    let mut untouched = Vec::new();
+    for _ in 0..EACH_BAD {
+        let (assigned, assignment, event) = plan(&job("north", Timestamp::now()), &someone, range(0, 60));
+        plans.push(("unknown job", assigned, assignment, event));
+        let stored = db.add_job("north").await;
+        let ghost = contractor("Ghost", "north", Timestamp::now());
+        let (assigned, assignment, event) = plan(&stored, &ghost, range(0, 60));
+        plans.push(("unknown contractor", assigned, assignment, event));
+        untouched.push(stored.id());
+    }
+
+    let barrier = Arc::new(Barrier::new(plans.len()));
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .map(|(what, assigned, assignment, event)| {
+            let store = db.store.clone();
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let result = store.commit_assignment(&assigned, &assignment, &event, None).await;
+                (what, assigned.id(), result, event.event_id())
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (what, job_id, result, event_id) = task.await.expect("the task does not panic");
+        match (what, &result) {
+            ("good" | "rival", Ok(())) => winners.push((job_id, event_id)),
+            ("good" | "rival", Err(CommitAssignmentError::JobAlreadyAssigned)) if raced.contains(&job_id) => {}
+            ("unknown job", Err(CommitAssignmentError::JobNotFound)) => {}
+            ("unknown contractor", Err(CommitAssignmentError::ContractorNotFound)) => {}
+            _ => panic!("{what} {job_id}: unexpected {result:?}"),
+        }
+    }
+    assert_eq!(winners.len(), GOOD, "one winner per stored job: {winners:?}");
+    let jobs: std::collections::HashSet<JobId> = winners.iter().map(|(j, _)| *j).collect();
+    assert_eq!(jobs.len(), GOOD, "no job was assigned twice");
+    let g = GOOD as i64;
+    assert_eq!(db.counts().await, Counts { assignments: g, events: g, event_groups: 2 * g });
+    let mut logged = entry_ids(&db.all_events().await);
+    let mut expected: Vec<EventId> = winners.iter().map(|(_, e)| *e).collect();
+    logged.sort();
+    expected.sort();
+    assert_eq!(logged, expected, "exactly the winners' events are logged");
+    for id in untouched {
+        assert_eq!(db.stored_job(id).await.status(), JobStatus::Unassigned);
+    }
 }
