@@ -163,8 +163,15 @@ async fn main() {
 
 // ---------------------------------------------------------------- HTTP
 
+/// An HTTP client that drops pooled connections after 1 s idle: the service closes them after
+/// its keep-alive (5 s), and a request sent on one just as it is closed fails
+/// ("connection closed before message completed"), which a steady low rate hits now and then.
 fn http_client(pool: usize) -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().pool_max_idle_per_host(pool.max(1)).timeout(Duration::from_secs(60)).build()?)
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(pool.max(1))
+        .pool_idle_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(60))
+        .build()?)
 }
 
 async fn post(client: &reqwest::Client, t: &Target, path: &str, body: &Value) -> Result<(u16, Value)> {
