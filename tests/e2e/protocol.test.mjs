@@ -130,3 +130,18 @@ test("the server pings an idle connection within the keep-alive interval (15 s)"
   assert.equal(raw.closed, undefined, "the connection is still open");
   assertWellFramed(raw);
 });
+
+test("a client silent for 30 s is closed with allowReconnect, having been pinged first", T, async (t) => {
+  const server = await startServer(t);
+  const raw = await rawConnect(server, await dispatcherToken(["north"]));
+  const started = Date.now();
+  // The client sends nothing after its handshake.
+  const close = await raw.waitForRecord((r) => r.type === 7, 45_000, "a Close record for the silent client");
+  const elapsed = Date.now() - started;
+  assert.ok(elapsed >= 29_000, `closed after ${elapsed} ms, before the 30 s client timeout`);
+  assert.ok(elapsed <= 40_000, `closed after ${elapsed} ms, long after the 30 s client timeout`);
+  assert.match(close.error, /timeout/i);
+  assert.equal(close.allowReconnect, true);
+  assert.ok(raw.records.some((r) => r.type === 6), "the server pinged before giving up");
+  assertWellFramed(raw);
+});

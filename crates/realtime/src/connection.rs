@@ -1,8 +1,9 @@
 //! One logical hub connection and the WebSocket that carries it.
 //!
 //! After the handshake, one `select!` loop runs over the client's messages,
-//! the outbound queue the hub fills, the hub's close signal and a one-second
-//! tick (keep-alive pings, client timeout, stateful-reconnect acks).
+//! the outbound queue the hub fills, the hub's close signal and one timer
+//! armed for whatever is due next (keep-alive ping, client timeout,
+//! stateful-reconnect ack).
 //!
 //! With stateful reconnect (negotiated with `useStatefulReconnect=true` and
 //! handshake version 2), every trackable record sent (invocations and
@@ -42,6 +43,9 @@ enum Stop {
     /// Send a Close record with this error and reconnect permission.
     Close { error: String, allow_reconnect: bool },
 }
+
+/// How soon a stateful connection acks the messages it has processed.
+const ACK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The socket side: writes with a timeout, racing the hub's close signal.
 struct Writer {
@@ -395,8 +399,15 @@ impl Conn {
                 return stop;
             }
         }
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer per connection, armed for the next thing due (a
+        // keep-alive Ping, the client timeout, a stateful ack) rather than a
+        // tick every second: an idle connection wakes every 15 s, not every 1 s.
+        // Traffic does not re-arm it (that would cost a timer update per
+        // message): when it fires early, it re-arms for what is due next.
+        let keep_alive = self.ctx.config.keep_alive;
+        let client_timeout = self.ctx.config.client_timeout;
+        let timer = tokio::time::sleep(keep_alive.min(client_timeout).min(ACK_INTERVAL));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 message = stream.recv() => {
@@ -424,6 +435,13 @@ impl Conn {
                             return stop;
                         }
                     }
+                    // Something to ack: within a second, as before.
+                    if self.ack_pending() {
+                        let soon = tokio::time::Instant::now() + ACK_INTERVAL;
+                        if timer.deadline() > soon {
+                            timer.as_mut().reset(soon);
+                        }
+                    }
                 }
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => {
@@ -447,8 +465,8 @@ impl Conn {
                     self.close = None;
                     return close_for(reason.unwrap_or(CloseReason::ShuttingDown));
                 }
-                _ = tick.tick() => {
-                    if last_received.elapsed() >= self.ctx.config.client_timeout {
+                () = &mut timer => {
+                    if last_received.elapsed() >= client_timeout {
                         return Stop::Close { error: "Server timeout elapsed without receiving a message from the client.".into(), allow_reconnect: true };
                     }
                     if let Some(state) = self.stateful.as_mut() {
@@ -460,14 +478,26 @@ impl Conn {
                             }
                         }
                     }
-                    if writer.last_sent.elapsed() >= self.ctx.config.keep_alive {
+                    if writer.last_sent.elapsed() >= keep_alive {
                         if let Err(stop) = writer.send(&mut self.close, protocol::PING.into()).await {
                             return stop;
                         }
                     }
+                    let mut next = (last_received + client_timeout).min(writer.last_sent + keep_alive);
+                    if self.ack_pending() {
+                        next = next.min(Instant::now() + ACK_INTERVAL);
+                    }
+                    // Never a busy loop, even if a clock reading lags.
+                    let next = next.max(Instant::now() + Duration::from_millis(10));
+                    timer.as_mut().reset(tokio::time::Instant::from_std(next));
                 }
             }
         }
+    }
+
+    /// Whether a stateful connection has processed messages it has not acked yet.
+    fn ack_pending(&self) -> bool {
+        self.stateful.as_ref().is_some_and(|state| state.processed > state.acked_to_client)
     }
 
     async fn on_record(&mut self, record: &[u8], writer: &mut Writer) -> Result<(), Stop> {
