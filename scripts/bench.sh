@@ -109,6 +109,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck source=scripts/lib/listening.sh
+. "$root/scripts/lib/listening.sh"
+
 # start NAME COMMAND...: runs it in the background, logging to $tmp/NAME.log, and
 # waits for its "listening on http://127.0.0.1:PORT" line; sets $started_base and $started_pid.
 start() {
@@ -117,14 +120,7 @@ start() {
   "${server_cmd[@]}" "$@" >"$tmp/$name.log" 2>&1 &
   started_pid=$!
   pids+=("$started_pid")
-  started_base=""
-  for _ in $(seq 1 300); do
-    started_base=$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$tmp/$name.log" | head -1 | sed 's/listening on //' || true)
-    [ -n "$started_base" ] && break
-    kill -0 "$started_pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; echo "bench: $name did not start" >&2; exit 1; }
-    sleep 0.1
-  done
-  [ -n "$started_base" ] || { cat "$tmp/$name.log" >&2; echo "bench: $name did not report its address" >&2; exit 1; }
+  started_base=$(wait_listening "$tmp/$name.log" "$started_pid" "bench: $name") || exit 1
   echo "bench: $name pid $started_pid on $started_base"
 }
 

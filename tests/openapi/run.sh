@@ -30,6 +30,9 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
   fi
 fi
 
+# shellcheck source=scripts/lib/listening.sh
+. "$root/scripts/lib/listening.sh"
+
 tmp=$(mktemp -d)
 pid=""
 cleanup() {
@@ -50,14 +53,7 @@ export SMARTSCHEDULER_HUB_NEGOTIATE_PER_MINUTE=1000000
 export NO_COLOR=1
 "$bin" serve >"$tmp/server.log" 2>&1 &
 pid=$!
-base=""
-for _ in $(seq 1 300); do
-  base=$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$tmp/server.log" | head -1 | sed 's/listening on //' || true)
-  [ -n "$base" ] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$tmp/server.log" >&2; echo "openapi: the service did not start" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$base" ] || { echo "openapi: the service did not report its address" >&2; exit 1; }
+base=$(wait_listening "$tmp/server.log" "$pid" "openapi: the service") || exit 1
 
 admin=$("$bin" token --role Admin --ttl 3600)
 # Some data, so that lists, the EventLog and its payloads are not empty.
