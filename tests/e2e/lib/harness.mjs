@@ -155,8 +155,13 @@ class Server {
     this._adminToken = undefined;
   }
 
-  /** Starts (or restarts, on the same port and database) the process. */
-  async start() {
+  /** Who this process is, in error messages. */
+  get label() {
+    return BIN;
+  }
+
+  /** The process's environment: a private SQLite database, no Redis. */
+  serverEnv() {
     const env = {
       ...process.env,
       NO_COLOR: "1",
@@ -167,6 +172,12 @@ class Server {
       ...this.extraEnv,
     };
     delete env.SMARTSCHEDULER_REDIS_URL;
+    return env;
+  }
+
+  /** Starts (or restarts, on the same port and database) the process. */
+  async start() {
+    const env = this.serverEnv();
     const proc = spawn(BIN, ["serve"], { cwd: this.dir, env, stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;
     this.exit = undefined;
@@ -202,11 +213,11 @@ class Server {
       const base = await waitFor(
         () => {
           if (listening) return listening;
-          if (this.exit) throw new Error(`smartscheduler exited early (${JSON.stringify(this.exit)}):\n${early}`);
+          if (this.exit) throw new Error(`${this.label} exited early (${JSON.stringify(this.exit)}):\n${early}`);
           return undefined;
         },
         STARTUP_TIMEOUT_MS,
-        () => `"listening on" from ${BIN}; log:\n${this.log}`,
+        () => `"listening on" from ${this.label}; log:\n${this.log}`,
       );
       this.base = base;
       this.port = Number(new URL(base).port);
@@ -775,60 +786,16 @@ class ClusterNode extends Server {
     this.name = name;
   }
 
-  async start() {
-    const env = {
-      ...process.env,
-      NO_COLOR: "1",
-      SMARTSCHEDULER_BIND: this.bind,
-      SMARTSCHEDULER_DATABASE_URL: this.databaseUrl,
-      SMARTSCHEDULER_JWT_SECRET: SECRET,
-      SMARTSCHEDULER_DATA_DIR: join(this.dir, "data"),
-      ...this.extraEnv,
-    };
+  get label() {
+    return `node ${this.name}`;
+  }
+
+  /** The shared PostgreSQL database, and Redis when the cluster has one. */
+  serverEnv() {
+    const env = { ...super.serverEnv(), SMARTSCHEDULER_DATABASE_URL: this.databaseUrl, ...this.extraEnv };
     if (this.redisUrl) env.SMARTSCHEDULER_REDIS_URL = this.redisUrl;
     else delete env.SMARTSCHEDULER_REDIS_URL;
-    const proc = spawn(BIN, ["serve"], { cwd: this.dir, env, stdio: ["ignore", "pipe", "pipe"] });
-    this.proc = proc;
-    this.exit = undefined;
-    running.add(proc);
-    this.exited = new Promise((resolve) => {
-      proc.on("exit", (code, signal) => {
-        running.delete(proc);
-        this.exit = { code, signal };
-        resolve(this.exit);
-      });
-      proc.on("error", (err) => {
-        running.delete(proc);
-        this.exit = { code: null, signal: null, error: err };
-        resolve(this.exit);
-      });
-    });
-    let listening;
-    const append = (chunk) => {
-      this.log += chunk.toString("utf8").replace(ANSI, "");
-      if (this.log.length > LOG_LIMIT) this.log = this.log.slice(-LOG_LIMIT / 2);
-      listening ??= /listening on (http:\/\/[0-9.:]+)/.exec(this.log)?.[1];
-    };
-    proc.stdout.on("data", append);
-    proc.stderr.on("data", append);
-    try {
-      this.base = await waitFor(
-        () => {
-          if (listening) return listening;
-          if (this.exit) throw new Error(`node ${this.name} exited early (${JSON.stringify(this.exit)}):\n${this.log}`);
-          return undefined;
-        },
-        STARTUP_TIMEOUT_MS,
-        () => `"listening on" from node ${this.name}; log:\n${this.log}`,
-      );
-      this.port = Number(new URL(this.base).port);
-      this.bind = `127.0.0.1:${this.port}`;
-      this.wsBase = this.base.replace(/^http/, "ws");
-    } catch (err) {
-      await this.kill();
-      throw err;
-    }
-    return this;
+    return env;
   }
 
   /** Whether this process has logged taking the publisher lease (and is alive). */
