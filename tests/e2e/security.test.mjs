@@ -36,22 +36,6 @@ function assertProblem(res, status, what) {
   }
 }
 
-/** POST negotiate with the token in the `access_token` query parameter (as browsers send it). */
-async function negotiateWithQueryToken(server, token) {
-  const res = await fetch(
-    `${server.base}/hubs/jobs/negotiate?negotiateVersion=1&access_token=${encodeURIComponent(token)}`,
-    { method: "POST" },
-  );
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
-}
-
 // ---------------------------------------------------------------------------
 // Tokens
 
@@ -89,7 +73,7 @@ test("forged, expired, alg:none and wrong-algorithm tokens get 401 problem+json 
     const hub = await negotiate(server, token);
     assertProblem(hub, 401, `POST /hubs/jobs/negotiate with the ${name} token`);
     assert.match(hub.headers.get("www-authenticate") ?? "", /^Bearer/);
-    assertProblem(await negotiateWithQueryToken(server, token), 401, `negotiate with the ${name} token in access_token`);
+    assertProblem(await negotiate(server, token, { inQuery: true }), 401, `negotiate with the ${name} token in access_token`);
     await assert.rejects(
       rawConnect(server, token, { skipNegotiation: true, handshake: false }),
       (err) => err.status === 401,
@@ -425,7 +409,7 @@ test("negotiate is limited per user per minute: the 6th is 429 problem+json with
   assertProblem(sixth, 429, "the 6th negotiate in a minute");
   const retryAfter = Number(sixth.headers.get("retry-after"));
   assert.ok(Number.isInteger(retryAfter) && retryAfter > 0 && retryAfter <= 60, `Retry-After: ${sixth.headers.get("retry-after")}`);
-  assertProblem(await negotiateWithQueryToken(server, alice), 429, "the 7th, token in the query");
+  assertProblem(await negotiate(server, alice, { inQuery: true }), 429, "the 7th, token in the query");
 
   // Connecting without negotiate counts against the same budget.
   await assert.rejects(
@@ -595,7 +579,7 @@ test("a token in the access_token query string never appears in the service's lo
   const contractor = await server.createContractor("north");
 
   // Negotiate with the token in the query, then the WebSocket with both tokens in the URL.
-  const negotiated = await negotiateWithQueryToken(server, token);
+  const negotiated = await negotiate(server, token, { inQuery: true });
   assert.equal(negotiated.status, 200);
   const connectionToken = negotiated.json.connectionToken;
   const viaQuery = await rawConnect(server, token, { id: connectionToken, tokenInQuery: true, query: { access_token: token } });
@@ -612,7 +596,7 @@ test("a token in the access_token query string never appears in the service's lo
     (err) => err.status === 404,
   );
   for (const bad of [expired, forged]) {
-    assert.equal((await negotiateWithQueryToken(server, bad)).status, 401);
+    assert.equal((await negotiate(server, bad, { inQuery: true })).status, 401);
     await assert.rejects(
       rawConnect(server, bad, { skipNegotiation: true, handshake: false, tokenInQuery: true, query: { access_token: bad } }),
       (err) => err.status === 401,

@@ -449,11 +449,16 @@ export async function connect(server, token, opts = {}) {
 // ---------------------------------------------------------------------------
 // Raw WebSocket clients (protocol-level checks)
 
-/** POST /hubs/jobs/negotiate?negotiateVersion=1 with an optional token. */
-export async function negotiate(server, token) {
+/**
+ * POST /hubs/jobs/negotiate?negotiateVersion=1 with an optional token, in the
+ * Authorization header or, with `{ inQuery: true }`, as `access_token` (as browsers send it).
+ */
+export async function negotiate(server, token, { inQuery = false } = {}) {
   const headers = {};
-  if (token) headers.authorization = `Bearer ${token}`;
-  const res = await fetch(`${server.base}/hubs/jobs/negotiate?negotiateVersion=1`, { method: "POST", headers });
+  let url = `${server.base}/hubs/jobs/negotiate?negotiateVersion=1`;
+  if (token && inQuery) url += `&access_token=${encodeURIComponent(token)}`;
+  else if (token) headers.authorization = `Bearer ${token}`;
+  const res = await fetch(url, { method: "POST", headers });
   const text = await res.text();
   let json;
   try {
