@@ -437,9 +437,10 @@ mod tests {
             .collect();
         let registered: BTreeSet<(String, String)> = http::ROUTES
             .iter()
-            .chain(http::console::ROUTES.iter())
             .chain(smartscheduler_realtime::http::ROUTES.iter())
-            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .copied()
+            .chain(http::console::routes())
+            .map(|(m, p)| (m.to_owned(), p.to_owned()))
             .collect();
         let undocumented: Vec<_> = registered.difference(&documented).collect();
         let not_served: Vec<_> = documented.difference(&registered).collect();
