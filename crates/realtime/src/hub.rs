@@ -7,7 +7,15 @@
 //! `try_send`. A connection whose queue is full is dropped from every group
 //! and told to close (with `allowReconnect`), so one slow client never slows
 //! the others or the publisher.
+//!
+//! The queues are filled on the connections' own threads: the hub hands each
+//! event's frame once to a fan-out task per thread (an actix worker), with
+//! the members living there, and that task queues it to each. Waking a task
+//! on another thread costs a system call; waking one on the same thread does
+//! not, so an event costs one cross-thread wake per worker instead of one per
+//! member (see docs/benchmarks.md, "Improvements").
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,6 +69,81 @@ pub struct HubStats {
     pub slow_closes: u64,
 }
 
+/// A connection's end of its outbound queue, shared by the hub and the
+/// fan-out task of the connection's thread.
+struct Outlet {
+    key: ConnKey,
+    outbound: mpsc::Sender<Frame>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// One event's frame for the members living on one thread.
+struct Batch {
+    frame: Frame,
+    targets: Vec<Arc<Outlet>>,
+    max_queued_bytes: usize,
+    /// Where the connections the frame could not be queued to are reported.
+    undelivered: mpsc::UnboundedSender<Undelivered>,
+}
+
+/// Connections a frame could not be queued to: `true` when the queue was
+/// full (a slow client), `false` when the connection was gone.
+type Undelivered = Vec<(ConnKey, bool)>;
+
+/// The way in to the fan-out task of one thread.
+#[derive(Clone)]
+struct LocalFanout {
+    id: u64,
+    batches: mpsc::UnboundedSender<Batch>,
+}
+
+thread_local! {
+    static LOCAL_FANOUT: RefCell<Option<LocalFanout>> = const { RefCell::new(None) };
+}
+static NEXT_FANOUT: AtomicU64 = AtomicU64::new(1);
+
+/// The fan-out task of the calling thread, started on first use (and again
+/// if the runtime that ran the previous one has gone).
+fn local_fanout() -> LocalFanout {
+    LOCAL_FANOUT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if let Some(fanout) = cell.as_ref().filter(|f| !f.batches.is_closed()) {
+            return fanout.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(fan_out(rx));
+        let fanout = LocalFanout { id: NEXT_FANOUT.fetch_add(1, Ordering::Relaxed), batches: tx };
+        *cell = Some(fanout.clone());
+        fanout
+    })
+}
+
+/// Queues each batch's frame to its targets; reports to the hub the ones
+/// it could not. Never waits for a connection.
+async fn fan_out(mut batches: mpsc::UnboundedReceiver<Batch>) {
+    while let Some(batch) = batches.recv().await {
+        let size = batch.frame.text.len();
+        let mut undelivered = Vec::new();
+        for outlet in &batch.targets {
+            // Counted before the frame can be taken (and subtracted), so the
+            // count never goes below zero.
+            let queued = outlet.queued_bytes.fetch_add(size, Ordering::Relaxed);
+            if queued + size > batch.max_queued_bytes {
+                outlet.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                undelivered.push((outlet.key, true));
+                continue;
+            }
+            if let Err(err) = outlet.outbound.try_send(batch.frame.clone()) {
+                outlet.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                undelivered.push((outlet.key, matches!(err, mpsc::error::TrySendError::Full(_))));
+            }
+        }
+        if !undelivered.is_empty() {
+            let _ = batch.undelivered.send(undelivered);
+        }
+    }
+}
+
 struct Parked {
     conn: Box<Conn>,
     since: Instant,
@@ -72,9 +155,8 @@ enum Command {
         reply: oneshot::Sender<bool>,
     },
     Register {
-        key: ConnKey,
-        outbound: mpsc::Sender<Frame>,
-        queued_bytes: Arc<AtomicUsize>,
+        outlet: Arc<Outlet>,
+        fanout: LocalFanout,
         close: oneshot::Sender<CloseReason>,
     },
     Unregister {
@@ -147,7 +229,8 @@ impl HubHandle {
     }
 
     /// Adds a connection with its outbound queue, its queued-bytes counter
-    /// and its close signal.
+    /// and its close signal. Call it on the thread that runs the connection:
+    /// its frames are queued there.
     ///
     /// # Errors
     /// [`HubStopped`].
@@ -158,7 +241,8 @@ impl HubHandle {
         queued_bytes: Arc<AtomicUsize>,
         close: oneshot::Sender<CloseReason>,
     ) -> Result<(), HubStopped> {
-        self.send(Command::Register { key, outbound, queued_bytes, close }).await
+        let outlet = Arc::new(Outlet { key, outbound, queued_bytes });
+        self.send(Command::Register { outlet, fanout: local_fanout(), close }).await
     }
 
     /// Removes a connection and its memberships.
@@ -229,8 +313,8 @@ impl HubHandle {
 }
 
 struct Connection {
-    outbound: mpsc::Sender<Frame>,
-    queued_bytes: Arc<AtomicUsize>,
+    outlet: Arc<Outlet>,
+    fanout: LocalFanout,
     close: Option<oneshot::Sender<CloseReason>>,
     groups: HashSet<Group>,
 }
@@ -245,6 +329,8 @@ struct Hub {
     reconnect_window: Duration,
     max_queued_bytes: usize,
     stats: HubStats,
+    /// Given to every batch: the fan-out tasks report here.
+    undelivered: mpsc::UnboundedSender<Undelivered>,
 }
 
 /// Starts the hub task on the current runtime. Parked connections not resumed within
@@ -252,6 +338,7 @@ struct Hub {
 /// `max_queued_bytes` queued is slow.
 pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
+    let (undelivered, undelivered_rx) = mpsc::unbounded_channel();
     let hub = Hub {
         connections: HashMap::new(),
         groups: HashMap::new(),
@@ -261,13 +348,14 @@ pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: 
         reconnect_window,
         max_queued_bytes,
         stats: HubStats::default(),
+        undelivered,
     };
-    tokio::spawn(hub.run(rx));
+    tokio::spawn(hub.run(rx, undelivered_rx));
     HubHandle { commands: tx, next_key: Arc::new(AtomicU64::new(1)) }
 }
 
 impl Hub {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut undelivered: mpsc::UnboundedReceiver<Undelivered>) {
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -276,6 +364,7 @@ impl Hub {
                     Some(command) => self.handle(command),
                     None => break,
                 },
+                Some(connections) = undelivered.recv() => self.undelivered(connections),
                 _ = sweep.tick() => self.sweep(),
             }
         }
@@ -304,9 +393,9 @@ impl Hub {
                 }
                 let _ = reply.send(fresh);
             }
-            Command::Register { key, outbound, queued_bytes, close } => {
+            Command::Register { outlet, fanout, close } => {
                 self.connections
-                    .insert(key, Connection { outbound, queued_bytes, close: Some(close), groups: HashSet::new() });
+                    .insert(outlet.key, Connection { outlet, fanout, close: Some(close), groups: HashSet::new() });
             }
             Command::Unregister { key } => self.remove(key),
             Command::Park { token, conn } => {
@@ -376,26 +465,42 @@ impl Hub {
             targets.sort_unstable();
             targets.dedup();
         }
-        let size = frame.text.len();
-        let mut slow = Vec::new();
+        // One batch per thread (a handful), found by a linear search.
+        let mut batches: Vec<(u64, mpsc::UnboundedSender<Batch>, Vec<Arc<Outlet>>)> = Vec::new();
         for key in targets {
             let Some(conn) = self.connections.get(&key) else {
                 continue;
             };
-            if conn.queued_bytes.load(Ordering::Relaxed) + size > self.max_queued_bytes {
-                slow.push((key, true));
-                continue;
-            }
-            match conn.outbound.try_send(frame.clone()) {
-                Ok(()) => {
-                    conn.queued_bytes.fetch_add(size, Ordering::Relaxed);
-                    self.stats.frames_sent += 1;
+            let index = match batches.iter().position(|(id, _, _)| *id == conn.fanout.id) {
+                Some(index) => index,
+                None => {
+                    batches.push((conn.fanout.id, conn.fanout.batches.clone(), Vec::new()));
+                    batches.len() - 1
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push((key, true)),
-                Err(mpsc::error::TrySendError::Closed(_)) => slow.push((key, false)),
+            };
+            batches[index].2.push(conn.outlet.clone());
+        }
+        for (_, fanout, targets) in batches {
+            let count = targets.len() as u64;
+            let batch =
+                Batch { frame: frame.clone(), targets, max_queued_bytes: self.max_queued_bytes, undelivered: self.undelivered.clone() };
+            match fanout.send(batch) {
+                // Counted here; the fan-out task reports the ones it could not queue.
+                Ok(()) => self.stats.frames_sent += count,
+                // The runtime of that thread has stopped, and its connections with it.
+                Err(mpsc::error::SendError(batch)) => {
+                    self.stats.frames_sent += count;
+                    self.undelivered(batch.targets.iter().map(|outlet| (outlet.key, false)).collect());
+                }
             }
         }
-        for (key, full) in slow {
+    }
+
+    /// Frames a fan-out task could not queue: the connection is removed from
+    /// every group, and told to close when it was too slow.
+    fn undelivered(&mut self, connections: Undelivered) {
+        for (key, full) in connections {
+            self.stats.frames_sent = self.stats.frames_sent.saturating_sub(1);
             self.stats.frames_dropped += 1;
             if let Some(mut conn) = self.connections.remove(&key) {
                 if full {
@@ -514,5 +619,88 @@ mod tests {
         let stats = hub.stats().await.unwrap();
         assert_eq!(stats.connections, 1);
         assert_eq!(stats.slow_closes, 1);
+    }
+
+    /// A connection registered on another thread (another runtime, as an
+    /// actix worker is) gets its frames through that thread's fan-out task;
+    /// when that runtime stops, the hub counts its frames as dropped and
+    /// forgets the connection instead of failing.
+    #[tokio::test]
+    async fn connections_on_other_threads_get_frames_through_their_threads_fan_out() {
+        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let north = Group::dispatch(&Region::new("north").unwrap());
+        let (here, mut here_rx, _here_close) = connect(&hub, 8).await;
+        hub.join(here, north.clone()).await.unwrap();
+
+        // A worker thread with its own runtime: it registers, joins, then
+        // reports what it receives until told to stop.
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let worker_hub = hub.clone();
+        let worker_group = north.clone();
+        let worker = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (key, mut rx, _close) = connect(&worker_hub, 8).await;
+                worker_hub.join(key, worker_group).await.unwrap();
+                ready_tx.send(key).unwrap();
+                tokio::select! {
+                    () = async { while let Some(frame) = rx.recv().await { got_tx.send(frame.sequence).unwrap(); } } => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let there = ready_rx.await.unwrap();
+        assert_ne!(here, there);
+
+        hub.broadcast(frame(1, vec![north.clone()])).await.unwrap();
+        assert_eq!(here_rx.recv().await.unwrap().sequence, 1);
+        assert_eq!(got_rx.recv().await.unwrap(), 1, "the other thread's connection got the frame");
+
+        // Its runtime stops: the next frame to it cannot be queued.
+        stop_tx.send(()).unwrap();
+        worker.join().unwrap();
+        hub.broadcast(frame(2, vec![north.clone()])).await.unwrap();
+        assert_eq!(here_rx.recv().await.unwrap().sequence, 2, "the others still get it");
+        let stats = hub.stats().await.unwrap();
+        assert_eq!(stats.connections, 1, "the stopped thread's connection is forgotten");
+        assert_eq!(stats.frames_sent, 3);
+        assert_eq!(stats.frames_dropped, 1);
+        assert_eq!(stats.slow_closes, 0, "gone, not slow");
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_byte_bound_closes_the_connection_and_the_count_comes_back() {
+        // Room for two 600-byte frames, not three.
+        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1_300);
+        let north = Group::dispatch(&Region::new("north").unwrap());
+        let big = |seq: i64| Frame {
+            text: ByteString::from(format!("{}\u{1e}", "x".repeat(599))),
+            sequence: seq,
+            groups: vec![north.clone()].into(),
+        };
+        let key = hub.next_key();
+        let (tx, mut rx) = mpsc::channel(64);
+        let (ctx, crx) = oneshot::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        hub.register(key, tx, queued.clone(), ctx).await.unwrap();
+        hub.join(key, north.clone()).await.unwrap();
+        hub.broadcast(big(1)).await.unwrap();
+        hub.broadcast(big(2)).await.unwrap();
+        hub.stats().await.unwrap();
+        // The fan-out task runs on this thread: let it.
+        for _ in 0..100 {
+            if queued.load(Ordering::Relaxed) == 1_200 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queued.load(Ordering::Relaxed), 1_200, "two frames queued, counted in bytes");
+        hub.broadcast(big(3)).await.unwrap();
+        assert_eq!(crx.await.unwrap(), CloseReason::SlowConsumer);
+        assert_eq!(queued.load(Ordering::Relaxed), 1_200, "the refused frame is not counted");
+        assert_eq!(rx.recv().await.unwrap().sequence, 1);
+        assert_eq!(rx.recv().await.unwrap().sequence, 2);
     }
 }
