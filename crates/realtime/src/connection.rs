@@ -16,8 +16,6 @@
 //! unregisters from the hub.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{
@@ -27,9 +25,9 @@ use actix_ws::{
 use bytestring::ByteString;
 use serde_json::{json, Value};
 use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::hub::{CloseReason, ConnKey, Frame};
+use crate::hub::{CloseReason, ConnKey, Frame, Outbox};
 use crate::limits::{ConnectionPermit, RateLimiter};
 use crate::protocol::{self, HubMessage, RecordBuffer};
 use crate::HubContext;
@@ -169,8 +167,7 @@ pub struct Conn {
     /// The connection token (absent with skipNegotiation).
     token: Option<String>,
     membership: Membership,
-    outbound: mpsc::Receiver<Frame>,
-    queued_bytes: Arc<AtomicUsize>,
+    outbound: Outbox,
     close: Option<oneshot::Receiver<CloseReason>>,
     stateful: Option<Stateful>,
 }
@@ -211,13 +208,11 @@ pub(crate) async fn run(
     };
 
     let key = ctx.hub.next_key();
-    let (tx, outbound) = mpsc::channel::<Frame>(ctx.config.outbound_capacity);
     let (close_tx, close_rx) = oneshot::channel();
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    if ctx.hub.register(key, tx, queued_bytes.clone(), close_tx).await.is_err() {
+    let Ok(outbound) = ctx.hub.register(key, ctx.config.outbound_capacity, close_tx).await else {
         finish(writer, Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true }).await;
         return;
-    }
+    };
     let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
     let calls = RateLimiter::new(ctx.config.invocations_per_second, ctx.config.invocations_per_second * 2);
     let conn = Conn {
@@ -229,7 +224,6 @@ pub(crate) async fn run(
         token,
         membership: Membership::default(),
         outbound,
-        queued_bytes,
         close: Some(close_rx),
         stateful,
     };
@@ -445,7 +439,6 @@ impl Conn {
                 }
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => {
-                        self.queued_bytes.fetch_sub(frame.text.len(), Ordering::Relaxed);
                         if self.membership.wants(&frame) {
                             if let Err(stop) = self.send_tracked(writer, frame.text).await {
                                 return stop;

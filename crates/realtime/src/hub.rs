@@ -69,12 +69,44 @@ pub struct HubStats {
     pub slow_closes: u64,
 }
 
+/// What a connection's outbound queue holds, in frames and in bytes.
+#[derive(Default)]
+struct Queued {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
 /// A connection's end of its outbound queue, shared by the hub and the
-/// fan-out task of the connection's thread.
+/// fan-out task of the connection's thread. The queue itself is unbounded:
+/// its bounds are the two counts, checked before each frame is queued (a
+/// bounded channel would take a semaphore permit per frame as well).
 struct Outlet {
     key: ConnKey,
-    outbound: mpsc::Sender<Frame>,
-    queued_bytes: Arc<AtomicUsize>,
+    outbound: mpsc::UnboundedSender<Frame>,
+    queued: Arc<Queued>,
+    max_frames: usize,
+}
+
+/// The connection's side of its outbound queue.
+pub struct Outbox {
+    frames: mpsc::UnboundedReceiver<Frame>,
+    queued: Arc<Queued>,
+}
+
+impl Outbox {
+    /// The next frame; `None` once the hub has dropped the connection.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        let frame = self.frames.recv().await?;
+        self.queued.frames.fetch_sub(1, Ordering::Relaxed);
+        self.queued.bytes.fetch_sub(frame.text.len(), Ordering::Relaxed);
+        Some(frame)
+    }
+
+    /// Bytes queued and not yet taken.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// One event's frame for the members living on one thread.
@@ -111,7 +143,17 @@ fn local_fanout() -> LocalFanout {
             return fanout.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(fan_out(rx));
+        // On an actix worker the connections are tasks of its LocalSet; a
+        // fan-out task of the same LocalSet wakes them through its local
+        // queue, while any other task goes through its locked shared one.
+        match actix_rt::Arbiter::try_current() {
+            Some(arbiter) => {
+                arbiter.spawn(fan_out(rx));
+            }
+            None => {
+                tokio::spawn(fan_out(rx));
+            }
+        }
         let fanout = LocalFanout { id: NEXT_FANOUT.fetch_add(1, Ordering::Relaxed), batches: tx };
         *cell = Some(fanout.clone());
         fanout
@@ -126,16 +168,15 @@ async fn fan_out(mut batches: mpsc::UnboundedReceiver<Batch>) {
         let mut undelivered = Vec::new();
         for outlet in &batch.targets {
             // Counted before the frame can be taken (and subtracted), so the
-            // count never goes below zero.
-            let queued = outlet.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            if queued + size > batch.max_queued_bytes {
-                outlet.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                undelivered.push((outlet.key, true));
-                continue;
-            }
-            if let Err(err) = outlet.outbound.try_send(batch.frame.clone()) {
-                outlet.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                undelivered.push((outlet.key, matches!(err, mpsc::error::TrySendError::Full(_))));
+            // counts never go below zero.
+            let queued = &outlet.queued;
+            let frames = queued.frames.fetch_add(1, Ordering::Relaxed);
+            let bytes = queued.bytes.fetch_add(size, Ordering::Relaxed);
+            let full = frames >= outlet.max_frames || bytes + size > batch.max_queued_bytes;
+            if full || outlet.outbound.send(batch.frame.clone()).is_err() {
+                queued.frames.fetch_sub(1, Ordering::Relaxed);
+                queued.bytes.fetch_sub(size, Ordering::Relaxed);
+                undelivered.push((outlet.key, full));
             }
         }
         if !undelivered.is_empty() {
@@ -228,21 +269,24 @@ impl HubHandle {
         self.ask(|reply| Command::Redeem { token, reply }).await
     }
 
-    /// Adds a connection with its outbound queue, its queued-bytes counter
-    /// and its close signal. Call it on the thread that runs the connection:
-    /// its frames are queued there.
+    /// Adds a connection, with its close signal, and gives it its outbound
+    /// queue, which holds at most `max_frames` frames (and the hub's byte
+    /// bound). Call it on the thread that runs the connection: its frames are
+    /// queued there.
     ///
     /// # Errors
     /// [`HubStopped`].
     pub async fn register(
         &self,
         key: ConnKey,
-        outbound: mpsc::Sender<Frame>,
-        queued_bytes: Arc<AtomicUsize>,
+        max_frames: usize,
         close: oneshot::Sender<CloseReason>,
-    ) -> Result<(), HubStopped> {
-        let outlet = Arc::new(Outlet { key, outbound, queued_bytes });
-        self.send(Command::Register { outlet, fanout: local_fanout(), close }).await
+    ) -> Result<Outbox, HubStopped> {
+        let (outbound, frames) = mpsc::unbounded_channel();
+        let queued = Arc::new(Queued::default());
+        let outlet = Arc::new(Outlet { key, outbound, queued: queued.clone(), max_frames });
+        self.send(Command::Register { outlet, fanout: local_fanout(), close }).await?;
+        Ok(Outbox { frames, queued })
     }
 
     /// Removes a connection and its memberships.
@@ -547,15 +591,11 @@ mod tests {
         Frame { text: ByteString::from(format!("{seq}\u{1e}")), sequence: seq, groups: groups.into() }
     }
 
-    async fn connect(
-        hub: &HubHandle,
-        capacity: usize,
-    ) -> (ConnKey, mpsc::Receiver<Frame>, oneshot::Receiver<CloseReason>) {
+    async fn connect(hub: &HubHandle, capacity: usize) -> (ConnKey, Outbox, oneshot::Receiver<CloseReason>) {
         let key = hub.next_key();
-        let (tx, rx) = mpsc::channel(capacity);
         let (ctx, crx) = oneshot::channel();
-        hub.register(key, tx, Arc::new(AtomicUsize::new(0)), ctx).await.unwrap();
-        (key, rx, crx)
+        let outbox = hub.register(key, capacity, ctx).await.unwrap();
+        (key, outbox, crx)
     }
 
     #[tokio::test]
@@ -566,7 +606,7 @@ mod tests {
         let me = Group::contractor(ContractorId::new());
         let (a, mut a_rx, _a_close) = connect(&hub, 8).await;
         let (b, mut b_rx, _b_close) = connect(&hub, 8).await;
-        let (c, mut c_rx, _c_close) = connect(&hub, 8).await;
+        let (c, c_rx, _c_close) = connect(&hub, 8).await;
         assert!(hub.join(a, north.clone()).await.unwrap());
         assert!(hub.join(a, me.clone()).await.unwrap());
         assert!(hub.join(b, me.clone()).await.unwrap());
@@ -577,21 +617,22 @@ mod tests {
         assert_eq!(stats.frames_sent, 2, "a is in both groups but gets one copy");
         assert_eq!(a_rx.recv().await.unwrap().sequence, 1);
         assert_eq!(b_rx.recv().await.unwrap().sequence, 1);
-        assert!(a_rx.try_recv().is_err());
-        assert!(c_rx.try_recv().is_err());
+        assert_eq!(a_rx.queued_bytes(), 0, "nothing more for a");
+        assert_eq!(c_rx.queued_bytes(), 0, "nothing for c");
     }
 
     #[tokio::test]
     async fn leaving_and_unregistering_clean_up_membership() {
         let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
-        let (a, mut a_rx, _close) = connect(&hub, 8).await;
+        let (a, a_rx, _close) = connect(&hub, 8).await;
         hub.join(a, north.clone()).await.unwrap();
         assert_eq!(hub.stats().await.unwrap().groups, 1);
         hub.leave(a, north.clone()).await.unwrap();
         hub.broadcast(frame(1, vec![north.clone()])).await.unwrap();
         assert_eq!(hub.stats().await.unwrap().groups, 0);
-        assert!(a_rx.try_recv().is_err());
+        tokio::task::yield_now().await;
+        assert_eq!(a_rx.queued_bytes(), 0, "a left before the frame");
 
         hub.join(a, north.clone()).await.unwrap();
         hub.unregister(a).await.unwrap();
@@ -680,26 +721,22 @@ mod tests {
             sequence: seq,
             groups: vec![north.clone()].into(),
         };
-        let key = hub.next_key();
-        let (tx, mut rx) = mpsc::channel(64);
-        let (ctx, crx) = oneshot::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        hub.register(key, tx, queued.clone(), ctx).await.unwrap();
+        let (key, mut rx, crx) = connect(&hub, 64).await;
         hub.join(key, north.clone()).await.unwrap();
         hub.broadcast(big(1)).await.unwrap();
         hub.broadcast(big(2)).await.unwrap();
         hub.stats().await.unwrap();
         // The fan-out task runs on this thread: let it.
         for _ in 0..100 {
-            if queued.load(Ordering::Relaxed) == 1_200 {
+            if rx.queued_bytes() == 1_200 {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(queued.load(Ordering::Relaxed), 1_200, "two frames queued, counted in bytes");
+        assert_eq!(rx.queued_bytes(), 1_200, "two frames queued, counted in bytes");
         hub.broadcast(big(3)).await.unwrap();
         assert_eq!(crx.await.unwrap(), CloseReason::SlowConsumer);
-        assert_eq!(queued.load(Ordering::Relaxed), 1_200, "the refused frame is not counted");
+        assert_eq!(rx.queued_bytes(), 1_200, "the refused frame is not counted");
         assert_eq!(rx.recv().await.unwrap().sequence, 1);
         assert_eq!(rx.recv().await.unwrap().sequence, 2);
     }
