@@ -186,7 +186,7 @@ def main():
         ax.set_ylabel("messages delivered per second")
         ax.set_title(
             f"(c) Broadcast to one group of {first['connected']:,} connections, {first['events']} events\n" + subtitle
-            + (f"\npinned run {pinned_stamp}" if pinned else ""),
+            + (f"\npinned run {pinned_stamp}, {pinned['c-broadcast-signalr']['events']} events" if pinned else ""),
             fontsize=9,
         )
         written.append(save(fig, "bench-throughput.png"))
