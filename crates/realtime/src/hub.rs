@@ -3,10 +3,10 @@
 //! [`Command`] enum.
 //!
 //! Fan-out never waits for a connection: each connection has a queue of
-//! already-serialized frames, bounded in messages and in bytes, filled with
-//! `try_send`. A connection whose queue is full is dropped from every group
-//! and told to close (with `allowReconnect`), so one slow client never slows
-//! the others or the publisher.
+//! already-serialized frames, bounded in messages and in bytes, and a frame
+//! is queued only when both bounds allow it. A connection whose queue is full
+//! is dropped from every group and told to close (with `allowReconnect`), so
+//! one slow client never slows the others or the publisher.
 //!
 //! The queues are filled on the connections' own threads: the hub hands each
 //! event's frame once to a fan-out task per thread (an actix worker), with
