@@ -18,6 +18,10 @@ enum Caller {
     Contractor,
 }
 
+/// One endpoint case: (name, method, path, body, back office, bound to the
+/// north region, the status on success).
+type Case = (&'static str, Method, String, Option<Value>, bool, bool, StatusCode);
+
 const CALLERS: [Caller; 5] =
     [Caller::Anonymous, Caller::Admin, Caller::NorthDispatcher, Caller::SouthDispatcher, Caller::Contractor];
 
@@ -58,7 +62,7 @@ async fn every_role_gets_exactly_the_access_the_contract_gives_on_every_endpoint
         // (name, method, path, body, back office, bound to the north region, success)
         let job = app.job_id("north").await;
         let other_contractor = app.contractor_id("north").await;
-        let cases: Vec<(&str, Method, String, Option<Value>, bool, bool, StatusCode)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "create contractor",
                 Method::POST,

@@ -48,9 +48,15 @@ fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a 'listening on' line within 30 s");
+        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(err) => {
+                // Leave no server running behind a failed test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no 'listening on' line within 30 s (the server exited, or said nothing): {err}");
+            }
+        };
         if let Some(at) = line.find("listening on http://") {
             let rest = &line[at + "listening on ".len()..];
             // Text or JSON logs: the address ends at a space, a colour code or a quote.

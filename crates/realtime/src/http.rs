@@ -138,18 +138,23 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
 }
 
 /// Checks a token presented on the WebSocket against the negotiated subject;
-/// a missing token is fine (the connection token is itself a secret).
+/// a missing token is fine (the connection token is itself a secret). The
+/// refusal is boxed: it is the rare path, and a response is large.
 fn same_subject(
     ctx: &HubContext,
     req: &HttpRequest,
     query: &HubQuery,
     negotiated: &Principal,
-) -> Result<Principal, HttpResponse> {
+) -> Result<Principal, Box<HttpResponse>> {
     match authenticate(ctx, req, query) {
         Ok(p) if p.subject == negotiated.subject => Ok(p),
-        Ok(_) => Err(problem(StatusCode::FORBIDDEN, "Forbidden", "the token does not match the negotiated connection")),
+        Ok(_) => Err(Box::new(problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the token does not match the negotiated connection",
+        ))),
         Err(AuthError::Missing) => Ok(negotiated.clone()),
-        Err(err) => Err(unauthorized(&err)),
+        Err(err) => Err(Box::new(unauthorized(&err))),
     }
 }
 
@@ -174,7 +179,7 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
                 if let Err(response) = same_subject(&ctx, &req, &query, parked.principal()) {
                     // Not this caller's connection: let its window run out.
                     let _ = ctx.hub.park(id.clone(), parked).await;
-                    return response;
+                    return *response;
                 }
                 Attach::Resume(parked)
             } else if let Some(ticket) = ctx.tickets.redeem(id) {
@@ -187,7 +192,7 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
                 }
                 match same_subject(&ctx, &req, &query, &ticket.principal) {
                     Ok(principal) => Attach::New { principal, token: Some(id.clone()), stateful: ticket.stateful },
-                    Err(response) => return response,
+                    Err(response) => return *response,
                 }
             } else {
                 return problem(StatusCode::NOT_FOUND, "Not found", "No connection with that ID: negotiate again.");
