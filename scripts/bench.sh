@@ -13,7 +13,10 @@
 #   SS_SERVER_BIN   a smartscheduler binary to measure instead of building one
 #                   (e.g. one built from a clean checkout of a revision)
 #   SS_SERVER_REV   the revision that binary was built from (recorded in the results)
-#   SCENARIOS       which to run, of: idle persist fanout broadcast stalled rate (default: all)
+#   SCENARIOS       which to run, of: idle persist persist-pg fanout broadcast stalled rate (default: all)
+#   SS_BENCH_POSTGRES_URL  the PostgreSQL server for persist-pg (default: SMARTSCHEDULER_TEST_POSTGRES_URL,
+#                   else postgres://postgres@127.0.0.1:5432/postgres); a fresh database is made there and
+#                   dropped after. Unreachable: the scenario is skipped, with CI=true it fails.
 #   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
 # FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, BROADCAST_EVENTS,
@@ -40,7 +43,7 @@ if $smoke; then
     cargo build -q --workspace --all-targets
   fi
   : "${PERSIST_COUNT:=200}" "${PERSIST_CONCURRENCY:=16}" "${FANOUT_CLIENTS:=50}" "${FANOUT_EVENTS:=20}"
-  : "${SCENARIOS:=persist fanout broadcast stalled rate idle}"
+  : "${SCENARIOS:=persist persist-pg fanout broadcast stalled rate idle}"
   : "${SCALE_CLIENTS:=200}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}"
   : "${RATE_STEPS:=200:40 50:20}"
   : "${IDLE_CLIENTS:=100}" "${IDLE_HOLD:=1}"
@@ -53,7 +56,7 @@ else
     cargo build --release -p smartscheduler-api -p smartscheduler-bench
   fi
   : "${PERSIST_COUNT:=5000}" "${PERSIST_CONCURRENCY:=32}" "${FANOUT_CLIENTS:=1000}" "${FANOUT_EVENTS:=500}"
-  : "${SCENARIOS:=persist fanout broadcast stalled rate idle}"
+  : "${SCENARIOS:=persist persist-pg fanout broadcast stalled rate idle}"
   : "${SCALE_CLIENTS:=10000}" "${BROADCAST_EVENTS:=100}" "${STALLED_EVENTS:=1500}" "${STALLED_RATE:=100}"
   : "${RATE_STEPS:=2000:4000 800:2400 400:2000 200:2000}"
   : "${IDLE_CLIENTS:=15000}" "${IDLE_HOLD:=60}"
@@ -97,6 +100,8 @@ fi
 
 tmp=$(mktemp -d)
 pids=()
+pg_admin="${SS_BENCH_POSTGRES_URL:-${SMARTSCHEDULER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
+pg_db=""
 cleanup() {
   for p in "${pids[@]}"; do
     kill -TERM "$p" 2>/dev/null || true
@@ -105,6 +110,9 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
+  if [ -n "$pg_db" ]; then
+    psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -187,6 +195,27 @@ fi
 # (e) persisted assignments per second.
 if wants persist; then
   run persist persist --base "$base" --count "$PERSIST_COUNT" --concurrency "$PERSIST_CONCURRENCY"
+fi
+# (e) on PostgreSQL: the same binary on a fresh database of its own (run after the SQLite one,
+# while the SQLite service idles).
+if wants persist-pg; then
+  pg_db="ss_bench_$$_$RANDOM"
+  if command -v psql >/dev/null && psql "$pg_admin" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $pg_db" >/dev/null 2>"$tmp/psql.err"; then
+    pg_url="${pg_admin%/*}/$pg_db"
+    start service-pg env SMARTSCHEDULER_DATABASE_URL="$pg_url" "$bin" serve
+    run persist-pg persist --base "$started_base" --count "$PERSIST_COUNT" --concurrency "$PERSIST_CONCURRENCY"
+    kill -TERM "$started_pid" 2>/dev/null || true
+  else
+    pg_db=""
+    echo "bench: [persist-pg] PostgreSQL is not reachable at $pg_admin (or psql is missing):" \
+      "$(head -c 300 "$tmp/psql.err" 2>/dev/null)" >&2
+    if [ "${CI:-}" = "true" ]; then
+      echo "bench: [persist-pg] FAILED: CI=true needs PostgreSQL" >&2
+      status=1
+    else
+      echo "bench: [persist-pg] skipped" >&2
+    fi
+  fi
 fi
 # Fan-out to one group of FANOUT_CLIENTS (the first pass's scenario, kept for comparison).
 if wants fanout; then

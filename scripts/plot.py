@@ -86,7 +86,8 @@ def table(run):
             continue
         if r["scenario"] == "persist":
             http = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
-            print(f"| {label} | signalr | 0 | 1 | {r['count']} | {r['concurrency']} in flight | "
+            peer = "signalr (PostgreSQL)" if label == "persist-pg" else "signalr"
+            print(f"| {label} | {peer} | 0 | 1 | {r['count']} | {r['concurrency']} in flight | "
                   f"{fmt(r['assignments_per_s'])} | {http} | — | — | {r['errors']} errors | {r['loadavg']} |")
             continue
         offered = f"{fmt(r['rate'], 0)}/s open loop" if r.get("rate") else f"{r['concurrency']} in flight"
@@ -132,6 +133,7 @@ def main():
     rates = sorted((r for k, r in run.items() if k.startswith("b-")), key=lambda r: -r["rate"])
     for label, title, prefix in [
         ("persist", "(e) assign HTTP,\n32 in flight", "latency"),
+        ("persist-pg", "(e) assign HTTP,\nPostgreSQL", "latency"),
         ("a-none", "(a) assign HTTP,\n0 connections", "http"),
         ("a-active", "(a) assign HTTP,\n10k reading", "http"),
         ("a-stalled", "(a) assign HTTP,\n10k, 1% stalled", "http"),
