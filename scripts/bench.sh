@@ -20,7 +20,7 @@
 #   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
 # FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, BROADCAST_EVENTS,
-# STALLED_EVENTS, STALLED_RATE, RATE_STEPS ("rate:events …"), CONTRACTOR_FRACTION, IDLE_CLIENTS,
+# STALLED_EVENTS, STALLED_RATE, SLOW_EVENTS, RATE_STEPS ("rate:events …"), CONTRACTOR_FRACTION, IDLE_CLIENTS,
 # IDLE_HOLD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ if $smoke; then
   fi
   : "${PERSIST_COUNT:=200}" "${PERSIST_CONCURRENCY:=16}" "${FANOUT_CLIENTS:=50}" "${FANOUT_EVENTS:=20}"
   : "${SCENARIOS:=persist persist-pg fanout broadcast stalled rate idle}"
-  : "${SCALE_CLIENTS:=200}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}"
+  : "${SCALE_CLIENTS:=200}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}" "${SLOW_EVENTS:=40}"
   : "${RATE_STEPS:=200:40 50:20}"
   : "${IDLE_CLIENTS:=100}" "${IDLE_HOLD:=1}"
   regions=4
@@ -58,6 +58,10 @@ else
   : "${PERSIST_COUNT:=5000}" "${PERSIST_CONCURRENCY:=32}" "${FANOUT_CLIENTS:=1000}" "${FANOUT_EVENTS:=500}"
   : "${SCENARIOS:=persist persist-pg fanout broadcast stalled rate idle}"
   : "${SCALE_CLIENTS:=10000}" "${BROADCAST_EVENTS:=100}" "${STALLED_EVENTS:=1500}" "${STALLED_RATE:=100}"
+  # a-slow: as many events as a-stalled. On loopback the kernel's send buffer (autotuned up to
+  # 4 MB) absorbs ~6,500 messages of a client that never reads before the service's 1,024-message
+  # queue starts to fill: raise it to about 8000 to see the service close them (80 s at 100/s).
+  : "${SLOW_EVENTS:=1500}"
   : "${RATE_STEPS:=2000:4000 800:2400 400:2000 200:2000}"
   : "${IDLE_CLIENTS:=15000}" "${IDLE_HOLD:=60}"
   regions=100
@@ -139,6 +143,8 @@ export SMARTSCHEDULER_BIND="127.0.0.1:0"
 # Every client uses one token (one user): lift the per-user hub limits above the client count.
 export SMARTSCHEDULER_HUB_CONNECTIONS_PER_USER=100000
 export SMARTSCHEDULER_HUB_NEGOTIATE_PER_MINUTE=1000000
+# a-slow's stalled clients join every region's group at once.
+export SMARTSCHEDULER_HUB_INVOCATIONS_PER_SECOND=100000
 export NO_COLOR=1
 
 start service "$bin" serve
@@ -174,6 +180,11 @@ run() {
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   grep -E '^\{"scenario"' "$tmp/run.out" |
     sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\",\"pinned\":$pinned,\"failed\":$failed}/" >>"$out" || true
+}
+# The service's count of connections it closed as too slow (smartscheduler_hub_slow_client_closes).
+slow_closes() {
+  curl -fsS -H "Authorization: Bearer $SS_BENCH_TOKEN" "$base/metrics" 2>/dev/null |
+    awk '/^smartscheduler_hub_slow_client_closes / {print int($2); found=1} END {if (!found) print 0}'
 }
 idle_pid_of() {
   case "$1" in signalr) echo "$service_pid" ;; floor) echo "$floor_pid" ;; socketio) echo "$socketio_pid" ;; esac
@@ -237,6 +248,12 @@ if wants stalled; then
     --contractor-fraction "$CONTRACTOR_FRACTION" --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
   run a-stalled fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" --stalled-fraction 0.01 \
     --contractor-fraction "$CONTRACTOR_FRACTION" --events "$STALLED_EVENTS" --rate "$STALLED_RATE"
+  # The same, with the stalled 1 % joined to every region: every event goes to them, their queues
+  # fill, and the service must close them as too slow while it serves the others.
+  slow_before=$(slow_closes)
+  run a-slow fanout --base "$base" --clients "$SCALE_CLIENTS" --regions "$regions" --stalled-fraction 0.01 \
+    --stalled-join-all --contractor-fraction "$CONTRACTOR_FRACTION" --events "$SLOW_EVENTS" --rate "$STALLED_RATE"
+  echo "bench: [a-slow] the service closed $(( $(slow_closes) - slow_before )) connections as too slow"
 fi
 # (b) delivery latency at set rates (open loop), RATE_STEPS of "rate:events": the target
 # first, then lower rates, to find the highest one the service sustains.

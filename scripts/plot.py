@@ -138,6 +138,7 @@ def main():
         ("a-active", "(a) assign HTTP,\n10k reading", "http"),
         ("a-stalled", "(a) assign HTTP,\n10k, 1% stalled", "http"),
         ("a-stalled", "(a) delivery,\n10k, 1% stalled", "latency"),
+        ("a-slow", "(a′) assign HTTP,\n1% stalled, all groups", "http"),
     ] + [
         ("b-" + r["label"][2:], f"(b) delivery,\n{r['rate']:.0f}/s, 10k", "latency") for r in rates
     ] + [

@@ -129,10 +129,20 @@ pub struct Conn {
 
 /// Opens a TCP connection from `source` (a loopback address such as
 /// 127.0.0.2, to spread the ephemeral ports) and upgrades it.
-async fn open_ws(endpoint: &Endpoint, source: Option<IpAddr>, url: &str, bearer: bool) -> Result<Ws> {
+async fn open_ws(
+    endpoint: &Endpoint,
+    source: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+    url: &str,
+    bearer: bool,
+) -> Result<Ws> {
     let socket = if endpoint.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("bind {ip}"))?;
+    }
+    if let Some(size) = recv_buffer {
+        // Before connecting, so the window the server sees stays small.
+        socket.set_recv_buffer_size(size)?;
     }
     let stream = socket.connect(endpoint.addr).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
@@ -157,12 +167,14 @@ fn job_id(text: &[u8]) -> Option<String> {
 }
 
 impl Conn {
-    /// Connects and joins `group` (on our hub and socket.io; the floor has no groups).
+    /// Connects and joins `group` (on our hub and socket.io; the floor has no
+    /// groups). `recv_buffer` sets the socket's receive buffer (`SO_RCVBUF`).
     pub async fn open(
         peer: Peer,
         http: &reqwest::Client,
         endpoint: &Endpoint,
         source: Option<IpAddr>,
+        recv_buffer: Option<u32>,
         group: &Group,
     ) -> Result<Self> {
         let ws_base = endpoint.base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
@@ -181,15 +193,15 @@ impl Conn {
                 let token = body["connectionToken"]
                     .as_str()
                     .ok_or_else(|| anyhow!("negotiate: no connectionToken in {body}"))?;
-                let ws = open_ws(endpoint, source, &format!("{ws_base}/hubs/jobs?id={token}"), true).await?;
+                let ws = open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/hubs/jobs?id={token}"), true).await?;
                 Self::new(peer, ws)
             }
             Peer::Socketio => {
-                let ws = open_ws(endpoint, source, &format!("{ws_base}/socket.io/?EIO=4&transport=websocket"), false)
+                let ws = open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/socket.io/?EIO=4&transport=websocket"), false)
                     .await?;
                 Self::new(peer, ws)
             }
-            Peer::Floor => return Ok(Self::new(peer, open_ws(endpoint, source, &ws_base, false).await?)),
+            Peer::Floor => return Ok(Self::new(peer, open_ws(endpoint, source, recv_buffer, &ws_base, false).await?)),
         };
         conn.join(group).await?;
         Ok(conn)
@@ -284,6 +296,28 @@ impl Conn {
                 }
             }
             Peer::Floor => Ok(()),
+        }
+    }
+
+    /// Joins one more group on our hub after the first (`invocation` numbers
+    /// the call; 1 was the first join), waiting for its completion.
+    pub async fn join_also(&mut self, group: &Group, invocation: u64) -> Result<()> {
+        if self.peer != Peer::Signalr {
+            bail!("joining several groups is only done on our hub");
+        }
+        let (method, argument) = group.hub_method();
+        let id = invocation.to_string();
+        self.send_record(&json!({"type": 1, "invocationId": id, "target": method, "arguments": [argument]})).await?;
+        loop {
+            let record: Value = serde_json::from_slice(&self.next_text().await?).context("record")?;
+            match record["type"].as_u64() {
+                Some(3) if record["invocationId"] == id.as_str() => match record.get("error") {
+                    Some(error) => bail!("{method} failed: {error}"),
+                    None => return Ok(()),
+                },
+                Some(7) => bail!("closed by the server: {record}"),
+                _ => {}
+            }
         }
     }
 

@@ -118,6 +118,11 @@ struct FanoutArgs {
     /// Fraction of the clients that join and then never read their socket again.
     #[arg(long, default_value_t = 0.0)]
     stalled_fraction: f64,
+    /// The stalled clients also join every region's group, with a 4 KiB
+    /// receive buffer, so every event goes to them and their queues on the
+    /// server fill up (our hub closes such a client as too slow). Our hub only.
+    #[arg(long)]
+    stalled_join_all: bool,
     /// Seconds to wait for the last deliveries after the last publish.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
@@ -328,6 +333,10 @@ struct Plan {
     expected: usize,
     /// Joins, then never reads again.
     stalled: bool,
+    /// Groups it joins after the first (a stalled client with --stalled-join-all).
+    also: Vec<Group>,
+    /// A 4 KiB receive buffer (a stalled client with --stalled-join-all).
+    small_window: bool,
 }
 
 #[derive(Default)]
@@ -345,7 +354,17 @@ async fn subscriber(
 ) -> Report {
     let setup = async {
         let _permit = shared.gate.acquire().await?;
-        Conn::open(shared.peer, &shared.http, &shared.endpoint, plan.source, &plan.group).await
+        // A client that never reads and must be found slow: a small receive
+        // window, so the kernel does not absorb what the server queues for it.
+        let recv_buffer = plan.small_window.then_some(4096);
+        Conn::open(shared.peer, &shared.http, &shared.endpoint, plan.source, recv_buffer, &plan.group).await
+    };
+    let setup = async {
+        let mut conn = setup.await?;
+        for (i, group) in plan.also.iter().enumerate() {
+            conn.join_also(group, i as u64 + 2).await?;
+        }
+        anyhow::Ok(conn)
     };
     let mut conn = match setup.await {
         Ok(conn) => {
@@ -572,6 +591,13 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
                 source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
                 expected: if peer.has_groups() { expected } else { args.events },
                 stalled: i < stalled_count,
+                also: if i < stalled_count && args.stalled_join_all {
+                    let own = i % regions.len();
+                    regions.iter().enumerate().filter(|(r, _)| *r != own).map(|(_, r)| Group::Dispatch(r.clone())).collect()
+                } else {
+                    Vec::new()
+                },
+                small_window: i < stalled_count && args.stalled_join_all,
             }
         })
         .collect::<Vec<_>>();
@@ -673,6 +699,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
         "clients": c.clients,
         "connected": connected,
         "stalled": stalled_count,
+        "stalled_join_all": args.stalled_join_all,
         "contractors": contractor_count,
         "regions": regions.len(),
         "events": args.events,
@@ -758,6 +785,8 @@ async fn idle(args: IdleArgs) -> Result<bool> {
             source: (!c.source_addrs.is_empty()).then(|| c.source_addrs[i % c.source_addrs.len()]),
             expected: usize::MAX,
             stalled: false,
+            also: Vec::new(),
+            small_window: false,
         })
         .collect();
     let subs = Subscribers::open(&shared, plans).await;
