@@ -193,12 +193,19 @@ impl Conn {
                 let token = body["connectionToken"]
                     .as_str()
                     .ok_or_else(|| anyhow!("negotiate: no connectionToken in {body}"))?;
-                let ws = open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/hubs/jobs?id={token}"), true).await?;
+                let ws =
+                    open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/hubs/jobs?id={token}"), true).await?;
                 Self::new(peer, ws)
             }
             Peer::Socketio => {
-                let ws = open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/socket.io/?EIO=4&transport=websocket"), false)
-                    .await?;
+                let ws = open_ws(
+                    endpoint,
+                    source,
+                    recv_buffer,
+                    &format!("{ws_base}/socket.io/?EIO=4&transport=websocket"),
+                    false,
+                )
+                .await?;
                 Self::new(peer, ws)
             }
             Peer::Floor => return Ok(Self::new(peer, open_ws(endpoint, source, recv_buffer, &ws_base, false).await?)),

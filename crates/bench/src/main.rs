@@ -593,7 +593,12 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
                 stalled: i < stalled_count,
                 also: if i < stalled_count && args.stalled_join_all {
                     let own = i % regions.len();
-                    regions.iter().enumerate().filter(|(r, _)| *r != own).map(|(_, r)| Group::Dispatch(r.clone())).collect()
+                    regions
+                        .iter()
+                        .enumerate()
+                        .filter(|(r, _)| *r != own)
+                        .map(|(_, r)| Group::Dispatch(r.clone()))
+                        .collect()
                 } else {
                     Vec::new()
                 },

@@ -191,45 +191,16 @@ struct Parked {
 }
 
 enum Command {
-    Redeem {
-        token: String,
-        reply: oneshot::Sender<bool>,
-    },
-    Register {
-        outlet: Arc<Outlet>,
-        fanout: LocalFanout,
-        close: oneshot::Sender<CloseReason>,
-    },
-    Unregister {
-        key: ConnKey,
-    },
-    Park {
-        token: String,
-        conn: Box<Conn>,
-    },
-    Resume {
-        token: String,
-        reply: oneshot::Sender<Option<Box<Conn>>>,
-    },
-    Join {
-        key: ConnKey,
-        group: Group,
-        reply: oneshot::Sender<bool>,
-    },
-    Leave {
-        key: ConnKey,
-        group: Group,
-        reply: oneshot::Sender<()>,
-    },
-    Broadcast {
-        frame: Frame,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
-    Stats {
-        reply: oneshot::Sender<HubStats>,
-    },
+    Redeem { token: String, reply: oneshot::Sender<bool> },
+    Register { outlet: Arc<Outlet>, fanout: LocalFanout, close: oneshot::Sender<CloseReason> },
+    Unregister { key: ConnKey },
+    Park { token: String, conn: Box<Conn> },
+    Resume { token: String, reply: oneshot::Sender<Option<Box<Conn>>> },
+    Join { key: ConnKey, group: Group, reply: oneshot::Sender<bool> },
+    Leave { key: ConnKey, group: Group, reply: oneshot::Sender<()> },
+    Broadcast { frame: Frame },
+    Shutdown { reply: oneshot::Sender<()> },
+    Stats { reply: oneshot::Sender<HubStats> },
 }
 
 /// The hub has stopped.
@@ -399,7 +370,11 @@ pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: 
 }
 
 impl Hub {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut undelivered: mpsc::UnboundedReceiver<Undelivered>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut undelivered: mpsc::UnboundedReceiver<Undelivered>,
+    ) {
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -526,8 +501,12 @@ impl Hub {
         }
         for (_, fanout, targets) in batches {
             let count = targets.len() as u64;
-            let batch =
-                Batch { frame: frame.clone(), targets, max_queued_bytes: self.max_queued_bytes, undelivered: self.undelivered.clone() };
+            let batch = Batch {
+                frame: frame.clone(),
+                targets,
+                max_queued_bytes: self.max_queued_bytes,
+                undelivered: self.undelivered.clone(),
+            };
             match fanout.send(batch) {
                 // Counted here; the fan-out task reports the ones it could not queue.
                 Ok(()) => self.stats.frames_sent += count,
