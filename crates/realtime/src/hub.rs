@@ -85,6 +85,7 @@ struct Outlet {
     outbound: mpsc::UnboundedSender<Frame>,
     queued: Arc<Queued>,
     max_frames: usize,
+    max_bytes: usize,
 }
 
 /// The connection's side of its outbound queue.
@@ -113,7 +114,6 @@ impl Outbox {
 struct Batch {
     frame: Frame,
     targets: Vec<Arc<Outlet>>,
-    max_queued_bytes: usize,
     /// Where the connections the frame could not be queued to are reported.
     undelivered: mpsc::UnboundedSender<Undelivered>,
 }
@@ -172,7 +172,7 @@ async fn fan_out(mut batches: mpsc::UnboundedReceiver<Batch>) {
             let queued = &outlet.queued;
             let frames = queued.frames.fetch_add(1, Ordering::Relaxed);
             let bytes = queued.bytes.fetch_add(size, Ordering::Relaxed);
-            let full = frames >= outlet.max_frames || bytes + size > batch.max_queued_bytes;
+            let full = frames >= outlet.max_frames || bytes + size > outlet.max_bytes;
             if full || outlet.outbound.send(batch.frame.clone()).is_err() {
                 queued.frames.fetch_sub(1, Ordering::Relaxed);
                 queued.bytes.fetch_sub(size, Ordering::Relaxed);
@@ -213,6 +213,8 @@ pub struct HubStopped;
 pub struct HubHandle {
     commands: mpsc::Sender<Command>,
     next_key: Arc<AtomicU64>,
+    /// The byte bound of every connection's queue.
+    max_queued_bytes: usize,
 }
 
 impl HubHandle {
@@ -255,7 +257,8 @@ impl HubHandle {
     ) -> Result<Outbox, HubStopped> {
         let (outbound, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(Queued::default());
-        let outlet = Arc::new(Outlet { key, outbound, queued: queued.clone(), max_frames });
+        let outlet =
+            Arc::new(Outlet { key, outbound, queued: queued.clone(), max_frames, max_bytes: self.max_queued_bytes });
         self.send(Command::Register { outlet, fanout: local_fanout(), close }).await?;
         Ok(Outbox { frames, queued })
     }
@@ -342,7 +345,6 @@ struct Hub {
     redeemed: HashMap<String, Instant>,
     token_ttl: Duration,
     reconnect_window: Duration,
-    max_queued_bytes: usize,
     stats: HubStats,
     /// Given to every batch: the fan-out tasks report here.
     undelivered: mpsc::UnboundedSender<Undelivered>,
@@ -361,12 +363,11 @@ pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: 
         redeemed: HashMap::new(),
         token_ttl,
         reconnect_window,
-        max_queued_bytes,
         stats: HubStats::default(),
         undelivered,
     };
     tokio::spawn(hub.run(rx, undelivered_rx));
-    HubHandle { commands: tx, next_key: Arc::new(AtomicU64::new(1)) }
+    HubHandle { commands: tx, next_key: Arc::new(AtomicU64::new(1)), max_queued_bytes }
 }
 
 impl Hub {
@@ -398,7 +399,7 @@ impl Hub {
         for token in expired {
             if let Some(parked) = self.parked.remove(&token) {
                 tracing::info!(conn = parked.conn.key(), "reconnect window expired");
-                self.remove(parked.conn.key());
+                self.remove(parked.conn.key(), Some(CloseReason::ReconnectWindowExpired));
             }
         }
     }
@@ -416,7 +417,9 @@ impl Hub {
                 self.connections
                     .insert(outlet.key, Connection { outlet, fanout, close: Some(close), groups: HashSet::new() });
             }
-            Command::Unregister { key } => self.remove(key),
+            Command::Unregister { key } => {
+                self.remove(key, Some(CloseReason::ReconnectWindowExpired));
+            }
             Command::Park { token, conn } => {
                 if self.connections.contains_key(&conn.key()) {
                     self.parked.insert(token, Parked { conn, since: Instant::now() });
@@ -429,7 +432,7 @@ impl Hub {
                         Some(p.conn)
                     }
                     Some(p) => {
-                        self.remove(p.conn.key());
+                        self.remove(p.conn.key(), Some(CloseReason::ReconnectWindowExpired));
                         None
                     }
                     None => None,
@@ -485,29 +488,24 @@ impl Hub {
             targets.dedup();
         }
         // One batch per thread (a handful), found by a linear search.
-        let mut batches: Vec<(u64, mpsc::UnboundedSender<Batch>, Vec<Arc<Outlet>>)> = Vec::new();
+        let mut batches: Vec<(LocalFanout, Vec<Arc<Outlet>>)> = Vec::new();
         for key in targets {
             let Some(conn) = self.connections.get(&key) else {
                 continue;
             };
-            let index = match batches.iter().position(|(id, _, _)| *id == conn.fanout.id) {
+            let index = match batches.iter().position(|(fanout, _)| fanout.id == conn.fanout.id) {
                 Some(index) => index,
                 None => {
-                    batches.push((conn.fanout.id, conn.fanout.batches.clone(), Vec::new()));
+                    batches.push((conn.fanout.clone(), Vec::new()));
                     batches.len() - 1
                 }
             };
-            batches[index].2.push(conn.outlet.clone());
+            batches[index].1.push(conn.outlet.clone());
         }
-        for (_, fanout, targets) in batches {
+        for (fanout, targets) in batches {
             let count = targets.len() as u64;
-            let batch = Batch {
-                frame: frame.clone(),
-                targets,
-                max_queued_bytes: self.max_queued_bytes,
-                undelivered: self.undelivered.clone(),
-            };
-            match fanout.send(batch) {
+            let batch = Batch { frame: frame.clone(), targets, undelivered: self.undelivered.clone() };
+            match fanout.batches.send(batch) {
                 // Counted here; the fan-out task reports the ones it could not queue.
                 Ok(()) => self.stats.frames_sent += count,
                 // The runtime of that thread has stopped, and its connections with it.
@@ -525,30 +523,26 @@ impl Hub {
         for (key, full) in connections {
             self.stats.frames_sent = self.stats.frames_sent.saturating_sub(1);
             self.stats.frames_dropped += 1;
-            if let Some(mut conn) = self.connections.remove(&key) {
-                if full {
-                    self.stats.slow_closes += 1;
-                    tracing::warn!(conn = key, "closing a slow connection: its outbound queue is full");
-                    if let Some(close) = conn.close.take() {
-                        let _ = close.send(CloseReason::SlowConsumer);
-                    }
-                }
-                for group in conn.groups {
-                    self.remove_member(&group, key);
-                }
+            if self.remove(key, full.then_some(CloseReason::SlowConsumer)) && full {
+                self.stats.slow_closes += 1;
+                tracing::warn!(conn = key, "closing a slow connection: its outbound queue is full");
             }
         }
     }
 
-    fn remove(&mut self, key: ConnKey) {
-        if let Some(mut conn) = self.connections.remove(&key) {
-            if let Some(close) = conn.close.take() {
-                let _ = close.send(CloseReason::ReconnectWindowExpired);
-            }
-            for group in conn.groups {
-                self.remove_member(&group, key);
-            }
+    /// Forgets a connection and its memberships, telling it to close with
+    /// `reason` when there is one; `false` when it was already gone.
+    fn remove(&mut self, key: ConnKey, reason: Option<CloseReason>) -> bool {
+        let Some(mut conn) = self.connections.remove(&key) else {
+            return false;
+        };
+        if let (Some(reason), Some(close)) = (reason, conn.close.take()) {
+            let _ = close.send(reason);
         }
+        for group in conn.groups {
+            self.remove_member(&group, key);
+        }
+        true
     }
 
     fn remove_member(&mut self, group: &Group, key: ConnKey) {
