@@ -13,16 +13,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, JobRepository, PublishedRow};
+use smartscheduler_domain::ports::PublishedRow;
 use smartscheduler_domain::{
     AssignmentSource, Contractor, DomainEvent, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region,
     TimeRange, Timestamp,
 };
 use smartscheduler_infrastructure::Database;
 use tokio::sync::Semaphore;
-
-/// The ports this measures, from either adapter.
-type Ports = (Arc<dyn JobRepository>, Arc<dyn ContractorRepository>, Arc<dyn AssignmentStore>, Arc<dyn EventLog>);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -42,11 +39,7 @@ async fn main() -> anyhow::Result<()> {
         (format!("{base}/{name}"), Some((admin, name)))
     };
     let db = Database::connect(&url).await?;
-    let ports: Ports = match &db {
-        Database::Sqlite(s) => (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone())),
-        Database::Postgres(s) => (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone())),
-    };
-    let (jobs, contractors, store, log) = ports;
+    let (jobs, contractors, store, log) = (db.jobs(), db.contractors(), db.assignments(), db.event_log());
 
     // Setup (not timed): one job and one contractor per assignment.
     let region = Region::new("north")?;
