@@ -270,20 +270,7 @@ impl Conn {
                 if first != b"{}" {
                     bail!("handshake refused: {}", String::from_utf8_lossy(&first));
                 }
-                let (method, argument) = group.hub_method();
-                self.send_record(&json!({"type": 1, "invocationId": "1", "target": method, "arguments": [argument]}))
-                    .await?;
-                loop {
-                    let record: Value = serde_json::from_slice(&self.next_text().await?).context("record")?;
-                    match record["type"].as_u64() {
-                        Some(3) if record["invocationId"] == "1" => match record.get("error") {
-                            Some(error) => bail!("{method} failed: {error}"),
-                            None => return Ok(()),
-                        },
-                        Some(7) => bail!("closed by the server: {record}"),
-                        _ => {}
-                    }
-                }
+                self.join_group(group, 1).await
             }
             Peer::Socketio => {
                 let open = self.next_text().await?;
@@ -306,9 +293,9 @@ impl Conn {
         }
     }
 
-    /// Joins one more group on our hub after the first (`invocation` numbers
-    /// the call; 1 was the first join), waiting for its completion.
-    pub async fn join_also(&mut self, group: &Group, invocation: u64) -> Result<()> {
+    /// Joins `group` on our hub after the handshake, waiting for the
+    /// completion of invocation number `invocation` (the first join is 1).
+    pub async fn join_group(&mut self, group: &Group, invocation: u64) -> Result<()> {
         if self.peer != Peer::Signalr {
             bail!("joining several groups is only done on our hub");
         }
