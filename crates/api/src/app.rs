@@ -6,8 +6,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, Service};
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server, Service};
+use actix_web::{web, App};
 use anyhow::Context;
 use smartscheduler_application::publishing::outbox;
 use smartscheduler_application::tailer::EventTailer;
@@ -149,7 +151,7 @@ impl Application {
         let hub_data = web::Data::new(hub.clone());
         let cors_origins = config.cors_origins.clone();
 
-        let server = HttpServer::new(move || {
+        let make_app = move || {
             App::new()
                 .wrap(cors(&cors_origins))
                 .wrap_fn(|req, srv| {
@@ -190,11 +192,35 @@ impl Application {
                 .configure(http::configure)
                 .configure(smartscheduler_realtime::http::configure)
                 .default_service(web::to(http::problem::not_found))
-        })
-        .listen(listener)?
-        .shutdown_timeout(delivery.shutdown_timeout_seconds)
-        .disable_signals()
-        .run();
+        };
+        // actix-web's `HttpServer`, assembled from its parts (with its
+        // defaults) so that WebSocket upgrades can be handed over with their
+        // socket: the application answers them, and the upgrade service
+        // gives the socket of a `101` to the hub (see
+        // `smartscheduler_realtime::upgrade`).
+        let builder = Server::build();
+        let graceful = builder.graceful_shutdown_signal();
+        let server = builder
+            .listen("smartscheduler-http", listener, move || {
+                let app = || {
+                    let app = make_app().into_factory().map_err(|err| err.error_response());
+                    map_config(app, |()| AppConfig::default())
+                };
+                let graceful = graceful.clone();
+                HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let graceful = graceful.clone();
+                        async move { graceful.notified().await }
+                    })
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(address)
+                    .upgrade(smartscheduler_realtime::upgrade::service(app()))
+                    .finish(app())
+                    .tcp()
+            })?
+            .shutdown_timeout(delivery.shutdown_timeout_seconds)
+            .disable_signals()
+            .run();
 
         Ok(Self {
             port: address.port(),

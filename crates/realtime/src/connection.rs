@@ -18,18 +18,18 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use actix_ws::{
-    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsCloseReason, MessageStream, ProtocolError,
-    Session,
-};
-use bytestring::ByteString;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::hub::{CloseReason, ConnKey, Frame, Outbox};
 use crate::limits::{ConnectionPermit, RateLimiter};
 use crate::protocol::{self, HubMessage, RecordBuffer};
+use crate::upgrade::Ws;
 use crate::HubContext;
 
 /// Why the socket loop ends; decides the Close record and whether to park.
@@ -45,16 +45,81 @@ enum Stop {
 /// How soon a stateful connection acks the messages it has processed.
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The socket side: writes with a timeout, racing the hub's close signal.
+/// At most this many queued frames go out in one write.
+const MAX_BATCH: usize = 64;
+
+/// What the client sent, as the connection loop sees it.
+enum Incoming {
+    Text(Utf8Bytes),
+    Binary,
+    /// A WebSocket Ping: tungstenite has queued the Pong, a flush sends it.
+    Ping,
+    /// A Close frame, or the socket was lost (reset, EOF without a Close frame).
+    Closed,
+    /// The client broke the WebSocket protocol or a size limit.
+    Broken(tungstenite::Error),
+}
+
+/// Whether a read error means the connection was lost (the socket was reset
+/// or hit EOF without a close frame: how a network drop looks) rather than
+/// the client breaking the protocol.
+fn is_transport_loss(err: &tungstenite::Error) -> bool {
+    use tungstenite::error::ProtocolError;
+    matches!(
+        err,
+        tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed
+            | tungstenite::Error::Io(_)
+            | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+    )
+}
+
+/// The socket: reads, and writes with a timeout racing the hub's close signal.
 struct Writer {
-    session: Session,
+    ws: Ws,
     last_sent: Instant,
     write_timeout: Duration,
 }
 
 impl Writer {
-    async fn send(&mut self, close: &mut Option<oneshot::Receiver<CloseReason>>, text: ByteString) -> Result<(), Stop> {
-        let write = tokio::time::timeout(self.write_timeout, self.session.text(text));
+    fn new(ws: Ws, write_timeout: Duration) -> Self {
+        Self { ws, last_sent: Instant::now(), write_timeout }
+    }
+
+    /// The next message from the client. Cancel-safe.
+    async fn recv(&mut self) -> Incoming {
+        loop {
+            return match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => Incoming::Text(text),
+                Some(Ok(Message::Binary(_))) => Incoming::Binary,
+                Some(Ok(Message::Ping(_))) => Incoming::Ping,
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => Incoming::Closed,
+                Some(Err(err)) if is_transport_loss(&err) => Incoming::Closed,
+                Some(Err(err)) => Incoming::Broken(err),
+            };
+        }
+    }
+
+    async fn send(&mut self, close: &mut Option<oneshot::Receiver<CloseReason>>, text: Utf8Bytes) -> Result<(), Stop> {
+        self.send_all(close, std::iter::once(text)).await
+    }
+
+    /// Writes each text as one text message, then flushes once: whatever is
+    /// queued leaves in one `send`. With nothing to write, it flushes what
+    /// tungstenite queued by itself (a Pong).
+    async fn send_all(
+        &mut self,
+        close: &mut Option<oneshot::Receiver<CloseReason>>,
+        texts: impl IntoIterator<Item = Utf8Bytes>,
+    ) -> Result<(), Stop> {
+        let ws = &mut self.ws;
+        let write = tokio::time::timeout(self.write_timeout, async move {
+            for text in texts {
+                ws.feed(Message::Text(text)).await?;
+            }
+            ws.flush().await
+        });
         let result = match close.as_mut() {
             Some(signal) => tokio::select! {
                 r = write => r,
@@ -125,7 +190,7 @@ struct Stateful {
     /// Trackable records sent so far; the last one's number.
     sent: u64,
     /// Sent, not yet acknowledged: (number, record).
-    unacked: VecDeque<(u64, ByteString)>,
+    unacked: VecDeque<(u64, Utf8Bytes)>,
     unacked_bytes: usize,
     /// The number the next trackable record from the client takes.
     next_expected: u64,
@@ -187,19 +252,17 @@ impl Conn {
 pub(crate) async fn run(
     ctx: HubContext,
     principal: Principal,
-    session: Session,
-    stream: MessageStream,
+    ws: Ws,
     token: Option<String>,
     stateful_negotiated: bool,
     permit: ConnectionPermit,
 ) {
     let max = ctx.config.max_message_bytes;
-    let mut stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    let mut writer = Writer { session, last_sent: Instant::now(), write_timeout: ctx.config.client_timeout };
+    let mut writer = Writer::new(ws, ctx.config.client_timeout);
     let mut records = RecordBuffer::new(max);
 
     // Handshake: nothing may be sent before its reply.
-    let (version, leftover) = match handshake(&ctx, &mut stream, &mut writer, &mut records).await {
+    let (version, leftover) = match handshake(&ctx, &mut writer, &mut records).await {
         Ok(ok) => ok,
         Err(stop) => {
             finish(writer, stop).await;
@@ -227,75 +290,65 @@ pub(crate) async fn run(
         close: Some(close_rx),
         stateful,
     };
-    drive(conn, writer, stream, records, leftover).await;
+    drive(conn, writer, records, leftover).await;
 }
 
 /// Resumes a parked stateful connection on a new socket: no handshake; the
 /// server's Sequence first, then every unacknowledged record, then live.
-pub(crate) async fn resume(mut conn: Box<Conn>, session: Session, stream: MessageStream) {
+/// Without a socket (the `101` could not be written) it parks again.
+pub(crate) async fn resume(mut conn: Box<Conn>, ws: Option<Ws>) {
+    let Some(ws) = ws else {
+        park_or_unregister(*conn).await;
+        return;
+    };
     let max = conn.ctx.config.max_message_bytes;
-    let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    let mut writer = Writer { session, last_sent: Instant::now(), write_timeout: conn.ctx.config.client_timeout };
+    let mut writer = Writer::new(ws, conn.ctx.config.client_timeout);
     tracing::info!(conn = conn.key, "stateful reconnect: resuming");
     let resent = {
         let state = conn.stateful.as_ref().expect("only stateful connections are parked");
-        let mut records = vec![ByteString::from(protocol::sequence(state.resend_from()))];
+        let mut records = vec![Utf8Bytes::from(protocol::sequence(state.resend_from()))];
         records.extend(state.unacked.iter().map(|(_, text)| text.clone()));
         records
     };
-    for text in resent {
-        if let Err(stop) = writer.send(&mut conn.close, text).await {
-            end(*conn, writer, stop).await;
-            return;
-        }
+    if let Err(stop) = writer.send_all(&mut conn.close, resent).await {
+        end(*conn, writer, stop).await;
+        return;
     }
-    drive(*conn, writer, stream, RecordBuffer::new(max), Vec::new()).await;
+    drive(*conn, writer, RecordBuffer::new(max), Vec::new()).await;
 }
 
-async fn drive(
-    mut conn: Conn,
-    mut writer: Writer,
-    mut stream: AggregatedMessageStream,
-    mut records: RecordBuffer,
-    leftover: Vec<Vec<u8>>,
-) {
-    let stop = conn.serve(&mut stream, &mut writer, &mut records, leftover).await;
+async fn drive(mut conn: Conn, mut writer: Writer, mut records: RecordBuffer, leftover: Vec<Vec<u8>>) {
+    let stop = conn.serve(&mut writer, &mut records, leftover).await;
     end(conn, writer, stop).await;
-}
-
-/// Whether a stream error means the connection was lost (the socket was
-/// reset or hit EOF without a close frame: how a network drop looks) rather
-/// than the client breaking the protocol. actix-ws wraps the first as an I/O
-/// error around the payload's `PayloadError`.
-fn is_transport_loss(err: &ProtocolError) -> bool {
-    match err {
-        ProtocolError::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<actix_web::error::PayloadError>()),
-        _ => false,
-    }
 }
 
 /// Parks a stateful connection whose socket dropped; otherwise unregisters
 /// and closes.
 async fn end(conn: Conn, writer: Writer, stop: Stop) {
-    if matches!(stop, Stop::Dropped) && conn.stateful.is_some() {
-        if let Some(token) = conn.token.clone() {
-            let hub = conn.ctx.hub.clone();
-            let key = conn.key;
-            tracing::info!(conn = key, "socket dropped: parked for a stateful reconnect");
-            if hub.park(token, Box::new(conn)).await.is_ok() {
-                return;
-            }
-            let _ = hub.unregister(key).await;
-            return;
-        }
+    if matches!(stop, Stop::Dropped) && conn.stateful.is_some() && conn.token.is_some() {
+        park_or_unregister(conn).await;
+        return;
     }
     let _ = conn.ctx.hub.unregister(conn.key).await;
     finish(writer, stop).await;
 }
 
+/// Parks a stateful connection for its reconnect window (unregisters it when
+/// it cannot be parked).
+async fn park_or_unregister(conn: Conn) {
+    let hub = conn.ctx.hub.clone();
+    let key = conn.key;
+    if let Some(token) = conn.token.clone() {
+        tracing::info!(conn = key, "socket dropped: parked for a stateful reconnect");
+        if hub.park(token, Box::new(conn)).await.is_ok() {
+            return;
+        }
+    }
+    let _ = hub.unregister(key).await;
+}
+
 async fn handshake(
     ctx: &HubContext,
-    stream: &mut AggregatedMessageStream,
     writer: &mut Writer,
     records: &mut RecordBuffer,
 ) -> Result<(u64, Vec<Vec<u8>>), Stop> {
@@ -308,19 +361,21 @@ async fn handshake(
                 let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
                 return Err(Stop::ClientClosed);
             }
-            message = stream.recv() => {
+            message = writer.recv() => {
                 let bytes = match message {
-                    Some(Ok(AggregatedMessage::Text(text))) => text.into_bytes(),
-                    Some(Ok(AggregatedMessage::Binary(bytes))) => bytes,
-                    Some(Ok(AggregatedMessage::Ping(p))) => { let _ = writer.session.pong(&p).await; continue; }
-                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Close(_))) | None => return Err(Stop::ClientClosed),
-                    Some(Err(_)) => {
+                    Incoming::Text(text) => text,
+                    Incoming::Binary => {
+                        let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
+                        return Err(Stop::ClientClosed);
+                    }
+                    Incoming::Ping => { writer.send_all(&mut no_close, []).await?; continue; }
+                    Incoming::Closed => return Err(Stop::ClientClosed),
+                    Incoming::Broken(_) => {
                         let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
                         return Err(Stop::ClientClosed);
                     }
                 };
-                let mut complete = match records.push(&bytes) {
+                let mut complete = match records.push(bytes.as_bytes()) {
                     Ok(complete) => complete,
                     Err(_) => {
                         let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
@@ -346,14 +401,36 @@ async fn handshake(
     }
 }
 
-/// Sends the Close record when there is one, then closes the socket with 1000.
+/// Sends the Close record when there is one and a Close frame (1000), then
+/// ends the socket's sending side and reads (and drops) what the client
+/// still sends until it closes, a second at most: closing a socket with
+/// unread input resets it, and a reset can destroy the Close record before
+/// the client has read it.
 async fn finish(mut writer: Writer, stop: Stop) {
-    if let Stop::Close { error, allow_reconnect } = stop {
-        let record = protocol::close(Some(&error), allow_reconnect);
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.session.text(record)).await;
+    let ws = &mut writer.ws;
+    let goodbye = async {
+        if let Stop::Close { error, allow_reconnect } = stop {
+            ws.feed(Message::Text(protocol::close(Some(&error), allow_reconnect).into())).await?;
+        }
+        ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::default() })).await
+    };
+    if tokio::time::timeout(Duration::from_secs(1), goodbye).await.is_err() {
+        return; // not reading: nothing more to say
     }
-    let reason = WsCloseReason { code: CloseCode::Normal, description: None };
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.session.close(Some(reason))).await;
+    let socket = ws.get_mut();
+    let drained = async {
+        let _ =
+            std::future::poll_fn(|cx| tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut *socket), cx)).await;
+        let mut sink = [0u8; 4096];
+        while socket.readable().await.is_ok() {
+            match socket.try_read(&mut sink) {
+                Ok(0) => break,
+                Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
 }
 
 /// A refused or failed hub call: the text the client's `invoke` rejects with.
@@ -365,7 +442,13 @@ fn is_trackable(message: &HubMessage) -> bool {
 
 impl Conn {
     /// Sends a trackable record, numbering and buffering it when stateful.
-    async fn send_tracked(&mut self, writer: &mut Writer, text: ByteString) -> Result<(), Stop> {
+    async fn send_tracked(&mut self, writer: &mut Writer, text: Utf8Bytes) -> Result<(), Stop> {
+        self.track(&text)?;
+        writer.send(&mut self.close, text).await
+    }
+
+    /// Numbers and keeps a trackable record when stateful.
+    fn track(&mut self, text: &Utf8Bytes) -> Result<(), Stop> {
         if let Some(state) = self.stateful.as_mut() {
             state.sent += 1;
             state.unacked_bytes += text.len();
@@ -377,16 +460,28 @@ impl Conn {
                 });
             }
         }
-        writer.send(&mut self.close, text).await
+        Ok(())
     }
 
-    async fn serve(
-        &mut self,
-        stream: &mut AggregatedMessageStream,
-        writer: &mut Writer,
-        records: &mut RecordBuffer,
-        leftover: Vec<Vec<u8>>,
-    ) -> Stop {
+    /// Sends `first` and whatever else the hub has queued (up to
+    /// [`MAX_BATCH`]) that this connection wants, in one write.
+    async fn send_frames(&mut self, writer: &mut Writer, first: Frame) -> Result<(), Stop> {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            if self.membership.wants(&frame) {
+                self.track(&frame.text)?;
+                batch.push(frame.text);
+            }
+            next = if batch.len() < MAX_BATCH { self.outbound.try_recv() } else { None };
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        writer.send_all(&mut self.close, batch).await
+    }
+
+    async fn serve(&mut self, writer: &mut Writer, records: &mut RecordBuffer, leftover: Vec<Vec<u8>>) -> Stop {
         let mut last_received = Instant::now();
         for record in leftover {
             if let Err(stop) = self.on_record(&record, writer).await {
@@ -404,23 +499,26 @@ impl Conn {
         tokio::pin!(timer);
         loop {
             tokio::select! {
-                message = stream.recv() => {
+                message = writer.recv() => {
                     last_received = Instant::now();
                     let bytes = match message {
-                        Some(Ok(AggregatedMessage::Text(text))) => text.into_bytes(),
-                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                        Incoming::Text(text) => text,
+                        Incoming::Binary => {
                             return Stop::Close { error: "Binary messages are not supported: this hub speaks the JSON protocol.".into(), allow_reconnect: false };
                         }
-                        Some(Ok(AggregatedMessage::Ping(p))) => { let _ = writer.session.pong(&p).await; continue; }
-                        Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                        Some(Ok(AggregatedMessage::Close(_))) | None => return Stop::Dropped,
-                        // A reset or an EOF without a close frame: the network dropped the socket.
-                        Some(Err(err)) if is_transport_loss(&err) => return Stop::Dropped,
-                        Some(Err(err)) => {
+                        Incoming::Ping => {
+                            if let Err(stop) = writer.send_all(&mut self.close, []).await {
+                                return stop;
+                            }
+                            continue;
+                        }
+                        // A Close frame, a reset or an EOF without a Close frame.
+                        Incoming::Closed => return Stop::Dropped,
+                        Incoming::Broken(err) => {
                             return Stop::Close { error: format!("Connection closed with an error: {err}"), allow_reconnect: false };
                         }
                     };
-                    let complete = match records.push(&bytes) {
+                    let complete = match records.push(bytes.as_bytes()) {
                         Ok(complete) => complete,
                         Err(err) => return Stop::Close { error: err.to_string(), allow_reconnect: false },
                     };
@@ -439,10 +537,8 @@ impl Conn {
                 }
                 frame = self.outbound.recv() => match frame {
                     Some(frame) => {
-                        if self.membership.wants(&frame) {
-                            if let Err(stop) = self.send_tracked(writer, frame.text).await {
-                                return stop;
-                            }
+                        if let Err(stop) = self.send_frames(writer, frame).await {
+                            return stop;
                         }
                     }
                     // The hub dropped us (it was full) and the close signal follows.
@@ -721,21 +817,23 @@ fn contractor_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>)
 mod tests {
     use std::io;
 
-    use actix_web::error::PayloadError;
+    use tungstenite::error::{CapacityError, ProtocolError};
 
     use super::*;
 
     #[test]
     fn a_reset_or_eof_is_a_dropped_socket_and_a_protocol_violation_is_not() {
-        // How actix-ws reports a socket reset or an EOF without a close frame.
-        assert!(is_transport_loss(&ProtocolError::Io(io::Error::other(PayloadError::Incomplete(None)))));
-        assert!(is_transport_loss(&ProtocolError::Io(io::Error::other(PayloadError::Io(io::Error::from(
-            io::ErrorKind::ConnectionReset
-        ))))));
+        // How tungstenite reports a socket reset or an EOF without a close frame.
+        assert!(is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)));
+        assert!(is_transport_loss(&tungstenite::Error::Io(io::Error::from(io::ErrorKind::ConnectionReset))));
+        assert!(is_transport_loss(&tungstenite::Error::ConnectionClosed));
         // The client's fault: close with an error, no stateful resume.
-        assert!(!is_transport_loss(&ProtocolError::Io(io::Error::other("Exceeded maximum continuation size"))));
-        assert!(!is_transport_loss(&ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, "invalid utf-8"))));
-        assert!(!is_transport_loss(&ProtocolError::Overflow));
-        assert!(!is_transport_loss(&ProtocolError::UnmaskedFrame));
+        assert!(!is_transport_loss(&tungstenite::Error::Capacity(CapacityError::MessageTooLong {
+            size: 40_000,
+            max_size: 32_768
+        })));
+        assert!(!is_transport_loss(&tungstenite::Error::Utf8("invalid utf-8".into())));
+        assert!(!is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient)));
+        assert!(!is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::FragmentedControlFrame)));
     }
 }

@@ -3,9 +3,9 @@
 //! and queues it to the event's audience.
 
 use async_trait::async_trait;
-use bytestring::ByteString;
 use smartscheduler_application::{EventHandler, HandlerError};
 use smartscheduler_domain::PublishedEvent;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::{Frame, HubHandle};
 use crate::protocol;
@@ -31,7 +31,7 @@ impl EventHandler for HubDelivery {
     async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError> {
         let text = protocol::invocation(event.event.event_type().as_str(), event);
         let frame =
-            Frame { text: ByteString::from(text), sequence: event.sequence.0, groups: event.event.audience().into() };
+            Frame { text: Utf8Bytes::from(text), sequence: event.sequence.0, groups: event.event.audience().into() };
         self.hub.broadcast(frame).await.map_err(|e| HandlerError(e.to_string()))
     }
 }

@@ -11,6 +11,7 @@ use serde_json::json;
 use smartscheduler_application::{AuthError, ConnectionTicket};
 use smartscheduler_domain::Principal;
 
+use crate::upgrade::Takeover;
 use crate::{connection, HubContext};
 
 /// The hub's path.
@@ -166,7 +167,7 @@ enum Attach {
 /// The WebSocket: with `id`, the connection negotiated before, or a parked
 /// stateful connection coming back (404 when unknown, used or expired);
 /// without, a new one (skipNegotiation).
-pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubContext>) -> HttpResponse {
+pub async fn connect(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
     let query = query(&req);
     // Only a WebSocket upgrade may use (and so burn) a connection token.
     let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
@@ -213,8 +214,8 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
         },
         Attach::Resume(_) => None,
     };
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
-        Ok(parts) => parts,
+    let mut response = match actix_http::ws::handshake(req.head()) {
+        Ok(mut switching) => HttpResponse::from(switching.finish()).map_into_boxed_body(),
         Err(_) => {
             if let Attach::Resume(parked) = attach {
                 if let Some(id) = &query.id {
@@ -225,15 +226,22 @@ pub async fn connect(req: HttpRequest, body: web::Payload, ctx: web::Data<HubCon
         }
     };
     let ctx = ctx.get_ref().clone();
-    // The message stream is not Send: the loop runs on this worker's runtime.
-    match attach {
+    // The upgrade service runs this on the socket once the 101 is written
+    // (see `crate::upgrade`), on this worker's thread.
+    let max = ctx.config.max_message_bytes;
+    let takeover = match attach {
         Attach::New { principal, token, stateful } => {
             let permit = permit.expect("a new connection has a permit");
-            actix_web::rt::spawn(connection::run(ctx, principal, session, stream, token, stateful, permit));
+            Takeover::new(max, move |ws| {
+                Box::pin(async move {
+                    if let Some(ws) = ws {
+                        connection::run(ctx, principal, ws, token, stateful, permit).await;
+                    }
+                })
+            })
         }
-        Attach::Resume(parked) => {
-            actix_web::rt::spawn(connection::resume(parked, session, stream));
-        }
-    }
+        Attach::Resume(parked) => Takeover::new(max, move |ws| Box::pin(connection::resume(parked, ws))),
+    };
+    response.extensions_mut().insert(takeover);
     response
 }

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytestring::ByteString;
 use smartscheduler_domain::Group;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::connection::Conn;
 
@@ -34,7 +34,7 @@ pub type ConnKey = u64;
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// The whole record(s), ending in 0x1E, ready for a text message.
-    pub text: ByteString,
+    pub text: Utf8Bytes,
     /// The event's sequence.
     pub sequence: i64,
     /// The groups the event was sent to.
@@ -99,9 +99,20 @@ impl Outbox {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<Frame> {
         let frame = self.frames.recv().await?;
+        Some(self.taken(frame))
+    }
+
+    /// The next frame if one is queued now; `None` when none is (or the hub
+    /// has dropped the connection: `recv` then says so).
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        let frame = self.frames.try_recv().ok()?;
+        Some(self.taken(frame))
+    }
+
+    fn taken(&self, frame: Frame) -> Frame {
         self.queued.frames.fetch_sub(1, Ordering::Relaxed);
         self.queued.bytes.fetch_sub(frame.text.len(), Ordering::Relaxed);
-        Some(frame)
+        frame
     }
 
     /// Bytes queued and not yet taken.
@@ -561,7 +572,7 @@ mod tests {
     use smartscheduler_domain::{ContractorId, Region};
 
     fn frame(seq: i64, groups: Vec<Group>) -> Frame {
-        Frame { text: ByteString::from(format!("{seq}\u{1e}")), sequence: seq, groups: groups.into() }
+        Frame { text: Utf8Bytes::from(format!("{seq}\u{1e}")), sequence: seq, groups: groups.into() }
     }
 
     async fn connect(hub: &HubHandle, capacity: usize) -> (ConnKey, Outbox, oneshot::Receiver<CloseReason>) {
@@ -690,7 +701,7 @@ mod tests {
         let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1_300);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let big = |seq: i64| Frame {
-            text: ByteString::from(format!("{}\u{1e}", "x".repeat(599))),
+            text: Utf8Bytes::from(format!("{}\u{1e}", "x".repeat(599))),
             sequence: seq,
             groups: vec![north.clone()].into(),
         };

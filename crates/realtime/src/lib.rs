@@ -12,6 +12,8 @@
 //! - [`connection`]: one WebSocket's loop and the hub methods.
 //! - [`limits`]: negotiations, connections and invocations per user.
 //! - [`http`]: `POST /hubs/jobs/negotiate` and the WebSocket endpoint.
+//! - [`upgrade`]: the server's upgrade service, which hands an accepted
+//!   WebSocket's socket to its connection (tungstenite on the bare socket).
 //! - [`delivery`]: the event handler that sends published events to groups.
 
 pub mod connection;
@@ -20,6 +22,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod protocol;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;

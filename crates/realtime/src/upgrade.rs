@@ -1,0 +1,144 @@
+//! WebSocket upgrades, handed over socket and all.
+//!
+//! actix-http passes every request that asks for a WebSocket upgrade to the
+//! server's *upgrade service* together with the connection itself (the
+//! socket, the bytes read past the request head and the HTTP codec). This
+//! service runs the request through the same actix-web application as every
+//! other request, so routing, CORS, logging, authentication and every
+//! problem+json refusal stay where they are. When the application answers
+//! `101 Switching Protocols` with a [`Takeover`] attached, the service writes
+//! that answer and gives the bare socket to the takeover, which speaks
+//! WebSocket on it with tungstenite. Any other answer is written as it is and
+//! the connection ends.
+//!
+//! Why not actix-ws: it leaves the socket inside actix-http's HTTP/1
+//! dispatcher, which keeps an 8 KiB read and an 8 KiB write buffer per
+//! connection and puts a second queue and task between a hub connection and
+//! its socket (see `docs/benchmarks.md`, Improvement 5).
+
+use std::fmt;
+use std::rc::Rc;
+
+use actix_codec::Framed;
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::h1::{Codec, Message};
+use actix_http::{ConnectionType, Request, Response, StatusCode};
+use actix_service::{fn_factory, fn_service, Service, ServiceFactory};
+use futures_util::future::LocalBoxFuture;
+use futures_util::SinkExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+/// A hub WebSocket: tungstenite on the socket actix-http handed over.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// What runs on the socket after a `101`: attach it to the `101` response's
+/// extensions. It gets `None` when the `101` could not be written (the
+/// client went away), so it can put back what it took (a parked connection).
+pub struct Takeover {
+    run: Box<dyn FnOnce(Option<Ws>) -> LocalBoxFuture<'static, ()>>,
+    config: WebSocketConfig,
+}
+
+impl Takeover {
+    /// Runs `run` on the upgraded socket, reading at most `max_message_bytes`
+    /// per message (larger messages and frames end the read with an error).
+    pub fn new(
+        max_message_bytes: usize,
+        run: impl FnOnce(Option<Ws>) -> LocalBoxFuture<'static, ()> + 'static,
+    ) -> Self {
+        Self { run: Box::new(run), config: ws_config(max_message_bytes) }
+    }
+}
+
+impl fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Takeover")
+    }
+}
+
+/// tungstenite's settings for a hub socket. The read buffer starts small (an
+/// idle connection holds it all its life; a SignalR record is a few hundred
+/// bytes); writes are buffered until flushed, so whatever is queued leaves
+/// in one `send`.
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// The upgrade service for actix-http's `HttpServiceBuilder::upgrade`: give
+/// it a factory of the same application the server serves.
+pub fn service<S, B>(
+    app: S,
+) -> impl ServiceFactory<
+    (Request, Framed<TcpStream, Codec>),
+    Config = (),
+    Response = (),
+    Error = actix_web::Error,
+    InitError = (),
+>
+where
+    S: ServiceFactory<Request, Config = ()> + 'static,
+    S::Response: Into<Response<B>>,
+    S::Error: Into<Response<BoxBody>>,
+    S::InitError: fmt::Debug,
+    B: MessageBody + 'static,
+{
+    fn_factory(move || {
+        let app = app.new_service(());
+        async move {
+            let app = Rc::new(app.await.map_err(|err| tracing::error!(?err, "the upgrade service's application"))?);
+            Ok(fn_service(move |(req, framed): (Request, Framed<TcpStream, Codec>)| {
+                let app = Rc::clone(&app);
+                async move { upgrade(&*app, req, framed).await }
+            }))
+        }
+    })
+}
+
+async fn upgrade<S, B>(app: &S, req: Request, mut framed: Framed<TcpStream, Codec>) -> Result<(), actix_web::Error>
+where
+    S: Service<Request>,
+    S::Response: Into<Response<B>>,
+    S::Error: Into<Response<BoxBody>>,
+    B: MessageBody + 'static,
+{
+    let response: Response<BoxBody> = match app.call(req).await {
+        Ok(response) => response.into().map_into_boxed_body(),
+        Err(err) => err.into(),
+    };
+    let (mut head, body) = response.into_parts();
+    let takeover = if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+        head.extensions_mut().remove::<Takeover>()
+    } else {
+        None
+    };
+    let Some(takeover) = takeover else {
+        // An ordinary answer (a refusal, a 404): written whole, then the connection ends.
+        let bytes = actix_http::body::to_bytes(body).await.unwrap_or_default();
+        head.head_mut().set_connection_type(ConnectionType::Close);
+        let size = BodySize::Sized(bytes.len() as u64);
+        let written = async {
+            framed.feed(Message::Item((head, size))).await?;
+            framed.feed(Message::Chunk(Some(bytes))).await?;
+            framed.send(Message::Chunk(None)).await
+        };
+        return written.await.map_err(actix_web::Error::from);
+    };
+    if let Err(err) = framed.send(Message::Item((head, BodySize::None))).await {
+        (takeover.run)(None).await;
+        return Err(err.into());
+    }
+    let parts = framed.into_parts();
+    // Bytes the client sent right behind its request head are the socket's first.
+    let ws =
+        WebSocketStream::from_partially_read(parts.io, parts.read_buf.to_vec(), Role::Server, Some(takeover.config))
+            .await;
+    drop(parts.write_buf);
+    (takeover.run)(Some(ws)).await;
+    Ok(())
+}
