@@ -16,6 +16,7 @@
 //! unregisters from the hub.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -235,6 +236,8 @@ pub struct Conn {
     outbound: Outbox,
     close: Option<oneshot::Receiver<CloseReason>>,
     stateful: Option<Stateful>,
+    /// The frames of one write (see `send_frames`), empty between writes.
+    batch: Vec<Utf8Bytes>,
 }
 
 impl Conn {
@@ -258,14 +261,17 @@ pub(crate) async fn run(
     permit: ConnectionPermit,
 ) {
     let max = ctx.config.max_message_bytes;
-    let mut writer = Writer::new(ws, ctx.config.client_timeout);
+    // The connection's state is boxed, as are its rare steps (handshake,
+    // hub calls, the close): the future of an idle connection stays small
+    // (measured: 9.9 KiB with everything inline).
+    let mut writer = Box::new(Writer::new(ws, ctx.config.client_timeout));
     let mut records = RecordBuffer::new(max);
 
     // Handshake: nothing may be sent before its reply.
-    let (version, leftover) = match handshake(&ctx, &mut writer, &mut records).await {
+    let (version, leftover) = match Box::pin(handshake(&ctx, &mut writer, &mut records)).await {
         Ok(ok) => ok,
         Err(stop) => {
-            finish(writer, stop).await;
+            Box::pin(finish(writer, stop)).await;
             return;
         }
     };
@@ -273,12 +279,12 @@ pub(crate) async fn run(
     let key = ctx.hub.next_key();
     let (close_tx, close_rx) = oneshot::channel();
     let Ok(outbound) = ctx.hub.register(key, ctx.config.outbound_capacity, close_tx).await else {
-        finish(writer, Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true }).await;
+        Box::pin(finish(writer, Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true })).await;
         return;
     };
     let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
     let calls = RateLimiter::new(ctx.config.invocations_per_second, ctx.config.invocations_per_second * 2);
-    let conn = Conn {
+    let conn = Box::new(Conn {
         _permit: permit,
         calls,
         ctx,
@@ -289,7 +295,8 @@ pub(crate) async fn run(
         outbound,
         close: Some(close_rx),
         stateful,
-    };
+        batch: Vec::new(),
+    });
     drive(conn, writer, records, leftover).await;
 }
 
@@ -298,11 +305,11 @@ pub(crate) async fn run(
 /// Without a socket (the `101` could not be written) it parks again.
 pub(crate) async fn resume(mut conn: Box<Conn>, ws: Option<Ws>) {
     let Some(ws) = ws else {
-        park_or_unregister(*conn).await;
+        park_or_unregister(conn).await;
         return;
     };
     let max = conn.ctx.config.max_message_bytes;
-    let mut writer = Writer::new(ws, conn.ctx.config.client_timeout);
+    let mut writer = Box::new(Writer::new(ws, conn.ctx.config.client_timeout));
     tracing::info!(conn = conn.key, "stateful reconnect: resuming");
     let resent = {
         let state = conn.stateful.as_ref().expect("only stateful connections are parked");
@@ -311,36 +318,36 @@ pub(crate) async fn resume(mut conn: Box<Conn>, ws: Option<Ws>) {
         records
     };
     if let Err(stop) = writer.send_all(&mut conn.close, resent).await {
-        end(*conn, writer, stop).await;
+        end(conn, writer, stop).await;
         return;
     }
-    drive(*conn, writer, RecordBuffer::new(max), Vec::new()).await;
+    drive(conn, writer, RecordBuffer::new(max), Vec::new()).await;
 }
 
-async fn drive(mut conn: Conn, mut writer: Writer, mut records: RecordBuffer, leftover: Vec<Vec<u8>>) {
+async fn drive(mut conn: Box<Conn>, mut writer: Box<Writer>, mut records: RecordBuffer, leftover: Vec<Vec<u8>>) {
     let stop = conn.serve(&mut writer, &mut records, leftover).await;
     end(conn, writer, stop).await;
 }
 
 /// Parks a stateful connection whose socket dropped; otherwise unregisters
 /// and closes.
-async fn end(conn: Conn, writer: Writer, stop: Stop) {
+async fn end(conn: Box<Conn>, writer: Box<Writer>, stop: Stop) {
     if matches!(stop, Stop::Dropped) && conn.stateful.is_some() && conn.token.is_some() {
         park_or_unregister(conn).await;
         return;
     }
     let _ = conn.ctx.hub.unregister(conn.key).await;
-    finish(writer, stop).await;
+    Box::pin(finish(writer, stop)).await;
 }
 
 /// Parks a stateful connection for its reconnect window (unregisters it when
 /// it cannot be parked).
-async fn park_or_unregister(conn: Conn) {
+async fn park_or_unregister(conn: Box<Conn>) {
     let hub = conn.ctx.hub.clone();
     let key = conn.key;
     if let Some(token) = conn.token.clone() {
         tracing::info!(conn = key, "socket dropped: parked for a stateful reconnect");
-        if hub.park(token, Box::new(conn)).await.is_ok() {
+        if hub.park(token, conn).await.is_ok() {
             return;
         }
     }
@@ -406,7 +413,7 @@ async fn handshake(
 /// still sends until it closes, a second at most: closing a socket with
 /// unread input resets it, and a reset can destroy the Close record before
 /// the client has read it.
-async fn finish(mut writer: Writer, stop: Stop) {
+async fn finish(mut writer: Box<Writer>, stop: Stop) {
     let ws = &mut writer.ws;
     let goodbye = async {
         if let Stop::Close { error, allow_reconnect } = stop {
@@ -465,26 +472,26 @@ impl Conn {
 
     /// Sends `first` and whatever else the hub has queued (up to
     /// [`MAX_BATCH`]) that this connection wants, in one write.
-    async fn send_frames(&mut self, writer: &mut Writer, first: Frame) -> Result<(), Stop> {
-        let mut batch = Vec::new();
+    async fn send_frames(&mut self, writer: &mut Writer, first: Arc<Frame>) -> Result<(), Stop> {
+        // The batch's buffer is kept between calls: no allocation per wake-up.
+        let mut batch = std::mem::take(&mut self.batch);
         let mut next = Some(first);
         while let Some(frame) = next {
             if self.membership.wants(&frame) {
                 self.track(&frame.text)?;
-                batch.push(frame.text);
+                batch.push(frame.text.clone());
             }
             next = if batch.len() < MAX_BATCH { self.outbound.try_recv() } else { None };
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        writer.send_all(&mut self.close, batch).await
+        let sent = if batch.is_empty() { Ok(()) } else { writer.send_all(&mut self.close, batch.drain(..)).await };
+        self.batch = batch;
+        sent
     }
 
     async fn serve(&mut self, writer: &mut Writer, records: &mut RecordBuffer, leftover: Vec<Vec<u8>>) -> Stop {
         let mut last_received = Instant::now();
         for record in leftover {
-            if let Err(stop) = self.on_record(&record, writer).await {
+            if let Err(stop) = Box::pin(self.on_record(&record, writer)).await {
                 return stop;
             }
         }
@@ -523,7 +530,7 @@ impl Conn {
                         Err(err) => return Stop::Close { error: err.to_string(), allow_reconnect: false },
                     };
                     for record in complete {
-                        if let Err(stop) = self.on_record(&record, writer).await {
+                        if let Err(stop) = Box::pin(self.on_record(&record, writer)).await {
                             return stop;
                         }
                     }

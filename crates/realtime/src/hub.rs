@@ -82,7 +82,8 @@ struct Queued {
 /// bounded channel would take a semaphore permit per frame as well).
 struct Outlet {
     key: ConnKey,
-    outbound: mpsc::UnboundedSender<Frame>,
+    /// Shared frames: a queue slot is one pointer (a channel block is 32 slots).
+    outbound: mpsc::UnboundedSender<Arc<Frame>>,
     queued: Arc<Queued>,
     max_frames: usize,
     max_bytes: usize,
@@ -90,26 +91,26 @@ struct Outlet {
 
 /// The connection's side of its outbound queue.
 pub struct Outbox {
-    frames: mpsc::UnboundedReceiver<Frame>,
+    frames: mpsc::UnboundedReceiver<Arc<Frame>>,
     queued: Arc<Queued>,
 }
 
 impl Outbox {
     /// The next frame; `None` once the hub has dropped the connection.
     /// Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Frame> {
+    pub async fn recv(&mut self) -> Option<Arc<Frame>> {
         let frame = self.frames.recv().await?;
         Some(self.taken(frame))
     }
 
     /// The next frame if one is queued now; `None` when none is (or the hub
     /// has dropped the connection: `recv` then says so).
-    pub fn try_recv(&mut self) -> Option<Frame> {
+    pub fn try_recv(&mut self) -> Option<Arc<Frame>> {
         let frame = self.frames.try_recv().ok()?;
         Some(self.taken(frame))
     }
 
-    fn taken(&self, frame: Frame) -> Frame {
+    fn taken(&self, frame: Arc<Frame>) -> Arc<Frame> {
         self.queued.frames.fetch_sub(1, Ordering::Relaxed);
         self.queued.bytes.fetch_sub(frame.text.len(), Ordering::Relaxed);
         frame
@@ -123,7 +124,7 @@ impl Outbox {
 
 /// One event's frame for the members living on one thread.
 struct Batch {
-    frame: Frame,
+    frame: Arc<Frame>,
     targets: Vec<Arc<Outlet>>,
     /// Where the connections the frame could not be queued to are reported.
     undelivered: mpsc::UnboundedSender<Undelivered>,
@@ -488,6 +489,7 @@ impl Hub {
     }
 
     fn broadcast(&mut self, frame: Frame) {
+        let frame = Arc::new(frame);
         let mut targets: Vec<ConnKey> = Vec::new();
         for group in frame.groups.iter() {
             if let Some(members) = self.groups.get(group) {

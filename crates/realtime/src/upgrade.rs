@@ -19,7 +19,7 @@
 use std::fmt;
 use std::rc::Rc;
 
-use actix_codec::Framed;
+use actix_codec::{Framed, FramedParts};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::h1::{Codec, Message};
 use actix_http::{ConnectionType, Request, Response, StatusCode};
@@ -58,20 +58,23 @@ impl fmt::Debug for Takeover {
     }
 }
 
-/// tungstenite's settings for a hub socket. The read buffer starts small (an
-/// idle connection holds it all its life; a SignalR record is a few hundred
-/// bytes); writes are buffered until flushed, so whatever is queued leaves
-/// in one `send`.
+/// tungstenite's settings for a hub socket. The read buffer is small: an
+/// idle connection holds it all its life (zeroed, so resident), and what a
+/// client sends is a few hundred bytes (a larger frame grows it as needed).
+/// Writes are buffered until flushed, so whatever is queued leaves in one
+/// `send`.
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(64 * 1024)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
 
 /// The upgrade service for actix-http's `HttpServiceBuilder::upgrade`: give
-/// it a factory of the same application the server serves.
+/// it a factory of the same application the server serves. A client that
+/// leaves before its answer is written is not an error (actix-http would log
+/// one): it is logged at debug level.
 pub fn service<S, B>(
     app: S,
 ) -> impl ServiceFactory<
@@ -100,7 +103,25 @@ where
     })
 }
 
-async fn upgrade<S, B>(app: &S, req: Request, mut framed: Framed<TcpStream, Codec>) -> Result<(), actix_web::Error>
+async fn upgrade<S, B>(app: &S, req: Request, framed: Framed<TcpStream, Codec>) -> Result<(), actix_web::Error>
+where
+    S: Service<Request>,
+    S::Response: Into<Response<B>>,
+    S::Error: Into<Response<BoxBody>>,
+    B: MessageBody + 'static,
+{
+    // The HTTP exchange is boxed: this future lives as long as the
+    // connection, and only the socket's part should take room all that time.
+    if let Some((takeover, ws)) = Box::pin(answer(app, req, framed)).await {
+        (takeover.run)(ws).await;
+    }
+    Ok(())
+}
+
+/// Runs the request through the application and writes its answer. For a
+/// `101` with a [`Takeover`], returns it with the WebSocket (`None` when the
+/// client left before the `101` was written).
+async fn answer<S, B>(app: &S, req: Request, mut framed: Framed<TcpStream, Codec>) -> Option<(Takeover, Option<Ws>)>
 where
     S: Service<Request>,
     S::Response: Into<Response<B>>,
@@ -127,18 +148,21 @@ where
             framed.feed(Message::Chunk(Some(bytes))).await?;
             framed.send(Message::Chunk(None)).await
         };
-        return written.await.map_err(actix_web::Error::from);
+        if let Err(err) = written.await {
+            tracing::debug!(error = %err, "the client left before its answer was written");
+        }
+        return None;
     };
     if let Err(err) = framed.send(Message::Item((head, BodySize::None))).await {
-        (takeover.run)(None).await;
-        return Err(err.into());
+        tracing::debug!(error = %err, "the client left before its 101 was written");
+        return Some((takeover, None));
     }
-    let parts = framed.into_parts();
-    // Bytes the client sent right behind its request head are the socket's first.
-    let ws =
-        WebSocketStream::from_partially_read(parts.io, parts.read_buf.to_vec(), Role::Server, Some(takeover.config))
-            .await;
-    drop(parts.write_buf);
-    (takeover.run)(Some(ws)).await;
-    Ok(())
+    // Only the socket is kept: actix-http's buffers (8 KiB each) and codec
+    // are dropped here, not at the end of the connection. Bytes the client
+    // sent right behind its request head are the socket's first.
+    let FramedParts { io, read_buf, .. } = framed.into_parts();
+    let leftover = read_buf.to_vec();
+    drop(read_buf);
+    let ws = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(takeover.config)).await;
+    Some((takeover, Some(ws)))
 }
