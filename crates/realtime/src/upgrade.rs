@@ -161,6 +161,11 @@ where
     // are dropped here, not at the end of the connection. Bytes the client
     // sent right behind its request head are the socket's first.
     let FramedParts { io, read_buf, .. } = framed.into_parts();
+    // Small records must leave at once (actix-http leaves Nagle's algorithm
+    // on for HTTP/1); queued frames are coalesced by the flush instead.
+    if let Err(err) = io.set_nodelay(true) {
+        tracing::debug!(error = %err, "TCP_NODELAY could not be set");
+    }
     let leftover = read_buf.to_vec();
     drop(read_buf);
     let ws = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(takeover.config)).await;
