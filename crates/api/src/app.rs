@@ -198,6 +198,11 @@ impl Application {
         // socket: the application answers them, and the upgrade service
         // gives the socket of a `101` to the hub (see
         // `smartscheduler_realtime::upgrade`).
+        // Hub sockets run on threads of their own, one per core (see
+        // `SocketThreads`): deliveries do not queue the API's requests.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let socket_threads = smartscheduler_realtime::upgrade::SocketThreads::start(cores)
+            .context("cannot start the hub's socket threads")?;
         let builder = Server::build();
         let graceful = builder.graceful_shutdown_signal();
         let server = builder
@@ -214,7 +219,7 @@ impl Application {
                     })
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .local_addr(address)
-                    .upgrade(smartscheduler_realtime::upgrade::service(app()))
+                    .upgrade(smartscheduler_realtime::upgrade::service(app(), socket_threads.clone()))
                     .finish(app())
                     .tcp()
             })?

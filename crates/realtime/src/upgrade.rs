@@ -18,6 +18,8 @@
 
 use std::fmt;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use actix_codec::{Framed, FramedParts};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
@@ -27,6 +29,7 @@ use actix_service::{fn_factory, fn_service, Service, ServiceFactory};
 use futures_util::future::LocalBoxFuture;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
@@ -37,7 +40,7 @@ pub type Ws = WebSocketStream<TcpStream>;
 /// extensions. It gets `None` when the `101` could not be written (the
 /// client went away), so it can put back what it took (a parked connection).
 pub struct Takeover {
-    run: Box<dyn FnOnce(Option<Ws>) -> LocalBoxFuture<'static, ()>>,
+    run: Box<dyn FnOnce(Option<Ws>) -> LocalBoxFuture<'static, ()> + Send>,
     config: WebSocketConfig,
 }
 
@@ -46,7 +49,7 @@ impl Takeover {
     /// per message (larger messages and frames end the read with an error).
     pub fn new(
         max_message_bytes: usize,
-        run: impl FnOnce(Option<Ws>) -> LocalBoxFuture<'static, ()> + 'static,
+        run: impl FnOnce(Option<Ws>) -> LocalBoxFuture<'static, ()> + Send + 'static,
     ) -> Self {
         Self { run: Box::new(run), config: ws_config(max_message_bytes) }
     }
@@ -77,6 +80,7 @@ fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 /// one): it is logged at debug level.
 pub fn service<S, B>(
     app: S,
+    threads: SocketThreads,
 ) -> impl ServiceFactory<
     (Request, Framed<TcpStream, Codec>),
     Config = (),
@@ -93,17 +97,24 @@ where
 {
     fn_factory(move || {
         let app = app.new_service(());
+        let threads = threads.clone();
         async move {
             let app = Rc::new(app.await.map_err(|err| tracing::error!(?err, "the upgrade service's application"))?);
             Ok(fn_service(move |(req, framed): (Request, Framed<TcpStream, Codec>)| {
                 let app = Rc::clone(&app);
-                async move { upgrade(&*app, req, framed).await }
+                let threads = threads.clone();
+                async move { upgrade(&*app, &threads, req, framed).await }
             }))
         }
     })
 }
 
-async fn upgrade<S, B>(app: &S, req: Request, framed: Framed<TcpStream, Codec>) -> Result<(), actix_web::Error>
+async fn upgrade<S, B>(
+    app: &S,
+    threads: &SocketThreads,
+    req: Request,
+    framed: Framed<TcpStream, Codec>,
+) -> Result<(), actix_web::Error>
 where
     S: Service<Request>,
     S::Response: Into<Response<B>>,
@@ -111,17 +122,113 @@ where
     B: MessageBody + 'static,
 {
     // The HTTP exchange is boxed: this future lives as long as the
-    // connection, and only the socket's part should take room all that time.
-    if let Some((takeover, ws)) = Box::pin(answer(app, req, framed)).await {
-        (takeover.run)(ws).await;
+    // connection, and only a small part should take room all that time.
+    match Box::pin(answer(app, req, framed)).await {
+        None => {}
+        Some((takeover, None)) => (takeover.run)(None).await,
+        Some((takeover, Some(socket))) => {
+            // The connection runs on a socket thread; this task (which
+            // actix-server counts, and waits for at a graceful stop) waits
+            // for its end.
+            let (done, ended) = oneshot::channel::<()>();
+            let started = threads.next().spawn(Box::new(move || {
+                actix_rt::spawn(async move {
+                    socket.run(takeover).await;
+                    drop(done);
+                });
+            }));
+            if started {
+                let _ = ended.await;
+            }
+        }
     }
     Ok(())
 }
 
+/// An upgraded socket on its way to a socket thread.
+struct Handover {
+    socket: std::net::TcpStream,
+    leftover: Vec<u8>,
+}
+
+impl Handover {
+    /// Registers the socket with this thread's runtime and runs the takeover on it.
+    async fn run(self, takeover: Takeover) {
+        match TcpStream::from_std(self.socket) {
+            Ok(io) => {
+                let ws =
+                    WebSocketStream::from_partially_read(io, self.leftover, Role::Server, Some(takeover.config)).await;
+                (takeover.run)(Some(ws)).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "a hub socket could not join its thread");
+                (takeover.run)(None).await;
+            }
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads hub sockets run on, apart from actix's HTTP workers: with
+/// thousands of connections a fan-out queues thousands of tasks, and on a
+/// worker an HTTP request (an assignment) would wait behind all of them.
+/// On threads of their own the OS shares the cores between deliveries and
+/// requests. Each thread is an actix system (a runtime and a LocalSet, so
+/// the hub's per-thread fan-out works as on a worker); a connection goes to
+/// the next thread in turn.
+#[derive(Clone)]
+pub struct SocketThreads {
+    threads: Arc<[mpsc::UnboundedSender<Job>]>,
+    next: Arc<AtomicUsize>,
+}
+
+/// One socket thread's way in.
+struct SocketThread<'a>(&'a mpsc::UnboundedSender<Job>);
+
+impl SocketThread<'_> {
+    /// Runs `job` on the thread; `false` when it has stopped.
+    fn spawn(&self, job: Job) -> bool {
+        self.0.send(job).is_ok()
+    }
+}
+
+impl SocketThreads {
+    /// Starts `count` threads (at least one). They stop when every handle
+    /// is dropped, ending the connections they carry.
+    ///
+    /// # Errors
+    /// When a thread cannot be started.
+    pub fn start(count: usize) -> std::io::Result<Self> {
+        let mut threads = Vec::new();
+        for index in 0..count.max(1) {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+            std::thread::Builder::new().name(format!("hub-sockets-{index}")).spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    while let Some(job) = rx.recv().await {
+                        job();
+                    }
+                });
+            })?;
+            threads.push(tx);
+        }
+        Ok(Self { threads: threads.into(), next: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    fn next(&self) -> SocketThread<'_> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        SocketThread(&self.threads[index])
+    }
+}
+
 /// Runs the request through the application and writes its answer. For a
-/// `101` with a [`Takeover`], returns it with the WebSocket (`None` when the
+/// `101` with a [`Takeover`], returns it with the socket (`None` when the
 /// client left before the `101` was written).
-async fn answer<S, B>(app: &S, req: Request, mut framed: Framed<TcpStream, Codec>) -> Option<(Takeover, Option<Ws>)>
+async fn answer<S, B>(
+    app: &S,
+    req: Request,
+    mut framed: Framed<TcpStream, Codec>,
+) -> Option<(Takeover, Option<Handover>)>
 where
     S: Service<Request>,
     S::Response: Into<Response<B>>,
@@ -168,6 +275,11 @@ where
     }
     let leftover = read_buf.to_vec();
     drop(read_buf);
-    let ws = WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(takeover.config)).await;
-    Some((takeover, Some(ws)))
+    match io.into_std() {
+        Ok(socket) => Some((takeover, Some(Handover { socket, leftover }))),
+        Err(err) => {
+            tracing::warn!(error = %err, "a hub socket could not leave the HTTP worker");
+            Some((takeover, None))
+        }
+    }
 }
