@@ -193,16 +193,16 @@ impl Application {
                 .configure(smartscheduler_realtime::http::configure)
                 .default_service(web::to(http::problem::not_found))
         };
-        // actix-web's `HttpServer`, assembled from its parts (with its
-        // defaults) so that WebSocket upgrades can be handed over with their
-        // socket: the application answers them, and the upgrade service
-        // gives the socket of a `101` to the hub (see
-        // `smartscheduler_realtime::upgrade`).
         // Hub sockets run on threads of their own, one per core (see
         // `SocketThreads`): deliveries do not queue the API's requests.
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let socket_threads = smartscheduler_realtime::upgrade::SocketThreads::start(cores)
             .context("cannot start the hub's socket threads")?;
+        // actix-web's `HttpServer`, assembled from its parts (with its
+        // defaults) so that WebSocket upgrades can be handed over with their
+        // socket: the application answers them, and the upgrade service
+        // gives the socket of a `101` to the hub (see
+        // `smartscheduler_realtime::upgrade`).
         let builder = Server::build();
         let graceful = builder.graceful_shutdown_signal();
         let server = builder

@@ -426,8 +426,7 @@ async fn finish(mut writer: Box<Writer>, stop: Stop) {
     }
     let socket = ws.get_mut();
     let drained = async {
-        let _ =
-            std::future::poll_fn(|cx| tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut *socket), cx)).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(socket).await;
         let mut sink = [0u8; 4096];
         while socket.readable().await.is_ok() {
             match socket.try_read(&mut sink) {

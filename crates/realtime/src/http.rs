@@ -226,8 +226,8 @@ pub async fn connect(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpRespon
         }
     };
     let ctx = ctx.get_ref().clone();
-    // The upgrade service runs this on the socket once the 101 is written
-    // (see `crate::upgrade`), on this worker's thread.
+    // The upgrade service runs this on the socket once the 101 is written,
+    // on one of the hub's socket threads (see `crate::upgrade`).
     let max = ctx.config.max_message_bytes;
     let takeover = match attach {
         Attach::New { principal, token, stateful } => {

@@ -9,11 +9,12 @@
 //! one slow client never slows the others or the publisher.
 //!
 //! The queues are filled on the connections' own threads: the hub hands each
-//! event's frame once to a fan-out task per thread (an actix worker), with
-//! the members living there, and that task queues it to each. Waking a task
-//! on another thread costs a system call; waking one on the same thread does
-//! not, so an event costs one cross-thread wake per worker instead of one per
-//! member (see docs/benchmarks.md, "Improvements").
+//! event's frame once to a fan-out task per thread (a socket thread, see
+//! `crate::upgrade::SocketThreads`), with the members living there, and that
+//! task queues it to each. Waking a task on another thread costs a system
+//! call; waking one on the same thread does not, so an event costs one
+//! cross-thread wake per thread instead of one per member (see
+//! docs/benchmarks.md, "Improvements").
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -155,9 +156,10 @@ fn local_fanout() -> LocalFanout {
             return fanout.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        // On an actix worker the connections are tasks of its LocalSet; a
-        // fan-out task of the same LocalSet wakes them through its local
-        // queue, while any other task goes through its locked shared one.
+        // On an actix thread (a socket thread) the connections are tasks of
+        // its LocalSet; a fan-out task of the same LocalSet wakes them
+        // through its local queue, while any other task goes through its
+        // locked shared one.
         match actix_rt::Arbiter::try_current() {
             Some(arbiter) => {
                 arbiter.spawn(fan_out(rx));

@@ -8,8 +8,8 @@
 //! problem+json refusal stay where they are. When the application answers
 //! `101 Switching Protocols` with a [`Takeover`] attached, the service writes
 //! that answer and gives the bare socket to the takeover, which speaks
-//! WebSocket on it with tungstenite. Any other answer is written as it is and
-//! the connection ends.
+//! WebSocket on it with tungstenite, on one of the hub's [`SocketThreads`].
+//! Any other answer is written as it is and the connection ends.
 //!
 //! Why not actix-ws: it leaves the socket inside actix-http's HTTP/1
 //! dispatcher, which keeps an 8 KiB read and an 8 KiB write buffer per
@@ -131,13 +131,13 @@ where
             // actix-server counts, and waits for at a graceful stop) waits
             // for its end.
             let (done, ended) = oneshot::channel::<()>();
-            let started = threads.next().spawn(Box::new(move || {
+            let started = threads.next().send(Box::new(move || {
                 actix_rt::spawn(async move {
                     socket.run(takeover).await;
                     drop(done);
                 });
             }));
-            if started {
+            if started.is_ok() {
                 let _ = ended.await;
             }
         }
@@ -183,16 +183,6 @@ pub struct SocketThreads {
     next: Arc<AtomicUsize>,
 }
 
-/// One socket thread's way in.
-struct SocketThread<'a>(&'a mpsc::UnboundedSender<Job>);
-
-impl SocketThread<'_> {
-    /// Runs `job` on the thread; `false` when it has stopped.
-    fn spawn(&self, job: Job) -> bool {
-        self.0.send(job).is_ok()
-    }
-}
-
 impl SocketThreads {
     /// Starts `count` threads (at least one). They stop when every handle
     /// is dropped, ending the connections they carry.
@@ -215,9 +205,10 @@ impl SocketThreads {
         Ok(Self { threads: threads.into(), next: Arc::new(AtomicUsize::new(0)) })
     }
 
-    fn next(&self) -> SocketThread<'_> {
+    /// The way in to the next thread in turn: a job sent there runs on it.
+    fn next(&self) -> &mpsc::UnboundedSender<Job> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
-        SocketThread(&self.threads[index])
+        &self.threads[index]
     }
 }
 
