@@ -8,12 +8,14 @@
 //! is dropped from every group and told to close (with `allowReconnect`), so
 //! one slow client never slows the others or the publisher.
 //!
-//! The queues are filled on the connections' own threads: the hub hands each
-//! event's frame once to a fan-out task per thread (a socket thread, see
-//! `crate::upgrade::SocketThreads`), with the members living there, and that
-//! task queues it to each. Waking a task on another thread costs a system
-//! call; waking one on the same thread does not, so an event costs one
-//! cross-thread wake per thread instead of one per member (see
+//! The queues are filled on the connections' own threads: each thread (a
+//! socket thread, see `crate::upgrade::SocketThreads`) has a fan-out task
+//! that keeps the members of each group living there, as the hub tells it
+//! on join and leave, and the hub hands each event's frame once to each
+//! thread where its groups have members. Waking a task on another thread
+//! costs a system call; waking one on the same thread does not, so an event
+//! costs one cross-thread wake per thread instead of one per member, and the
+//! hub's own work per event does not grow with the groups (see
 //! docs/benchmarks.md, "Improvements").
 
 use std::cell::RefCell;
@@ -88,6 +90,30 @@ struct Outlet {
     queued: Arc<Queued>,
     max_frames: usize,
     max_bytes: usize,
+    /// The last frame (a fan-out task's count) queued here: a member of two
+    /// of a frame's groups gets it once. Only its thread's fan-out task
+    /// touches it.
+    last_frame: AtomicU64,
+}
+
+impl Outlet {
+    /// Queues `frame` unless the queue's bounds refuse it; `Err(true)` when
+    /// they did (a slow client), `Err(false)` when the connection is gone.
+    fn queue(&self, frame: &Arc<Frame>) -> Result<(), bool> {
+        let size = frame.text.len();
+        // Counted before the frame can be taken (and subtracted), so the
+        // counts never go below zero.
+        let queued = &self.queued;
+        let frames = queued.frames.fetch_add(1, Ordering::Relaxed);
+        let bytes = queued.bytes.fetch_add(size, Ordering::Relaxed);
+        let full = frames >= self.max_frames || bytes + size > self.max_bytes;
+        if full || self.outbound.send(frame.clone()).is_err() {
+            queued.frames.fetch_sub(1, Ordering::Relaxed);
+            queued.bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(full);
+        }
+        Ok(())
+    }
 }
 
 /// The connection's side of its outbound queue.
@@ -123,36 +149,48 @@ impl Outbox {
     }
 }
 
-/// One event's frame for the members living on one thread.
-struct Batch {
-    frame: Arc<Frame>,
-    targets: Vec<Arc<Outlet>>,
-    /// Where the connections the frame could not be queued to are reported.
-    undelivered: mpsc::UnboundedSender<Undelivered>,
+/// What the hub tells the fan-out task of one thread, in the hub's order:
+/// a frame broadcast after a join reaches the new member.
+enum ToThread {
+    Join { group: Group, outlet: Arc<Outlet> },
+    Leave { group: Group, key: ConnKey },
+    Frame(Arc<Frame>),
 }
 
 /// Connections a frame could not be queued to: `true` when the queue was
 /// full (a slow client), `false` when the connection was gone.
 type Undelivered = Vec<(ConnKey, bool)>;
 
-/// The way in to the fan-out task of one thread.
+/// What a hub shares with its fan-out tasks.
+struct Shared {
+    id: u64,
+    /// Where the fan-out tasks report the connections they could not queue to.
+    undelivered: mpsc::UnboundedSender<Undelivered>,
+    /// Frames queued to connections, counted by the fan-out tasks.
+    frames_sent: AtomicU64,
+}
+
+/// The way in to one hub's fan-out task on one thread.
 #[derive(Clone)]
 struct LocalFanout {
     id: u64,
-    batches: mpsc::UnboundedSender<Batch>,
+    inbox: mpsc::UnboundedSender<ToThread>,
 }
 
 thread_local! {
-    static LOCAL_FANOUT: RefCell<Option<LocalFanout>> = const { RefCell::new(None) };
+    /// Per hub (by its id): that hub's fan-out task on this thread.
+    static LOCAL_FANOUTS: RefCell<Vec<(u64, LocalFanout)>> = const { RefCell::new(Vec::new()) };
 }
 static NEXT_FANOUT: AtomicU64 = AtomicU64::new(1);
+static NEXT_HUB: AtomicU64 = AtomicU64::new(1);
 
-/// The fan-out task of the calling thread, started on first use (and again
-/// if the runtime that ran the previous one has gone).
-fn local_fanout() -> LocalFanout {
-    LOCAL_FANOUT.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if let Some(fanout) = cell.as_ref().filter(|f| !f.batches.is_closed()) {
+/// The hub's fan-out task on the calling thread, started on first use (and
+/// again if the runtime that ran the previous one has gone).
+fn local_fanout(shared: &Arc<Shared>) -> LocalFanout {
+    LOCAL_FANOUTS.with(|cell| {
+        let mut fanouts = cell.borrow_mut();
+        fanouts.retain(|(_, fanout)| !fanout.inbox.is_closed());
+        if let Some((_, fanout)) = fanouts.iter().find(|(hub, _)| *hub == shared.id) {
             return fanout.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -162,39 +200,86 @@ fn local_fanout() -> LocalFanout {
         // locked shared one.
         match actix_rt::Arbiter::try_current() {
             Some(arbiter) => {
-                arbiter.spawn(fan_out(rx));
+                arbiter.spawn(fan_out(rx, shared.clone()));
             }
             None => {
-                tokio::spawn(fan_out(rx));
+                tokio::spawn(fan_out(rx, shared.clone()));
             }
         }
-        let fanout = LocalFanout { id: NEXT_FANOUT.fetch_add(1, Ordering::Relaxed), batches: tx };
-        *cell = Some(fanout.clone());
+        let fanout = LocalFanout { id: NEXT_FANOUT.fetch_add(1, Ordering::Relaxed), inbox: tx };
+        fanouts.push((shared.id, fanout.clone()));
         fanout
     })
 }
 
-/// Queues each batch's frame to its targets; reports to the hub the ones
-/// it could not. Never waits for a connection.
-async fn fan_out(mut batches: mpsc::UnboundedReceiver<Batch>) {
-    while let Some(batch) = batches.recv().await {
-        let size = batch.frame.text.len();
-        let mut undelivered = Vec::new();
-        for outlet in &batch.targets {
-            // Counted before the frame can be taken (and subtracted), so the
-            // counts never go below zero.
-            let queued = &outlet.queued;
-            let frames = queued.frames.fetch_add(1, Ordering::Relaxed);
-            let bytes = queued.bytes.fetch_add(size, Ordering::Relaxed);
-            let full = frames >= outlet.max_frames || bytes + size > outlet.max_bytes;
-            if full || outlet.outbound.send(batch.frame.clone()).is_err() {
-                queued.frames.fetch_sub(1, Ordering::Relaxed);
-                queued.bytes.fetch_sub(size, Ordering::Relaxed);
-                undelivered.push((outlet.key, full));
+/// The members of one group living on one thread. Removal is O(1): each
+/// member's place is indexed.
+#[derive(Default)]
+struct Members {
+    outlets: Vec<Arc<Outlet>>,
+    at: HashMap<ConnKey, usize>,
+}
+
+impl Members {
+    fn insert(&mut self, outlet: Arc<Outlet>) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.at.entry(outlet.key) {
+            slot.insert(self.outlets.len());
+            self.outlets.push(outlet);
+        }
+    }
+
+    fn remove(&mut self, key: ConnKey) {
+        if let Some(index) = self.at.remove(&key) {
+            self.outlets.swap_remove(index);
+            if let Some(moved) = self.outlets.get(index) {
+                self.at.insert(moved.key, index);
             }
         }
-        if !undelivered.is_empty() {
-            let _ = batch.undelivered.send(undelivered);
+    }
+}
+
+/// One hub's fan-out task on one thread: keeps the members of each group
+/// that live on this thread (as the hub tells it), and queues each frame to
+/// them, reporting to the hub the ones it could not. Never waits for a
+/// connection. Per frame the hub sends one message per thread, whatever the
+/// size of the groups.
+async fn fan_out(mut inbox: mpsc::UnboundedReceiver<ToThread>, shared: Arc<Shared>) {
+    let mut groups: HashMap<Group, Members> = HashMap::new();
+    let mut frames: u64 = 0;
+    while let Some(message) = inbox.recv().await {
+        match message {
+            ToThread::Join { group, outlet } => groups.entry(group).or_default().insert(outlet),
+            ToThread::Leave { group, key } => {
+                if let Some(members) = groups.get_mut(&group) {
+                    members.remove(key);
+                    if members.outlets.is_empty() {
+                        groups.remove(&group);
+                    }
+                }
+            }
+            ToThread::Frame(frame) => {
+                frames += 1;
+                // A member of two of the frame's groups gets it once.
+                let once = frame.groups.len() > 1
+                    && frame.groups.iter().filter(|group| groups.contains_key(*group)).count() > 1;
+                let mut sent = 0;
+                let mut undelivered = Vec::new();
+                for outlet in
+                    frame.groups.iter().filter_map(|group| groups.get(group)).flat_map(|members| &members.outlets)
+                {
+                    if once && outlet.last_frame.swap(frames, Ordering::Relaxed) == frames {
+                        continue;
+                    }
+                    match outlet.queue(&frame) {
+                        Ok(()) => sent += 1,
+                        Err(full) => undelivered.push((outlet.key, full)),
+                    }
+                }
+                shared.frames_sent.fetch_add(sent, Ordering::Relaxed);
+                if !undelivered.is_empty() {
+                    let _ = shared.undelivered.send(undelivered);
+                }
+            }
         }
     }
 }
@@ -229,6 +314,7 @@ pub struct HubHandle {
     next_key: Arc<AtomicU64>,
     /// The byte bound of every connection's queue.
     max_queued_bytes: usize,
+    shared: Arc<Shared>,
 }
 
 impl HubHandle {
@@ -271,9 +357,15 @@ impl HubHandle {
     ) -> Result<Outbox, HubStopped> {
         let (outbound, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(Queued::default());
-        let outlet =
-            Arc::new(Outlet { key, outbound, queued: queued.clone(), max_frames, max_bytes: self.max_queued_bytes });
-        self.send(Command::Register { outlet, fanout: local_fanout(), close }).await?;
+        let outlet = Arc::new(Outlet {
+            key,
+            outbound,
+            queued: queued.clone(),
+            max_frames,
+            max_bytes: self.max_queued_bytes,
+            last_frame: AtomicU64::new(0),
+        });
+        self.send(Command::Register { outlet, fanout: local_fanout(&self.shared), close }).await?;
         Ok(Outbox { frames, queued })
     }
 
@@ -351,17 +443,19 @@ struct Connection {
     groups: HashSet<Group>,
 }
 
+/// Where a group's members live: per thread (its fan-out task), how many.
+type Threads = Vec<(LocalFanout, usize)>;
+
 struct Hub {
     connections: HashMap<ConnKey, Connection>,
-    groups: HashMap<Group, HashSet<ConnKey>>,
+    groups: HashMap<Group, Threads>,
     parked: HashMap<String, Parked>,
     /// Connection tokens used on this node, until they expire anyway.
     redeemed: HashMap<String, Instant>,
     token_ttl: Duration,
     reconnect_window: Duration,
     stats: HubStats,
-    /// Given to every batch: the fan-out tasks report here.
-    undelivered: mpsc::UnboundedSender<Undelivered>,
+    shared: Arc<Shared>,
 }
 
 /// Starts the hub task on the current runtime. Parked connections not resumed within
@@ -370,6 +464,8 @@ struct Hub {
 pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
     let (undelivered, undelivered_rx) = mpsc::unbounded_channel();
+    let shared =
+        Arc::new(Shared { id: NEXT_HUB.fetch_add(1, Ordering::Relaxed), undelivered, frames_sent: AtomicU64::new(0) });
     let hub = Hub {
         connections: HashMap::new(),
         groups: HashMap::new(),
@@ -378,10 +474,10 @@ pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: 
         token_ttl,
         reconnect_window,
         stats: HubStats::default(),
-        undelivered,
+        shared: shared.clone(),
     };
     tokio::spawn(hub.run(rx, undelivered_rx));
-    HubHandle { commands: tx, next_key: Arc::new(AtomicU64::new(1)), max_queued_bytes }
+    HubHandle { commands: tx, next_key: Arc::new(AtomicU64::new(1)), max_queued_bytes, shared }
 }
 
 impl Hub {
@@ -456,8 +552,14 @@ impl Hub {
             Command::Join { key, group, reply } => {
                 let joined = match self.connections.get_mut(&key) {
                     Some(conn) => {
-                        conn.groups.insert(group.clone());
-                        self.groups.entry(group).or_default().insert(key);
+                        if conn.groups.insert(group.clone()) {
+                            let threads = self.groups.entry(group.clone()).or_default();
+                            match threads.iter_mut().find(|(fanout, _)| fanout.id == conn.fanout.id) {
+                                Some((_, count)) => *count += 1,
+                                None => threads.push((conn.fanout.clone(), 1)),
+                            }
+                            let _ = conn.fanout.inbox.send(ToThread::Join { group, outlet: conn.outlet.clone() });
+                        }
                         true
                     }
                     None => false,
@@ -466,9 +568,11 @@ impl Hub {
             }
             Command::Leave { key, group, reply } => {
                 if let Some(conn) = self.connections.get_mut(&key) {
-                    conn.groups.remove(&group);
+                    if conn.groups.remove(&group) {
+                        let fanout = conn.fanout.clone();
+                        self.remove_member(group, key, &fanout);
+                    }
                 }
-                self.remove_member(&group, key);
                 let _ = reply.send(());
             }
             Command::Broadcast { frame } => self.broadcast(frame),
@@ -482,6 +586,7 @@ impl Hub {
             }
             Command::Stats { reply } => {
                 let mut stats = self.stats.clone();
+                stats.frames_sent = self.shared.frames_sent.load(Ordering::Relaxed);
                 stats.connections = self.connections.len();
                 stats.groups = self.groups.len();
                 stats.parked = self.parked.len();
@@ -490,44 +595,38 @@ impl Hub {
         }
     }
 
+    /// Hands the frame to the fan-out task of each thread where a member of
+    /// one of its groups lives: one message per thread, whatever the size of
+    /// the groups.
     fn broadcast(&mut self, frame: Frame) {
         let frame = Arc::new(frame);
-        let mut targets: Vec<ConnKey> = Vec::new();
+        let mut threads: Vec<&LocalFanout> = Vec::new();
         for group in frame.groups.iter() {
-            if let Some(members) = self.groups.get(group) {
-                targets.extend(members.iter().copied());
+            for (fanout, _) in self.groups.get(group).into_iter().flatten() {
+                if !threads.iter().any(|known| known.id == fanout.id) {
+                    threads.push(fanout);
+                }
             }
         }
-        if frame.groups.len() > 1 {
-            targets.sort_unstable();
-            targets.dedup();
-        }
-        // One batch per thread (a handful), found by a linear search.
-        let mut batches: Vec<(LocalFanout, Vec<Arc<Outlet>>)> = Vec::new();
-        for key in targets {
-            let Some(conn) = self.connections.get(&key) else {
-                continue;
-            };
-            let index = match batches.iter().position(|(fanout, _)| fanout.id == conn.fanout.id) {
-                Some(index) => index,
-                None => {
-                    batches.push((conn.fanout.clone(), Vec::new()));
-                    batches.len() - 1
-                }
-            };
-            batches[index].1.push(conn.outlet.clone());
-        }
-        for (fanout, targets) in batches {
-            let count = targets.len() as u64;
-            let batch = Batch { frame: frame.clone(), targets, undelivered: self.undelivered.clone() };
-            match fanout.batches.send(batch) {
-                // Counted here; the fan-out task reports the ones it could not queue.
-                Ok(()) => self.stats.frames_sent += count,
+        let mut stopped = Vec::new();
+        for fanout in threads {
+            if fanout.inbox.send(ToThread::Frame(frame.clone())).is_err() {
                 // The runtime of that thread has stopped, and its connections with it.
-                Err(mpsc::error::SendError(batch)) => {
-                    self.stats.frames_sent += count;
-                    self.undelivered(batch.targets.iter().map(|outlet| (outlet.key, false)).collect());
+                stopped.push(fanout.id);
+            }
+        }
+        for id in stopped {
+            let gone: Undelivered = self
+                .connections
+                .iter()
+                .filter(|(_, conn)| conn.fanout.id == id)
+                .map(|(key, _)| (*key, false))
+                .collect();
+            for (key, _) in gone {
+                if self.connections[&key].groups.iter().any(|group| frame.groups.contains(group)) {
+                    self.stats.frames_dropped += 1;
                 }
+                self.remove(key, None);
             }
         }
     }
@@ -536,7 +635,6 @@ impl Hub {
     /// every group, and told to close when it was too slow.
     fn undelivered(&mut self, connections: Undelivered) {
         for (key, full) in connections {
-            self.stats.frames_sent = self.stats.frames_sent.saturating_sub(1);
             self.stats.frames_dropped += 1;
             if self.remove(key, full.then_some(CloseReason::SlowConsumer)) && full {
                 self.stats.slow_closes += 1;
@@ -555,18 +653,25 @@ impl Hub {
             let _ = close.send(reason);
         }
         for group in conn.groups {
-            self.remove_member(&group, key);
+            self.remove_member(group, key, &conn.fanout);
         }
         true
     }
 
-    fn remove_member(&mut self, group: &Group, key: ConnKey) {
-        if let Some(members) = self.groups.get_mut(group) {
-            members.remove(&key);
-            if members.is_empty() {
-                self.groups.remove(group);
+    /// Takes `key`, which lives on `fanout`'s thread, out of `group`.
+    fn remove_member(&mut self, group: Group, key: ConnKey, fanout: &LocalFanout) {
+        if let Some(threads) = self.groups.get_mut(&group) {
+            if let Some(index) = threads.iter().position(|(known, _)| known.id == fanout.id) {
+                threads[index].1 -= 1;
+                if threads[index].1 == 0 {
+                    threads.swap_remove(index);
+                }
+            }
+            if threads.is_empty() {
+                self.groups.remove(&group);
             }
         }
+        let _ = fanout.inbox.send(ToThread::Leave { group, key });
     }
 }
 
@@ -601,12 +706,66 @@ mod tests {
         assert!(hub.join(c, south.clone()).await.unwrap());
 
         hub.broadcast(frame(1, vec![north.clone(), me.clone()])).await.unwrap();
-        let stats = hub.stats().await.unwrap();
-        assert_eq!(stats.frames_sent, 2, "a is in both groups but gets one copy");
         assert_eq!(a_rx.recv().await.unwrap().sequence, 1);
         assert_eq!(b_rx.recv().await.unwrap().sequence, 1);
+        // Counted by the fan-out task, which has run: the frames are here.
+        let stats = hub.stats().await.unwrap();
+        assert_eq!(stats.frames_sent, 2, "a is in both groups but gets one copy");
         assert_eq!(a_rx.queued_bytes(), 0, "nothing more for a");
         assert_eq!(c_rx.queued_bytes(), 0, "nothing for c");
+
+        // The next frame to both groups reaches a once again, and a frame to
+        // one group only is not held back by the dedup.
+        hub.broadcast(frame(2, vec![north.clone(), me.clone()])).await.unwrap();
+        hub.broadcast(frame(3, vec![me.clone()])).await.unwrap();
+        assert_eq!(a_rx.recv().await.unwrap().sequence, 2);
+        assert_eq!(a_rx.recv().await.unwrap().sequence, 3);
+        assert_eq!(b_rx.recv().await.unwrap().sequence, 2);
+        assert_eq!(b_rx.recv().await.unwrap().sequence, 3);
+        assert_eq!(hub.stats().await.unwrap().frames_sent, 6);
+        assert_eq!(a_rx.queued_bytes(), 0, "still one copy each");
+    }
+
+    /// Members join and leave a large group in any order: each frame reaches
+    /// exactly the members at the time it was broadcast.
+    #[tokio::test]
+    async fn a_frame_reaches_exactly_the_members_when_it_was_broadcast() {
+        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let north = Group::dispatch(&Region::new("north").unwrap());
+        let mut conns = Vec::new();
+        for _ in 0..50 {
+            let (key, rx, close) = connect(&hub, 64).await;
+            hub.join(key, north.clone()).await.unwrap();
+            conns.push((key, rx, close));
+        }
+        // Every third leaves (from the middle and the ends of the list), one
+        // rejoins, and a newcomer joins.
+        let leavers: Vec<usize> = (0..50).step_by(3).collect();
+        for &i in &leavers {
+            hub.leave(conns[i].0, north.clone()).await.unwrap();
+        }
+        hub.join(conns[3].0, north.clone()).await.unwrap();
+        let (late, late_rx, late_close) = connect(&hub, 64).await;
+        hub.join(late, north.clone()).await.unwrap();
+        conns.push((late, late_rx, late_close));
+        hub.broadcast(frame(7, vec![north.clone()])).await.unwrap();
+        hub.stats().await.unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        for (i, (_, rx, _)) in conns.iter_mut().enumerate() {
+            let member = !leavers.contains(&i) || i == 3;
+            match rx.try_recv() {
+                Some(frame) => {
+                    assert!(member, "connection {i} left and still got the frame");
+                    assert_eq!(frame.sequence, 7);
+                }
+                None => assert!(!member, "connection {i} is a member and got nothing"),
+            }
+            assert!(rx.try_recv().is_none(), "connection {i} got one copy");
+        }
+        let expected = 51 - leavers.len() as u64 + 1;
+        assert_eq!(hub.stats().await.unwrap().frames_sent, expected);
     }
 
     #[tokio::test]
