@@ -163,10 +163,25 @@ struct Membership {
     floors: HashMap<Group, i64>,
     /// Sequences sent by replays, skipped when they arrive live.
     replayed: BTreeSet<i64>,
+    /// Whether the connection ever left a group (or had a join undone):
+    /// frames queued before the hub heard of it may still be on their way.
+    has_left: bool,
 }
 
 impl Membership {
+    /// Takes `group` out: its frames still queued are not wanted.
+    fn remove(&mut self, group: &Group) {
+        self.groups.remove(group);
+        self.floors.remove(group);
+        self.has_left = true;
+    }
+
     fn wants(&mut self, frame: &Frame) -> bool {
+        // The hub queues a frame only to members of its groups. A connection
+        // that has left none and applies no replay floor wants it all.
+        if !self.has_left && self.floors.is_empty() && self.replayed.is_empty() {
+            return true;
+        }
         // Forget replayed sequences that live delivery has passed.
         while let Some(&first) = self.replayed.first() {
             if first < frame.sequence {
@@ -686,14 +701,13 @@ impl Conn {
     /// already a member before it.
     async fn undo_join(&mut self, was_member: bool, group: Group) {
         if !was_member {
-            self.membership.groups.remove(&group);
+            self.membership.remove(&group);
             let _ = self.ctx.hub.leave(self.key, group).await;
         }
     }
 
     async fn leave(&mut self, group: Group) -> Result<Value, CallError> {
-        self.membership.groups.remove(&group);
-        self.membership.floors.remove(&group);
+        self.membership.remove(&group);
         self.ctx.hub.leave(self.key, group.clone()).await.map_err(|_| CallError("The hub is stopping.".into()))?;
         Ok(json!({ "group": group }))
     }
@@ -841,5 +855,48 @@ mod tests {
         assert!(!is_transport_loss(&tungstenite::Error::Utf8("invalid utf-8".into())));
         assert!(!is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient)));
         assert!(!is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::FragmentedControlFrame)));
+    }
+
+    fn frame(sequence: i64, groups: &[&Group]) -> Frame {
+        let groups: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
+        Frame { text: Utf8Bytes::from_static("x\u{1e}"), sequence, groups: groups.into() }
+    }
+
+    fn member_of(groups: &[&Group]) -> Membership {
+        Membership { groups: groups.iter().map(|g| (*g).clone()).collect(), ..Membership::default() }
+    }
+
+    #[test]
+    fn a_member_that_never_left_wants_every_frame_queued_to_it() {
+        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
+        let mut membership = member_of(&[&north]);
+        assert!(membership.wants(&frame(1, &[&north])));
+        assert!(membership.wants(&frame(2, &[&north])));
+    }
+
+    #[test]
+    fn frames_of_a_group_left_are_not_wanted_and_the_others_still_are() {
+        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
+        let south = Group::dispatch(&smartscheduler_domain::Region::new("south").unwrap());
+        let mut membership = member_of(&[&north, &south]);
+        membership.remove(&north);
+        assert!(!membership.wants(&frame(1, &[&north])), "queued before the leave reached the hub");
+        assert!(membership.wants(&frame(2, &[&south])));
+        assert!(membership.wants(&frame(3, &[&north, &south])), "still a member of one of its groups");
+        // Joined again: wanted again.
+        membership.groups.insert(north.clone());
+        assert!(membership.wants(&frame(4, &[&north])));
+    }
+
+    #[test]
+    fn a_replay_floor_and_replayed_sequences_are_not_sent_twice() {
+        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
+        let mut membership = member_of(&[&north]);
+        membership.floors.insert(north.clone(), 10);
+        membership.replayed.extend([9, 10]);
+        assert!(!membership.wants(&frame(9, &[&north])), "replayed");
+        assert!(!membership.wants(&frame(10, &[&north])), "replayed");
+        assert!(membership.wants(&frame(11, &[&north])), "after the floor");
+        assert!(membership.replayed.is_empty(), "replayed sequences passed by live delivery are forgotten");
     }
 }
