@@ -177,6 +177,14 @@ type Job = Box<dyn FnOnce() + Send>;
 /// requests. Each thread is an actix system (a runtime and a LocalSet, so
 /// the hub's per-thread fan-out works as on a worker); a connection goes to
 /// the next thread in turn.
+///
+/// They run at a lower priority than the rest of the process (nice
+/// [`SOCKET_THREAD_NICE`] on Linux): when the cores are saturated, an
+/// assignment's request, its commit and the relay go first, and the
+/// deliveries take what is left. Deliveries then fall behind instead of the
+/// assignments, and the frames queued meanwhile leave in fewer, larger
+/// writes (see docs/benchmarks.md, Improvement 8). A core that is not
+/// saturated serves a socket thread at once whatever its priority.
 #[derive(Clone)]
 pub struct SocketThreads {
     threads: Arc<[mpsc::UnboundedSender<Job>]>,
@@ -194,6 +202,7 @@ impl SocketThreads {
         for index in 0..count.max(1) {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
             std::thread::Builder::new().name(format!("hub-sockets-{index}")).spawn(move || {
+                lower_priority();
                 actix_rt::System::new().block_on(async move {
                     while let Some(job) = rx.recv().await {
                         job();
@@ -209,6 +218,27 @@ impl SocketThreads {
     fn next(&self) -> &mpsc::UnboundedSender<Job> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         &self.threads[index]
+    }
+}
+
+/// How much lower than the rest of the process the socket threads run: a
+/// nice value, from 0 (the same) to 19. At 10 a busy socket thread gets
+/// about a tenth of a core that a request's thread also wants.
+pub const SOCKET_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`SOCKET_THREAD_NICE`] (on Linux
+/// the nice value is a thread's own). Failing is harmless: logged, and the
+/// thread runs at the process's priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let thread = Some(rustix::thread::gettid());
+        let lowered = getpriority_process(thread)
+            .and_then(|nice| setpriority_process(thread, (nice + SOCKET_THREAD_NICE).min(19)));
+        if let Err(err) = lowered {
+            tracing::warn!(error = %err, "a hub socket thread could not lower its priority");
+        }
     }
 }
 
@@ -272,5 +302,35 @@ where
             tracing::warn!(error = %err, "a hub socket could not leave the HTTP worker");
             Some((takeover, None))
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use rustix::process::getpriority_process;
+
+    #[test]
+    fn socket_threads_run_below_the_process_priority() {
+        let ours = getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let threads = SocketThreads::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            let job: Job = Box::new(move || {
+                let name = std::thread::current().name().map(String::from);
+                tx.send((name, getpriority_process(Some(rustix::thread::gettid())).unwrap())).unwrap();
+            });
+            assert!(threads.next().send(job).is_ok());
+        }
+        let mut seen: Vec<(Option<String>, i32)> = (0..2).map(|_| rx.recv().unwrap()).collect();
+        seen.sort();
+        let lowered = (ours + SOCKET_THREAD_NICE).min(19);
+        assert_eq!(
+            seen,
+            vec![(Some("hub-sockets-0".into()), lowered), (Some("hub-sockets-1".into()), lowered)],
+            "each socket thread runs {SOCKET_THREAD_NICE} below the test's thread (nice {ours})"
+        );
+        assert_eq!(getpriority_process(Some(rustix::thread::gettid())).unwrap(), ours, "the caller is unchanged");
     }
 }
