@@ -859,7 +859,7 @@ mod tests {
 
     fn frame(sequence: i64, groups: &[&Group]) -> Frame {
         let groups: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
-        Frame { text: Utf8Bytes::from_static("x\u{1e}"), sequence, groups: groups.into() }
+        Frame::new(Utf8Bytes::from_static("x\u{1e}"), sequence, groups.into())
     }
 
     fn member_of(groups: &[&Group]) -> Membership {

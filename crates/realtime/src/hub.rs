@@ -34,7 +34,7 @@ use crate::connection::Conn;
 pub type ConnKey = u64;
 
 /// A serialized event frame, shared by every connection it goes to.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Frame {
     /// The whole record(s), ending in 0x1E, ready for a text message.
     pub text: Utf8Bytes,
@@ -42,6 +42,25 @@ pub struct Frame {
     pub sequence: i64,
     /// The groups the event was sent to.
     pub groups: Arc<[Group]>,
+    /// How many connections the fan-out tasks have queued it to so far.
+    queued_to: AtomicUsize,
+}
+
+impl Frame {
+    /// A frame of `text` (whole records) for the members of `groups`.
+    pub fn new(text: Utf8Bytes, sequence: i64, groups: Arc<[Group]>) -> Self {
+        Self { text, sequence, groups, queued_to: AtomicUsize::new(0) }
+    }
+
+    /// Whether the connections it was queued to have taken it from their
+    /// queues, all but a few (at most eight, or one in eight of them),
+    /// given that `own` of the references to it are the caller's. A frame
+    /// not queued to anyone yet is not, unless nobody holds it either.
+    pub fn mostly_taken(self: &Arc<Self>, own: usize) -> bool {
+        let holders = Arc::strong_count(self).saturating_sub(own);
+        let queued_to = self.queued_to.load(Ordering::Relaxed);
+        holders == 0 || (queued_to > 0 && holders <= (queued_to / 8).max(8))
+    }
 }
 
 /// Why the hub asks a connection to close.
@@ -276,6 +295,7 @@ async fn fan_out(mut inbox: mpsc::UnboundedReceiver<ToThread>, shared: Arc<Share
                     }
                 }
                 shared.frames_sent.fetch_add(sent, Ordering::Relaxed);
+                frame.queued_to.fetch_add(sent as usize, Ordering::Relaxed);
                 if !undelivered.is_empty() {
                     let _ = shared.undelivered.send(undelivered);
                 }
@@ -297,7 +317,7 @@ enum Command {
     Resume { token: String, reply: oneshot::Sender<Option<Box<Conn>>> },
     Join { key: ConnKey, group: Group, reply: oneshot::Sender<bool> },
     Leave { key: ConnKey, group: Group, reply: oneshot::Sender<()> },
-    Broadcast { frame: Frame },
+    Broadcast { frame: Arc<Frame> },
     Shutdown { reply: oneshot::Sender<()> },
     Stats { reply: oneshot::Sender<HubStats> },
 }
@@ -414,7 +434,7 @@ impl HubHandle {
     ///
     /// # Errors
     /// [`HubStopped`].
-    pub async fn broadcast(&self, frame: Frame) -> Result<(), HubStopped> {
+    pub async fn broadcast(&self, frame: Arc<Frame>) -> Result<(), HubStopped> {
         self.send(Command::Broadcast { frame }).await
     }
 
@@ -598,8 +618,7 @@ impl Hub {
     /// Hands the frame to the fan-out task of each thread where a member of
     /// one of its groups lives: one message per thread, whatever the size of
     /// the groups.
-    fn broadcast(&mut self, frame: Frame) {
-        let frame = Arc::new(frame);
+    fn broadcast(&mut self, frame: Arc<Frame>) {
         let mut threads: Vec<&LocalFanout> = Vec::new();
         for group in frame.groups.iter() {
             for (fanout, _) in self.groups.get(group).into_iter().flatten() {
@@ -680,8 +699,8 @@ mod tests {
     use super::*;
     use smartscheduler_domain::{ContractorId, Region};
 
-    fn frame(seq: i64, groups: Vec<Group>) -> Frame {
-        Frame { text: Utf8Bytes::from(format!("{seq}\u{1e}")), sequence: seq, groups: groups.into() }
+    fn frame(seq: i64, groups: Vec<Group>) -> Arc<Frame> {
+        Arc::new(Frame::new(Utf8Bytes::from(format!("{seq}\u{1e}")), seq, groups.into()))
     }
 
     async fn connect(hub: &HubHandle, capacity: usize) -> (ConnKey, Outbox, oneshot::Receiver<CloseReason>) {
@@ -863,10 +882,8 @@ mod tests {
         // Room for two 600-byte frames, not three.
         let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1_300);
         let north = Group::dispatch(&Region::new("north").unwrap());
-        let big = |seq: i64| Frame {
-            text: Utf8Bytes::from(format!("{}\u{1e}", "x".repeat(599))),
-            sequence: seq,
-            groups: vec![north.clone()].into(),
+        let big = |seq: i64| {
+            Arc::new(Frame::new(Utf8Bytes::from(format!("{}\u{1e}", "x".repeat(599))), seq, vec![north.clone()].into()))
         };
         let (key, mut rx, crx) = connect(&hub, 64).await;
         hub.join(key, north.clone()).await.unwrap();
