@@ -163,7 +163,8 @@ impl Outbox {
     }
 
     /// Bytes queued and not yet taken.
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.queued.bytes.load(Ordering::Relaxed)
     }
 }
@@ -547,8 +548,9 @@ impl Hub {
                 self.connections
                     .insert(outlet.key, Connection { outlet, fanout, close: Some(close), groups: HashSet::new() });
             }
+            // The connection has ended: nothing to tell it.
             Command::Unregister { key } => {
-                self.remove(key, Some(CloseReason::ReconnectWindowExpired));
+                self.remove(key, None);
             }
             Command::Park { token, conn } => {
                 if self.connections.contains_key(&conn.key()) {
