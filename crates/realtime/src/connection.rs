@@ -379,30 +379,16 @@ async fn handshake(
     let mut no_close = None;
     loop {
         tokio::select! {
-            () = &mut deadline => {
-                let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
-                return Err(Stop::ClientClosed);
-            }
+            () = &mut deadline => return Err(cancel_handshake(writer).await),
             message = writer.recv() => {
                 let bytes = match message {
                     Incoming::Text(text) => text,
-                    Incoming::Binary => {
-                        let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
-                        return Err(Stop::ClientClosed);
-                    }
+                    Incoming::Binary | Incoming::Broken(_) => return Err(cancel_handshake(writer).await),
                     Incoming::Ping => { writer.send_all(&mut no_close, []).await?; continue; }
                     Incoming::Closed => return Err(Stop::ClientClosed),
-                    Incoming::Broken(_) => {
-                        let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
-                        return Err(Stop::ClientClosed);
-                    }
                 };
-                let mut complete = match records.push(bytes.as_bytes()) {
-                    Ok(complete) => complete,
-                    Err(_) => {
-                        let _ = writer.send(&mut no_close, protocol::handshake_error("Handshake was canceled.").into()).await;
-                        return Err(Stop::ClientClosed);
-                    }
+                let Ok(mut complete) = records.push(bytes.as_bytes()) else {
+                    return Err(cancel_handshake(writer).await);
                 };
                 if complete.is_empty() {
                     continue;
@@ -421,6 +407,13 @@ async fn handshake(
             }
         }
     }
+}
+
+/// Ends a handshake that cannot succeed: ASP.NET's handshake error, then
+/// the close.
+async fn cancel_handshake(writer: &mut Writer) -> Stop {
+    let _ = writer.send(&mut None, protocol::handshake_error("Handshake was canceled.").into()).await;
+    Stop::ClientClosed
 }
 
 /// Sends the Close record when there is one and a Close frame (1000), then

@@ -54,8 +54,11 @@ impl InFlight {
         if self.has_room() {
             return;
         }
-        while !self.has_room() {
+        loop {
             tokio::time::sleep(RECHECK).await;
+            if self.has_room() {
+                break;
+            }
         }
         metrics::histogram!("smartscheduler_hub_relay_held_seconds").record(since.elapsed().as_secs_f64());
     }

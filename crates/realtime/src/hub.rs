@@ -637,13 +637,9 @@ impl Hub {
             }
         }
         for id in stopped {
-            let gone: Undelivered = self
-                .connections
-                .iter()
-                .filter(|(_, conn)| conn.fanout.id == id)
-                .map(|(key, _)| (*key, false))
-                .collect();
-            for (key, _) in gone {
+            let gone: Vec<ConnKey> =
+                self.connections.iter().filter(|(_, conn)| conn.fanout.id == id).map(|(key, _)| *key).collect();
+            for key in gone {
                 if self.connections[&key].groups.iter().any(|group| frame.groups.contains(group)) {
                     self.stats.frames_dropped += 1;
                 }
