@@ -108,7 +108,9 @@ impl Application {
         let mut background = Vec::new();
         if clustered {
             let (published_tx, published_rx) = tokio::sync::watch::channel(0i64);
-            relay = relay.with_lease(Arc::new(PostgresLease::new(&database_url))).with_published_signal(published_tx);
+            let lease = PostgresLease::new(&database_url, Duration::from_millis(delivery.publisher_lease_ms))
+                .context("the publisher lease cannot use the database URL")?;
+            relay = relay.with_lease(Arc::new(lease)).with_published_signal(published_tx);
             let wake = Arc::new(Notify::new());
             // This node's own publishes wake its tailer at once.
             let local_wake = wake.clone();

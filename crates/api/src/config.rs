@@ -90,6 +90,10 @@ pub struct DeliveryArgs {
     /// Seconds a graceful stop waits for connections and the relay.
     #[arg(long, env = "SMARTSCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
+    /// Several nodes (PostgreSQL): milliseconds the publisher lease lasts after
+    /// its holder's last renewal; a frozen or cut-off holder loses it then.
+    #[arg(long, env = "SMARTSCHEDULER_PUBLISHER_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(200..=600_000))]
+    pub publisher_lease_ms: u64,
 }
 
 impl Default for DeliveryArgs {
@@ -106,6 +110,7 @@ impl Default for DeliveryArgs {
             hub_invocations_per_second: 20,
             hub_max_message_bytes: 32 * 1024,
             shutdown_timeout_seconds: 10,
+            publisher_lease_ms: 5000,
         }
     }
 }

@@ -86,6 +86,8 @@ impl From<StoreError> for AssignJobError {
         match value {
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Unexpected(e) => Self::Unexpected(e),
+            // Assignments are not fenced; a store that says so anyway is wrong.
+            err @ StoreError::LeaseLost => Self::Unexpected(err.to_string()),
         }
     }
 }

@@ -15,6 +15,8 @@
 //! again on its own, so one bad request never fails its neighbours. The
 //! relay's claims and publishes are set-based too (one statement per batch,
 //! over a JSON array), so the writer spends a few statements per assignment.
+//! SQLite serves one node, so there is no publisher lease: fences are not
+//! checked here.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,7 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
     AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome, StoreError,
+    EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
+    StoreError,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -640,7 +643,7 @@ async fn sequence_all(
 #[async_trait]
 impl EventLog for SqliteStore {
     #[instrument(skip_all, err)]
-    async fn claim_due(&self, now: Timestamp, limit: u32) -> Result<Vec<ClaimedEvent>, StoreError> {
+    async fn claim_due(&self, now: Timestamp, limit: u32, _fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(store_error)?;
         let rows = sqlx::query(
             "SELECT event_id, payload, attempts FROM event_log
@@ -661,7 +664,7 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn claim(&self, events: Vec<DomainEvent>) -> Result<Vec<ClaimedEvent>, StoreError> {
+    async fn claim(&self, events: Vec<DomainEvent>, _fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -694,7 +697,12 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError> {
+    async fn mark_published(
+        &self,
+        published: Vec<PublishedRow>,
+        at: Timestamp,
+        _fence: Fence,
+    ) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
         }
@@ -726,9 +734,12 @@ impl EventLog for SqliteStore {
         event_id: EventId,
         error: String,
         retry_at: Option<Timestamp>,
+        _fence: Fence,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE event_log SET attempts = attempts + 1, last_error = ?1,
+        let mut tx = self.writer.begin().await.map_err(store_error)?;
+        // The attempt's sequence is given up: it will never be published.
+        let failed = sqlx::query(
+            "UPDATE event_log SET attempts = attempts + 1, last_error = ?1, sequence = NULL,
                 status = CASE WHEN ?2 IS NULL THEN 'Failed' ELSE 'Pending' END,
                 next_attempt_at = COALESCE(?2, next_attempt_at)
              WHERE event_id = ?3 AND status = 'Pending'",
@@ -736,10 +747,30 @@ impl EventLog for SqliteStore {
         .bind(error)
         .bind(retry_at.map(Timestamp::unix_millis))
         .bind(event_id.to_string())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        if failed.rows_affected() > 0 {
+            sqlx::query("UPDATE event_groups SET sequence = NULL WHERE event_id = ?1")
+                .bind(event_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)?;
         Ok(())
+    }
+
+    async fn unpublished_claims(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM event_log WHERE status = 'Pending' AND sequence BETWEEN ?1 AND ?2 ORDER BY sequence",
+        )
+        .bind(from.0)
+        .bind(to.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        Ok(held.into_iter().map(Sequence).collect())
     }
 
     async fn list(&self, query: EventQuery) -> Result<Vec<EventLogEntry>, StoreError> {

@@ -141,6 +141,7 @@ impl From<StoreError> for ApiError {
         match value {
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Unexpected(e) => Self::Internal(e),
+            err @ StoreError::LeaseLost => Self::Internal(err.to_string()),
         }
     }
 }

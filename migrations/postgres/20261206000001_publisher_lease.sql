@@ -1,0 +1,13 @@
+-- The publisher lease as a row that expires unless its holder renews it.
+-- `epoch` grows each time the lease changes hands. Every claim and publish
+-- reads this row FOR SHARE in its own transaction and checks the epoch it
+-- carries, so a holder that lost the lease (frozen, cut off, its session
+-- killed) cannot write late, and a takeover waits for the writes in flight.
+-- Times are the database's clock, the one clock every node shares.
+CREATE TABLE publisher_lease (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch       BIGINT NOT NULL,
+    holder      TEXT,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+INSERT INTO publisher_lease (id, epoch, holder, expires_at) VALUES (1, 0, NULL, '-infinity');
