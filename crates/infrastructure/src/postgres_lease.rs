@@ -3,7 +3,8 @@
 //! and publish (see [`crate::postgres`]).
 //!
 //! A node takes the lease when it has expired, by the database's clock (the
-//! one clock every node shares), and the epoch grows by one. It renews it
+//! one clock every node shares), or at once when the holder's lease session
+//! is gone (its process died); the epoch grows by one. It renews it
 //! every tenth of the lease's time. A holder that dies, freezes (SIGSTOP, a
 //! long stall), is cut off from the database or has its session killed
 //! stops renewing; another node takes over once the lease expires. When the
@@ -42,14 +43,21 @@ const SESSION_SETTINGS: &str = "SELECT set_config('tcp_keepalives_idle', '5', fa
     set_config('tcp_keepalives_interval', '2', false), set_config('tcp_keepalives_count', '3', false),
     set_config('lock_timeout', '1000', false)";
 
-/// Takes the lease when it has expired; returns the new epoch.
-const TAKE: &str = "UPDATE publisher_lease
-    SET epoch = epoch + 1, holder = $1, expires_at = clock_timestamp() + $2 * interval '1 millisecond'
-    WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch";
+/// Takes the lease when it has expired or its holder's session is gone;
+/// returns the new epoch.
+const TAKE: &str = "UPDATE publisher_lease AS l
+    SET epoch = epoch + 1, holder = $1, expires_at = clock_timestamp() + $2 * interval '1 millisecond',
+        holder_pid = pg_backend_pid(),
+        holder_started = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+    WHERE id = 1 AND (expires_at < clock_timestamp() OR NOT EXISTS (
+        SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_started))
+    RETURNING epoch";
 
-/// Renews the lease of `epoch`, expired or not: nobody else has taken it.
+/// Renews the lease of `epoch`, expired or not (nobody else has taken it),
+/// from this session, which may be a new one.
 const RENEW: &str = "UPDATE publisher_lease
-    SET expires_at = clock_timestamp() + $2 * interval '1 millisecond'
+    SET expires_at = clock_timestamp() + $2 * interval '1 millisecond', holder_pid = pg_backend_pid(),
+        holder_started = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
     WHERE id = 1 AND epoch = $1 RETURNING epoch";
 
 /// Gives up the lease of `epoch` (a graceful stop).
@@ -248,16 +256,13 @@ mod tests {
         }
     }
 
-    async fn terminate(url: &str, application_name: &str) -> i64 {
+    /// Ends the lease holder's session, as an operator, a pooler or a crash does.
+    async fn terminate_holder_session(url: &str) -> bool {
         let mut probe = PgConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = $1) AS ended",
-        )
-        .bind(application_name)
-        .fetch_one(&mut probe)
-        .await
-        .unwrap()
+        sqlx::query_scalar("SELECT pg_terminate_backend(holder_pid) FROM publisher_lease WHERE id = 1")
+            .fetch_one(&mut probe)
+            .await
+            .unwrap()
     }
 
     async fn wait_until_held(lease: &PostgresLease, limit: Duration) -> (Fence, Duration) {
@@ -272,28 +277,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_holder_at_a_time_and_a_killed_lease_session_keeps_its_epoch() {
+    async fn one_holder_at_a_time_and_when_its_session_ends_another_takes_over_at_once_and_the_old_one_is_out() {
         with_database(|url| async move {
-            let time = Duration::from_millis(1000);
+            let time = Duration::from_secs(30);
             let a = PostgresLease::new(&url, time).unwrap();
             let b = PostgresLease::new(&url, time).unwrap();
             let fence = a.hold().await.expect("the first to ask takes it");
             assert_eq!(fence, Fence::Epoch(1));
             assert_eq!(b.hold().await, None, "one holder at a time");
-            for _ in 0..5 {
-                // Renewed well within its time: nobody can take it.
+            for _ in 0..3 {
                 tokio::time::sleep(a.recheck()).await;
-                assert_eq!(a.hold().await, Some(fence));
+                assert_eq!(a.hold().await, Some(fence), "renewed");
                 assert_eq!(b.hold().await, None);
             }
 
-            // The lease session is killed, as by an operator or a pooler: the
-            // holder reconnects and renews the same epoch.
-            assert_eq!(terminate(&url, LEASE_APPLICATION_NAME).await, 2);
+            // The holder's lease session ends: no need to wait 30 s for expiry.
+            assert!(terminate_holder_session(&url).await);
+            let (taken, waited) = wait_until_held(&b, Duration::from_secs(5)).await;
+            assert_eq!(taken, Fence::Epoch(2));
+            assert!(waited < time, "{waited:?}");
+            // The old holder reconnects, and its renewal finds another epoch.
             tokio::time::sleep(a.recheck()).await;
-            let (again, _) = wait_until_held(&a, time / 2).await;
-            assert_eq!(again, fence, "the same epoch: nothing moved");
-            assert_eq!(b.hold().await, None);
+            assert_eq!(a.hold().await, None);
+            tokio::time::sleep(a.recheck()).await;
+            assert_eq!(a.hold().await, None, "and it cannot take it back while b renews");
+            assert_eq!(b.hold().await, Some(taken));
         })
         .await;
     }
