@@ -144,7 +144,10 @@ impl ResponseError for ApiError {
             response.force_close();
         }
         if let Self::MethodNotAllowed(_, allowed) = self {
-            response.insert_header((header::ALLOW, allowed.join(", ")));
+            // `HEAD` is answered wherever `GET` is (see `edge`).
+            let head = allowed.contains(&"GET") && !allowed.contains(&"HEAD");
+            let allow = allowed.join(", ") + if head { ", HEAD" } else { "" };
+            response.insert_header((header::ALLOW, allow));
         }
         response.body(serde_json::to_string(&body).unwrap_or_default())
     }
