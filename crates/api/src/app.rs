@@ -153,6 +153,9 @@ impl Application {
         let cors_origins = config.cors_origins.clone();
 
         let make_app = move || {
+            // The last `wrap` is the outermost: the request log sees the
+            // final status, and the edge bounds a request before CORS or
+            // routing spend anything on it.
             App::new()
                 .wrap(http::cors::cors(&cors_origins))
                 .wrap(from_fn(http::cors::refusals_as_problems))
