@@ -116,13 +116,14 @@ impl AssignJob {
     ///
     /// Runs in an `assign_job` span carrying the job, contractor, assignment
     /// and event ids; the event is delivered later inside a child of it.
+    /// The span does not log errors: most are the caller's (404, 409), and
+    /// the HTTP edge logs each outcome once, at a level fitting its status.
     ///
     /// # Errors
     /// [`AssignJobError`]; then nothing was written or published.
     #[instrument(
         name = "assign_job",
         skip_all,
-        err,
         fields(
             job_id = %request.job_id,
             contractor_id = %request.contractor_id,

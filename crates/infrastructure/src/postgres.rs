@@ -270,7 +270,8 @@ impl JobRepository for PostgresStore {
 
 #[async_trait]
 impl AssignmentStore for PostgresStore {
-    #[instrument(skip_all, err, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
+    // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
+    #[instrument(skip_all, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
     async fn commit_assignment(
         &self,
         job: &Job,

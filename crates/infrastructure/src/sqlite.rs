@@ -151,6 +151,7 @@ impl SqliteStore {
                     std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
                 }
             }
+            create_owner_only(options.get_filename()).map_err(sqlx::Error::Io)?;
             // Pages are read through a shared memory map rather than a
             // pread each (readers re-read pages after every commit), and each
             // connection keeps a larger cache than SQLite's 2 MiB default.
@@ -283,6 +284,24 @@ fn entry_from_row(row: &SqliteRow) -> Result<EventLogEntry, StoreError> {
     })
 }
 
+/// Creates the database file with mode 0600 when it does not exist yet, so
+/// that SQLite (which would create it 0644 under the usual umask) opens it
+/// as is; SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn create_owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 #[async_trait]
 impl ContractorRepository for SqliteStore {
     #[instrument(skip_all, err)]
@@ -375,7 +394,8 @@ impl JobRepository for SqliteStore {
 
 #[async_trait]
 impl AssignmentStore for SqliteStore {
-    #[instrument(skip_all, err, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
+    // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
+    #[instrument(skip_all, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
     async fn commit_assignment(
         &self,
         job: &Job,
