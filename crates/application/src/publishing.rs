@@ -257,10 +257,11 @@ impl OutboxRelay {
 
     /// Publishes every due Pending row, batch after batch.
     async fn drain_due(&self) {
-        let Some(fence) = self.leading().await else {
-            return;
-        };
         loop {
+            // Asked again for each batch, so that a long backlog renews the lease.
+            let Some(fence) = self.leading().await else {
+                return;
+            };
             match self.log.claim_due(Timestamp::now(), self.config.batch_size, fence).await {
                 Ok(claimed) => {
                     let full = claimed.len() as u32 >= self.config.batch_size;
