@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use smartscheduler_infrastructure::tokens::{load_or_create_secret, SecretFileOrigin};
 
-/// `smartscheduler`: job assignment events over HTTP and SignalR.
+/// SmartScheduler events: when a dispatcher assigns a flooring job, the
+/// region's dispatchers and the contractor know at once (HTTP API, SignalR hub
+/// at /hubs/jobs, console at /).
 #[derive(Debug, Parser)]
-#[command(name = "smartscheduler", version, about, args_conflicts_with_subcommands = true)]
+#[command(name = "smartscheduler", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -140,10 +142,10 @@ pub struct SecretArgs {
 /// Settings of `token`.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    /// `Admin`, `Dispatcher` or `Contractor`.
+    /// `Admin`, `Dispatcher` or `Contractor` (any case).
     #[arg(long)]
     pub role: String,
-    /// A region the dispatcher dispatches (repeat for several).
+    /// A region the dispatcher dispatches (repeat for several; a dispatcher needs one).
     #[arg(long = "region")]
     pub regions: Vec<String>,
     /// The contractor the token speaks for.

@@ -111,7 +111,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
     println!("  (idempotent: a second run creates only what is missing, topping each region up to 5 unassigned jobs)");
     println!();
-    println!("Console: {base}/   (start the service first: `cargo run`)");
+    if service_listens(&args.bind) {
+        println!("Console: {base}/   (the service is running there)");
+    } else {
+        println!("Console: {base}/   (nothing answers there yet: start the service with `cargo run`)");
+    }
     println!();
     println!("Tokens, valid {hours} h; paste one into the console:");
     println!();
@@ -187,6 +191,15 @@ fn regions() -> String {
 }
 
 /// `http://HOST:PORT` for the bind address; a wildcard host becomes loopback.
+/// Whether something accepts connections at the bind address, so that the
+/// hint to start the service is given only when it is needed.
+fn service_listens(bind: &str) -> bool {
+    let host = base_url(bind).trim_start_matches("http://").to_owned();
+    std::net::ToSocketAddrs::to_socket_addrs(&host.as_str()).ok().and_then(|mut a| a.next()).is_some_and(|address| {
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(300)).is_ok()
+    })
+}
+
 fn base_url(bind: &str) -> String {
     let (host, port) = bind.rsplit_once(':').unwrap_or((bind, "8080"));
     let host = match host {

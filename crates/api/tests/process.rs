@@ -334,6 +334,74 @@ fn the_token_command_refuses_a_contractor_without_an_id() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--contractor-id"));
 }
 
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_smartscheduler")).args(args).output().unwrap()
+}
+
+/// The claims of a token, decoded (the signature is the service's business).
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[test]
+fn the_token_command_takes_a_role_in_any_case_and_signs_the_contracts_spelling() {
+    let out = run(&["token", "--role", "dispatcher", "--region", "north", "--jwt-secret", SECRET]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let claims = claims(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(claims["role"], "Dispatcher");
+    assert_eq!(claims["regions"], serde_json::json!(["north"]));
+    let out = run(&["token", "--role", "Dispatch", "--region", "north", "--jwt-secret", SECRET]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Admin, Dispatcher or Contractor"));
+}
+
+#[test]
+fn the_token_command_refuses_a_dispatcher_without_a_region() {
+    let out = run(&["token", "--role", "Dispatcher", "--jwt-secret", SECRET]);
+    assert!(!out.status.success(), "a dispatcher token for no region was minted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--region"));
+}
+
+#[test]
+fn the_top_level_help_lists_the_sub_commands_not_every_serve_setting() {
+    let top = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    assert!(top.contains("serve") && top.contains("token") && top.contains("demo"), "{top}");
+    assert!(!top.contains("--database-url"), "the serve settings are repeated at the top: {top}");
+    assert!(!top.contains("wired to the adapters"), "{top}");
+    let serve = String::from_utf8(run(&["serve", "--help"]).stdout).unwrap();
+    assert!(serve.contains("--database-url") && serve.contains("SMARTSCHEDULER_PUBLISHER_LEASE_MS"), "{serve}");
+}
+
+#[test]
+fn demo_tells_to_start_the_service_only_when_nothing_answers_at_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let running = listener.local_addr().unwrap().to_string();
+    let stopped = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let demo = |bind: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+            .arg("demo")
+            .current_dir(dir.path())
+            .env("SMARTSCHEDULER_JWT_SECRET", SECRET)
+            .env("SMARTSCHEDULER_BIND", bind)
+            .env_remove("SMARTSCHEDULER_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let seeded = demo(&stopped);
+    assert!(seeded.contains("start the service"), "{seeded}");
+    let again = demo(&running);
+    assert!(again.contains("the service is running there") && !again.contains("start the service"), "{again}");
+    drop(listener);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_logged_below_error_so_callers_cannot_fill_the_error_log() {
     let dir = tempfile::tempdir().unwrap();
