@@ -1,0 +1,759 @@
+// The fault-injection suite's parts, shared by tests/e2e/chaos.test.mjs (one
+// short round) and scripts/chaos.sh (many rounds, through chaos-run.mjs):
+//
+// - a private PostgreSQL (initdb on a free port), so restarting it never
+//   touches the machine's shared server;
+// - a TCP proxy per node in front of PostgreSQL that can reset or stall every
+//   connection of that node (a network cut);
+// - the faults, injected at random moments of a burst of assignments;
+// - the checker: pure rules over what the EventLog holds, what the API
+//   answered and what each observer client received (docs/reliability.md).
+
+import { execFile } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+
+import {
+  REDIS_SERVER_BIN,
+  adminToken,
+  connect,
+  dispatcherToken,
+  freePort,
+  nextSlot,
+  pool,
+  sleep,
+  startClusterNode,
+  startRedis,
+  waitFor,
+  withTimeout,
+} from "./harness.mjs";
+
+const execFileP = promisify(execFile);
+
+export const REGIONS = ["north", "south"];
+/** The lease the suite asks for (SMARTSCHEDULER_PUBLISHER_LEASE_MS): short, so a freeze "past the lease" is short. */
+export const LEASE_MS = Number(process.env.CHAOS_LEASE_MS) || 1500;
+/** Every fault kind, in the order docs/reliability.md lists them. */
+export const FAULT_KINDS = ["kill9", "freeze", "lease-kill", "session-kill", "pg-restart", "redis-restart", "net-reset", "net-stall"];
+
+const range = (n) => Array.from({ length: n }, (_, i) => i);
+const pick = (items, random) => items[Math.floor(random() * items.length)];
+
+/** A small seeded PRNG (mulberry32), so a round's choices can be replayed from its seed. */
+export function seededRandom(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Services
+
+/** The PostgreSQL server binaries (initdb, pg_ctl), or null. */
+export function pgBinDir() {
+  const root = "/usr/lib/postgresql";
+  if (!existsSync(root)) return null;
+  for (const version of readdirSync(root).sort().reverse()) {
+    const bin = join(root, version, "bin");
+    if (existsSync(join(bin, "initdb")) && existsSync(join(bin, "pg_ctl"))) return bin;
+  }
+  return null;
+}
+
+/** What the suite needs and is missing, as sentences (empty when all is there). */
+export async function chaosServicesMissing() {
+  const missing = [];
+  if (!pgBinDir()) missing.push("PostgreSQL server binaries (initdb, pg_ctl under /usr/lib/postgresql/*/bin)");
+  try {
+    await execFileP("psql", ["--version"], { timeout: 5000 });
+  } catch {
+    missing.push("psql");
+  }
+  try {
+    await execFileP(REDIS_SERVER_BIN, ["--version"], { timeout: 5000 });
+  } catch {
+    missing.push(REDIS_SERVER_BIN);
+  }
+  return missing;
+}
+
+/** Runs a PostgreSQL server tool; as root through `runuser -u postgres` (initdb and postgres refuse root). */
+async function asPostgres(file, args, timeoutMs = 60_000) {
+  const isRoot = process.getuid?.() === 0;
+  const [cmd, argv] = isRoot ? ["runuser", ["-u", "postgres", "--", file, ...args]] : [file, args];
+  try {
+    const { stdout } = await execFileP(cmd, argv, { timeout: timeoutMs });
+    return stdout;
+  } catch (err) {
+    throw new Error(`${file} ${args.join(" ")}: ${err.stderr || err.message}`);
+  }
+}
+
+/**
+ * A private PostgreSQL: initdb into a temporary folder, on a free port, trust
+ * authentication. `stop()` is an immediate (crash-like) shutdown; `start()`
+ * brings it back on the same port; `destroy()` stops it and removes the folder.
+ */
+export async function startPrivatePostgres() {
+  const bin = pgBinDir();
+  if (!bin) throw new Error("PostgreSQL server binaries are missing (apt-get install postgresql)");
+  const dir = await mkdtemp(join(tmpdir(), "ss-chaos-pg-"));
+  await chmod(dir, 0o777); // the postgres user writes its data and socket here
+  const data = join(dir, "data");
+  const port = await freePort();
+  await asPostgres(join(bin, "initdb"), ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+  // fsync off: the suite crashes the server process, never the machine.
+  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`;
+  const pg = {
+    port,
+    dir,
+    url: (db) => `postgres://postgres@127.0.0.1:${port}/${db}`,
+    async start() {
+      await asPostgres(join(bin, "pg_ctl"), ["-D", data, "-o", options, "-l", join(dir, "pg.log"), "-w", "-t", "60", "start"]);
+    },
+    async stop() {
+      await asPostgres(join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]);
+    },
+    /** One statement through psql on database `db`; resolves with the rows as text (`|`-separated). */
+    async sql(statement, db = "postgres") {
+      const { stdout } = await execFileP("psql", [pg.url(db), "-v", "ON_ERROR_STOP=1", "-tAqc", statement], {
+        env: { ...process.env, PGCONNECT_TIMEOUT: "5", PGAPPNAME: "chaos-suite" },
+        timeout: 15_000,
+      });
+      return stdout.trim();
+    },
+    async destroy() {
+      await pg.stop().catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await pg.start();
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return pg;
+}
+
+/**
+ * A TCP proxy on 127.0.0.1:0 in front of `targetPort`: one node's road to
+ * PostgreSQL. `reset()` ends every open connection with a RST; `stall(ms)`
+ * stops forwarding (both ways, new connections too) for `ms`, then delivers
+ * what it held. `upstreamPorts()` are the local ports of its connections to
+ * the target: PostgreSQL sees them as `client_port`, which tells whose a
+ * session is.
+ */
+export async function startPgProxy(targetPort) {
+  const pairs = new Set();
+  let stalled = false;
+  const server = net.createServer((down) => {
+    const up = net.connect(targetPort, "127.0.0.1");
+    const pair = { down, up, held: [] };
+    pairs.add(pair);
+    const end = () => {
+      pairs.delete(pair);
+      down.destroy();
+      up.destroy();
+    };
+    const forward = (from, to) =>
+      from.on("data", (chunk) => {
+        if (stalled) pair.held.push([to, chunk]);
+        else to.write(chunk);
+      });
+    forward(down, up);
+    forward(up, down);
+    for (const s of [down, up]) {
+      s.on("error", end);
+      s.on("close", end);
+    }
+  });
+  await new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", resolve);
+  });
+  const proxy = {
+    port: server.address().port,
+    upstreamPorts() {
+      return new Set([...pairs].map((p) => p.up.localPort).filter(Boolean));
+    },
+    reset() {
+      const n = pairs.size;
+      for (const { down, up } of [...pairs]) {
+        down.resetAndDestroy();
+        up.resetAndDestroy();
+      }
+      pairs.clear();
+      return n;
+    },
+    async stall(ms) {
+      stalled = true;
+      await sleep(ms);
+      stalled = false;
+      for (const pair of pairs) {
+        for (const [to, chunk] of pair.held) if (!to.destroyed) to.write(chunk);
+        pair.held = [];
+      }
+    },
+    async stop() {
+      stalled = false;
+      for (const { down, up } of [...pairs]) {
+        down.destroy();
+        up.destroy();
+      }
+      pairs.clear();
+      await new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+  return proxy;
+}
+
+// ---------------------------------------------------------------------------
+// The cluster: nodes on one database of the private PostgreSQL, each through
+// its own proxy, and a private Redis.
+
+/** Starts the services every round shares: the private PostgreSQL and Redis. `stop()` ends both. */
+export async function startChaosServices() {
+  const pg = await startPrivatePostgres();
+  let redis;
+  try {
+    redis = await startRedis();
+  } catch (err) {
+    await pg.destroy();
+    throw err;
+  }
+  return {
+    pg,
+    redis,
+    async stop() {
+      await redis.stop().catch(() => {});
+      await pg.destroy();
+    },
+  };
+}
+
+/**
+ * A fresh database `chaos_<n>` and `nodes` processes on it, each reaching
+ * PostgreSQL through its own {@link startPgProxy}. `stop()` thaws, stops and
+ * removes everything of the round (not the shared services).
+ */
+export async function startChaosCluster(services, { nodes = 2, leaseMs = LEASE_MS, round = 0 } = {}) {
+  const db = `chaos_${round}_${Date.now().toString(36)}`;
+  await services.pg.sql(`CREATE DATABASE ${db}`);
+  const cluster = { db, nodes: [], services, leaseMs };
+  cluster.stop = async () => {
+    for (const node of cluster.nodes) thaw(node);
+    await Promise.allSettled(cluster.nodes.map((n) => n.stop()));
+    await Promise.allSettled(cluster.nodes.map((n) => n.proxy.stop()));
+    await services.pg.sql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).catch(() => {});
+  };
+  try {
+    // One after the other: the first applies the migrations.
+    for (const i of range(nodes)) {
+      const proxy = await startPgProxy(services.pg.port);
+      const node = await startClusterNode({
+        databaseUrl: `postgres://postgres@127.0.0.1:${proxy.port}/${db}`,
+        redisUrl: services.redis.url,
+        name: String.fromCharCode(65 + i),
+        env: { SMARTSCHEDULER_PUBLISHER_LEASE_MS: String(leaseMs) },
+      }).catch(async (err) => {
+        await proxy.stop();
+        throw err;
+      });
+      node.proxy = proxy;
+      cluster.nodes.push(node);
+    }
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
+  return cluster;
+}
+
+function thaw(node) {
+  if (node.frozen && node.proc && !node.exit) node.proc.kill("SIGCONT");
+  node.frozen = false;
+}
+
+/** Live sessions of the round's database: `[{pid, port, app}]`; `where` narrows them (SQL). */
+async function sessions(cluster, where = "true") {
+  const text = await cluster.services.pg.sql(
+    `SELECT pid, coalesce(client_port, 0), application_name FROM pg_stat_activity
+     WHERE datname = '${cluster.db}' AND pid <> pg_backend_pid() AND application_name <> 'chaos-suite' AND (${where})`,
+  );
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => {
+      const [pid, port, app] = line.split("|");
+      return { pid: Number(pid), port: Number(port), app };
+    });
+}
+
+// Today's lease is an advisory lock held by a session; the fenced lease runs
+// on a session named 'smartscheduler-lease'. Either marks a lease session.
+const LEASE_SESSION = `application_name = 'smartscheduler-lease'
+  OR pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)`;
+const ADVISORY_HOLDER = `pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)`;
+
+/** The node a session belongs to, by the proxy that carries it. */
+function nodeOfSession(cluster, session) {
+  return cluster.nodes.find((n) => n.proxy.upstreamPorts().has(session.port));
+}
+
+/**
+ * The node that holds the publisher lease, as best the suite can tell: the
+ * holder of the advisory lock (today's lease) when exactly one node has it,
+ * else the running node that most recently logged taking the lease.
+ */
+async function leaseHolder(cluster, watch) {
+  const running = cluster.nodes.filter((n) => !n.exit && !n.frozen);
+  const holders = new Set(
+    (await sessions(cluster, ADVISORY_HOLDER).catch(() => [])).map((s) => nodeOfSession(cluster, s)).filter(Boolean),
+  );
+  if (holders.size === 1) return [...holders][0];
+  const byLog = running.filter((n) => watch.tookAt.has(n)).sort((a, b) => watch.tookAt.get(b) - watch.tookAt.get(a));
+  return byLog[0] ?? running[0];
+}
+
+/** Notes when each node (last) logged "took the publisher lease". */
+function watchLease(cluster) {
+  const counts = new Map();
+  const watch = { tookAt: new Map() };
+  const tick = () => {
+    for (const node of cluster.nodes) {
+      const n = node.log.split("took the publisher lease").length - 1;
+      if (n !== (counts.get(node) ?? 0)) watch.tookAt.set(node, Date.now());
+      counts.set(node, n);
+    }
+  };
+  tick();
+  const timer = setInterval(tick, 50);
+  watch.stop = () => clearInterval(timer);
+  return watch;
+}
+
+// ---------------------------------------------------------------------------
+// Faults. Each resolves with a line saying what it did.
+
+const FAULTS = {
+  /** kill -9 of a node (the lease holder half the time), then a restart on the same port. */
+  async kill9(cluster, { random, watch }) {
+    const holder = await leaseHolder(cluster, watch);
+    const victim = random() < 0.5 ? holder : pick(cluster.nodes.filter((n) => !n.frozen && !n.exit), random);
+    await victim.kill();
+    await sleep(300 + Math.floor(random() * 700));
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await victim.start();
+        break;
+      } catch (err) {
+        if (attempt >= 3) throw err;
+        await sleep(1000);
+      }
+    }
+    return `kill -9 ${victim.name}${victim === holder ? " (lease holder)" : ""}, restarted`;
+  },
+
+  /** SIGSTOP of the lease holder for 1.5 x the lease, then SIGCONT. */
+  async freeze(cluster, { watch, freezes }) {
+    const victim = await leaseHolder(cluster, watch);
+    const ms = Math.max(1500, Math.round(cluster.leaseMs * 1.5));
+    const at = Date.now();
+    victim.frozen = true;
+    victim.proc.kill("SIGSTOP");
+    freezes.push({ node: victim.name, at });
+    await sleep(ms);
+    thaw(victim);
+    return `SIGSTOP ${victim.name} (lease holder) for ${ms} ms`;
+  },
+
+  /** pg_terminate_backend of the lease session, 8 times 150 ms apart (the issue's reproduction). */
+  async "lease-kill"(cluster) {
+    let killed = 0;
+    for (const i of range(8)) {
+      if (i) await sleep(150);
+      const out = await cluster.services.pg
+        .sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '${cluster.db}' AND (${LEASE_SESSION})`)
+        .catch(() => "0");
+      killed += Number(out) || 0;
+    }
+    return `pg_terminate_backend of the lease session x8 (${killed} sessions ended)`;
+  },
+
+  /** pg_terminate_backend of 3 random sessions of the nodes. */
+  async "session-kill"(cluster, { random }) {
+    const all = await sessions(cluster);
+    const chosen = [];
+    for (const _ of range(Math.min(3, all.length))) chosen.push(all.splice(Math.floor(random() * all.length), 1)[0]);
+    if (chosen.length) {
+      await cluster.services.pg.sql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN (${chosen.map((s) => s.pid).join(",")})`);
+    }
+    return `pg_terminate_backend of ${chosen.length} random sessions (${chosen.map((s) => `${nodeOfSession(cluster, s)?.name ?? "?"}:${s.app || "-"}`).join(", ")})`;
+  },
+
+  /** An immediate (crash) shutdown of PostgreSQL, started again 1 s later. */
+  async "pg-restart"(cluster) {
+    await cluster.services.pg.stop();
+    await sleep(1000);
+    await cluster.services.pg.start();
+    return "PostgreSQL crash-stopped and started again after 1 s";
+  },
+
+  /** Redis killed and started again (same port) 1 s later. */
+  async "redis-restart"(cluster) {
+    await cluster.services.redis.kill();
+    await sleep(1000);
+    await cluster.services.redis.start();
+    return "Redis killed and started again after 1 s";
+  },
+
+  /** Every connection between one node and PostgreSQL reset. */
+  async "net-reset"(cluster, { random }) {
+    const node = pick(cluster.nodes, random);
+    const n = node.proxy.reset();
+    return `network: ${n} connections of ${node.name} to PostgreSQL reset`;
+  },
+
+  /** The lease holder's road to PostgreSQL stalled for 2 x the lease. */
+  async "net-stall"(cluster, { watch, freezes }) {
+    const node = await leaseHolder(cluster, watch);
+    const ms = Math.max(2000, cluster.leaseMs * 2);
+    freezes.push({ node: node.name, at: Date.now(), stall: true });
+    await node.proxy.stall(ms);
+    return `network: ${node.name}'s (lease holder) connections to PostgreSQL stalled for ${ms} ms`;
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Observers: official clients joined to a region's dispatch group, one per
+// node and region. One that loses its connection reconnects (automatic
+// reconnect, the same node) and rejoins with afterSequence = the last
+// sequence it saw; from then on it is checked as "rejoined".
+
+async function observer(node, region, token) {
+  const obs = { name: `${node.name}/${region}`, node, region, events: [], rejoined: false, rejoinErrors: [], last: null };
+  const client = await connect(node, token, {
+    reconnect: [0, 250, 500, ...Array(120).fill(1000)],
+    onEvent: (e) => {
+      obs.events.push({ eventId: e.eventId, sequence: e.sequence, at: Date.now() });
+      obs.last = Math.max(obs.last ?? 0, e.sequence);
+    },
+  });
+  obs.client = client;
+  client.connection.onreconnecting(() => {
+    obs.rejoined = true;
+  });
+  client.connection.onreconnected(async () => {
+    // The node may be up before its database is: try a few times.
+    for (let attempt = 1; attempt <= 10; attempt++) {
+      try {
+        await client.connection.invoke("JoinDispatchGroup", region, obs.last);
+        return;
+      } catch (err) {
+        if (attempt === 10) obs.rejoinErrors.push(String(err.message));
+        await sleep(500);
+      }
+    }
+  });
+  const joined = await client.connection.invoke("JoinDispatchGroup", region);
+  if (joined?.group !== `dispatch/${region}`) throw new Error(`join of ${obs.name}: ${JSON.stringify(joined)}`);
+  return obs;
+}
+
+// ---------------------------------------------------------------------------
+// The burst
+
+/**
+ * POST assign with an Idempotency-Key; a network error, a timeout or a 5xx is
+ * retried with the same key and body on the next node until `deadline`, so
+ * that every assignment ends with one clear answer.
+ */
+async function assignUntilAnswered(nodes, first, token, { jobId, body, key, deadline }) {
+  const tries = [];
+  for (let attempt = 0; ; attempt++) {
+    const node = nodes[(first + attempt) % nodes.length];
+    let status = 0;
+    let json;
+    let error;
+    try {
+      const res = await fetch(`${node.base}/api/jobs/${jobId}/assign`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json", "idempotency-key": key },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(15_000),
+      });
+      status = res.status;
+      const text = await res.text();
+      try {
+        json = JSON.parse(text);
+      } catch {
+        error = text.slice(0, 200);
+      }
+    } catch (err) {
+      error = String(err.cause?.code ?? err.name ?? err.message);
+    }
+    tries.push(`${node.name}:${status || error}`);
+    if (status && status < 500) return { status, eventId: json?.eventId, tries, body: json };
+    if (Date.now() > deadline) return { status, tries, error };
+    await sleep(Math.min(1000, 100 * 2 ** attempt));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The checker
+
+/**
+ * The checker's rules (docs/reliability.md), as a pure function.
+ *
+ * input:
+ * - `log`: every EventLog row `{eventId, sequence, status, region}`;
+ * - `answered`: the eventIds of every 201;
+ * - `observers`: `{name, region, rejoined, events: [{eventId, sequence}]}`
+ *   in the order received.
+ *
+ * Returns the violations: `[{rule, who, detail}]`, empty when all holds.
+ */
+export function checkRound({ log, answered, observers }) {
+  const violations = [];
+  const add = (rule, who, detail) => violations.push({ rule, who, detail });
+
+  const byId = new Map();
+  const bySequence = new Map();
+  for (const row of log) {
+    if (byId.has(row.eventId)) add("log-duplicate-event", "EventLog", `${row.eventId} is logged twice`);
+    byId.set(row.eventId, row);
+    if (row.status !== "Published") add("log-not-published", "EventLog", `${row.eventId} is ${row.status}`);
+    if (row.sequence != null) {
+      if (bySequence.has(row.sequence)) add("log-duplicate-sequence", "EventLog", `sequence ${row.sequence} is given twice`);
+      bySequence.set(row.sequence, row.eventId);
+    }
+  }
+  for (const id of answered) {
+    const row = byId.get(id);
+    if (!row) add("answered-not-logged", "EventLog", `201 event ${id} is not in the EventLog`);
+  }
+
+  for (const obs of observers) {
+    const who = `${obs.name}${obs.rejoined ? " (rejoined)" : ""}`;
+    const expected = log.filter((r) => r.region === obs.region);
+    const counts = new Map();
+    for (const e of obs.events) counts.set(e.eventId, (counts.get(e.eventId) ?? 0) + 1);
+    const missed = expected.filter((r) => !counts.has(r.eventId)).map((r) => r.sequence ?? r.eventId);
+    if (missed.length) add("missed", who, `${missed.length} events never arrived: sequences ${summarize(missed)}`);
+    const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => byId.get(id)?.sequence ?? id);
+    if (twice.length) add("duplicate", who, `${twice.length} events arrived more than once: sequences ${summarize(twice)}`);
+    const foreign = obs.events.filter((e) => byId.get(e.eventId)?.region !== obs.region).map((e) => e.sequence);
+    if (foreign.length) add("unexpected", who, `${foreign.length} events that are not its group's logged events: sequences ${summarize(foreign)}`);
+    const mismatched = obs.events.filter((e) => byId.has(e.eventId) && byId.get(e.eventId).sequence !== e.sequence);
+    if (mismatched.length) {
+      const e = mismatched[0];
+      add("sequence-mismatch", who, `${mismatched.length} events arrived with another sequence than logged, e.g. ${e.sequence} for ${byId.get(e.eventId).sequence}`);
+    }
+    const inversions = [];
+    for (let i = 1; i < obs.events.length; i++) {
+      if (obs.events[i].sequence <= obs.events[i - 1].sequence) inversions.push(`${obs.events[i].sequence} after ${obs.events[i - 1].sequence}`);
+    }
+    if (inversions.length) add("out-of-order", who, `${inversions.length} times not increasing: ${inversions.slice(0, 5).join(", ")}`);
+  }
+  return violations;
+}
+
+/** `1, 2, 3, 7, 9, 10` → `1-3, 7, 9-10` (at most 12 runs). */
+export function summarize(values) {
+  const nums = values.filter((v) => typeof v === "number").sort((a, b) => a - b);
+  const other = values.filter((v) => typeof v !== "number");
+  const runs = [];
+  for (const v of nums) {
+    const last = runs[runs.length - 1];
+    if (last && v === last[1] + 1) last[1] = v;
+    else runs.push([v, v]);
+  }
+  const parts = runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`));
+  if (other.length) parts.push(`${other.length} unsequenced`);
+  return parts.length > 12 ? `${parts.slice(0, 12).join(", ")}, … (${parts.length} runs)` : parts.join(", ");
+}
+
+// ---------------------------------------------------------------------------
+// A round
+
+/** Every EventLog row, through the API of a running node: Published pages by sequence, then Pending and Failed. */
+async function readEventLog(node, token, regionOfJob) {
+  const rows = [];
+  const get = async (query) => {
+    const res = await fetch(`${node.base}/api/events?${query}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(15_000) });
+    if (res.status !== 200) throw new Error(`GET /api/events?${query}: ${res.status} ${await res.text()}`);
+    return res.json();
+  };
+  let after = 0;
+  for (;;) {
+    const page = await get(`afterSequence=${after}&limit=500`);
+    rows.push(...page.items);
+    if (page.items.length < 500 || page.nextAfterSequence == null) break;
+    after = page.nextAfterSequence;
+  }
+  for (const status of ["Pending", "Failed"]) rows.push(...(await get(`status=${status}&limit=500`)).items);
+  return rows.map((e) => ({
+    eventId: e.eventId,
+    sequence: e.sequence,
+    status: e.status,
+    publishedAt: e.publishedAtUtc,
+    region: regionOfJob.get(e.payload?.jobId) ?? e.payload?.region,
+  }));
+}
+
+/**
+ * One round: a fresh cluster, observers on every node and region, a burst of
+ * `events` assignments by `workers` HTTP clients alternating nodes, and the
+ * `faults` (kinds of {@link FAULT_KINDS}) at random moments of it; then the
+ * checker. Resolves with the round's record (see docs/reliability.md).
+ */
+export async function runRound(services, { round = 1, events = 200, workers = 6, faults, seed = Date.now(), leaseMs = LEASE_MS, log = () => {} } = {}) {
+  const random = seededRandom(seed);
+  faults ??= range(3).map(() => pick(FAULT_KINDS, random));
+  const record = { round, seed, leaseMs, events, faults: [], answered: 0, refused: 0, unanswered: 0, logged: 0, violations: [], stallsMs: [] };
+  const started = Date.now();
+  const cluster = await startChaosCluster(services, { round, leaseMs });
+  const watch = watchLease(cluster);
+  try {
+    const admin = await adminToken();
+    const tokens = Object.fromEntries(await Promise.all(REGIONS.map(async (r) => [r, await dispatcherToken([r])])));
+    const { nodes } = cluster;
+
+    // The catalog: jobs alternate regions; each region has its contractors.
+    const contractors = {};
+    for (const region of REGIONS) {
+      contractors[region] = await pool(range(8), 4, (i) => nodes[i % nodes.length].createContractor(region, { token: admin, name: `R${round}-${region}-${i}` }));
+    }
+    const jobs = await pool(range(events), 6, (i) => nodes[i % nodes.length].createJob(REGIONS[i % 2], { token: admin, title: `Chaos ${round}/${i}` }));
+    const regionOfJob = new Map(jobs.map((j, i) => [j.id, REGIONS[i % 2]]));
+
+    const observers = [];
+    for (const node of nodes) for (const region of REGIONS) observers.push(await observer(node, region, tokens[region]));
+    await waitFor(() => nodes.some((n) => n.holdsLease()), 15_000, "a node to take the publisher lease");
+
+    // The burst is paced over `span` so that the faults fall inside it.
+    const span = 3000 + faults.length * 4000;
+    const burstStart = Date.now();
+    const results = new Array(events);
+    let next = 0;
+    const burst = Promise.all(
+      range(workers).map(async () => {
+        while (next < events) {
+          const i = next++;
+          const due = burstStart + (i * span) / events;
+          if (due > Date.now()) await sleep(due - Date.now());
+          const job = jobs[i];
+          const region = REGIONS[i % 2];
+          const contractor = contractors[region][i % contractors[region].length];
+          const body = { contractorId: contractor.id, ...nextSlot() };
+          results[i] = await assignUntilAnswered(nodes, i % nodes.length, admin, {
+            jobId: job.id,
+            body,
+            key: `chaos-${seed}-${i}`,
+            deadline: Date.now() + 60_000,
+          });
+        }
+      }),
+    );
+
+    // Faults one after the other, each at a random moment of the burst.
+    const freezes = [];
+    const injecting = (async () => {
+      const moments = faults.map(() => 0.1 + random() * 0.75).sort((a, b) => a - b);
+      for (const [k, kind] of faults.entries()) {
+        const at = burstStart + moments[k] * span;
+        if (at > Date.now()) await sleep(at - Date.now());
+        const t0 = Date.now() - burstStart;
+        try {
+          const what = await FAULTS[kind](cluster, { random, watch, freezes });
+          record.faults.push({ kind, atMs: t0, what });
+          log(`  fault at ${t0} ms: ${what}`);
+        } catch (err) {
+          record.faults.push({ kind, atMs: t0, what: `failed to inject: ${err.message}` });
+          log(`  fault ${kind} at ${t0} ms failed to inject: ${err.message}`);
+        }
+      }
+    })();
+    await withTimeout(Promise.all([burst, injecting]), span + 180_000, "the burst and its faults");
+    for (const node of nodes) thaw(node);
+
+    record.answered = results.filter((r) => r.status === 201).length;
+    const refused = results.filter((r) => r.status && r.status !== 201);
+    const unanswered = results.filter((r) => !r.status);
+    record.refused = refused.length;
+    record.unanswered = unanswered.length;
+    for (const r of refused) record.violations.push({ rule: "refused", who: "API", detail: `an assignment got ${r.status} after ${r.tries.join(" ")}: ${JSON.stringify(r.body).slice(0, 200)}` });
+    for (const r of unanswered) record.violations.push({ rule: "unanswered", who: "API", detail: `no answer within 60 s: ${r.tries.join(" ")}` });
+
+    // Settle: everything logged is published, then every observer has had time to receive it.
+    const reader = () => nodes.find((n) => !n.exit) ?? nodes[0];
+    let logRows = [];
+    await waitFor(
+      async () => {
+        logRows = await readEventLog(reader(), admin, regionOfJob).catch(() => []);
+        return logRows.length > 0 && logRows.every((r) => r.status === "Published");
+      },
+      30_000,
+      "every EventLog row to be Published",
+    ).catch(() => {});
+    await waitFor(
+      () =>
+        observers.every((o) => {
+          const got = new Set(o.events.map((e) => e.eventId));
+          return logRows.filter((r) => r.region === o.region).every((r) => got.has(r.eventId));
+        }),
+      15_000,
+      "every observer to have its group's events",
+    ).catch(() => {});
+    await sleep(1000); // late duplicates show up too
+    logRows = await readEventLog(reader(), admin, regionOfJob);
+    record.logged = logRows.length;
+
+    const answered = results.filter((r) => r.status === 201).map((r) => r.eventId);
+    record.violations.push(...checkRound({ log: logRows, answered, observers }));
+    for (const o of observers) {
+      for (const e of o.rejoinErrors) record.violations.push({ rule: "rejoin-failed", who: o.name, detail: e });
+    }
+    record.rejoined = observers.filter((o) => o.rejoined).map((o) => o.name);
+
+    // Publishing stall after each freeze: from SIGSTOP (or the stall) to the
+    // first event of an assignment asked for after it, received by an
+    // observer on another node.
+    const requested = new Map();
+    results.forEach((r, i) => r?.eventId && requested.set(r.eventId, burstStart + (i * span) / events));
+    for (const f of freezes) {
+      const times = observers
+        .filter((o) => o.node.name !== f.node)
+        .flatMap((o) => o.events.filter((e) => (requested.get(e.eventId) ?? 0) >= f.at).map((e) => e.at));
+      if (times.length) record.stallsMs.push(Math.min(...times) - f.at);
+    }
+    record.maxStallMs = record.stallsMs.length ? Math.max(...record.stallsMs) : null;
+    return record;
+  } catch (err) {
+    record.violations.push({ rule: "round-failed", who: "suite", detail: String(err.stack ?? err) });
+    record.logs = cluster.nodes.map((n) => `--- node ${n.name} ---\n${n.log.slice(-3000)}`).join("\n");
+    return record;
+  } finally {
+    watch.stop();
+    record.durationMs = Date.now() - started;
+    await cluster.stop();
+  }
+}
+
+/** One line per round for a summary. */
+export function describeRound(r) {
+  const rules = {};
+  for (const v of r.violations) rules[v.rule] = (rules[v.rule] ?? 0) + 1;
+  const found = Object.keys(rules).length ? Object.entries(rules).map(([k, n]) => `${k} x${n}`).join(", ") : "none";
+  return `round ${r.round} (seed ${r.seed}): faults ${r.faults.map((f) => f.kind).join(", ")}; ${r.answered} x 201, ${r.logged} logged; longest stall ${r.maxStallMs ?? "-"} ms; violations: ${found}`;
+}
