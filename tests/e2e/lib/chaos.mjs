@@ -38,6 +38,12 @@ export const REGIONS = ["north", "south"];
 /** The lease the suite asks for (SMARTSCHEDULER_PUBLISHER_LEASE_MS): short, so a freeze "past the lease" is short. */
 export const LEASE_MS = Number(process.env.CHAOS_LEASE_MS) || 1500;
 /** Every fault kind, in the order docs/reliability.md lists them. */
+/**
+ * How long a freeze or a network stall of the lease holder lasts, in leases:
+ * long enough past the lease that another node must have taken over before
+ * it ends (the "no-takeover" rule).
+ */
+export const PAST_LEASE = Number(process.env.CHAOS_PAST_LEASE) || 2.5;
 export const FAULT_KINDS = ["kill9", "freeze", "lease-kill", "session-kill", "pg-restart", "redis-restart", "net-reset", "net-stall"];
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
@@ -315,14 +321,20 @@ function nodeOfSession(cluster, session) {
  * holder of the advisory lock (today's lease) when exactly one node has it,
  * else the running node that most recently logged taking the lease.
  */
-async function leaseHolder(cluster, watch) {
+async function leaseHolder(cluster, watch, patience = Date.now() + 1500) {
   const running = cluster.nodes.filter((n) => !n.exit && !n.frozen);
   const holders = new Set(
     (await sessions(cluster, ADVISORY_HOLDER).catch(() => [])).map((s) => nodeOfSession(cluster, s)).filter(Boolean),
   );
-  if (holders.size === 1) return [...holders][0];
+  if (holders.size === 1) return { node: [...holders][0], how: "holds the advisory lock" };
+  if (Date.now() < patience) {
+    // Between holders (a lease just lost): look again shortly.
+    await sleep(100);
+    return leaseHolder(cluster, watch, patience);
+  }
   const byLog = running.filter((n) => watch.tookAt.has(n)).sort((a, b) => watch.tookAt.get(b) - watch.tookAt.get(a));
-  return byLog[0] ?? running[0];
+  if (byLog.length) return { node: byLog[0], how: "logged taking the lease last" };
+  return { node: running[0], how: "no holder known" };
 }
 
 /** Notes when each node (last) logged "took the publisher lease". */
@@ -348,7 +360,7 @@ function watchLease(cluster) {
 const FAULTS = {
   /** kill -9 of a node (the lease holder half the time), then a restart on the same port. */
   async kill9(cluster, { random, watch }) {
-    const holder = await leaseHolder(cluster, watch);
+    const { node: holder } = await leaseHolder(cluster, watch);
     const victim = random() < 0.5 ? holder : pick(cluster.nodes.filter((n) => !n.frozen && !n.exit), random);
     await victim.kill();
     await sleep(300 + Math.floor(random() * 700));
@@ -364,30 +376,31 @@ const FAULTS = {
     return `kill -9 ${victim.name}${victim === holder ? " (lease holder)" : ""}, restarted`;
   },
 
-  /** SIGSTOP of the lease holder for 1.5 x the lease, then SIGCONT. */
+  /** SIGSTOP of the lease holder for PAST_LEASE leases, then SIGCONT. */
   async freeze(cluster, { watch, freezes }) {
-    const victim = await leaseHolder(cluster, watch);
-    const ms = Math.max(1500, Math.round(cluster.leaseMs * 1.5));
-    const at = Date.now();
+    const { node: victim, how } = await leaseHolder(cluster, watch);
+    const ms = Math.round(cluster.leaseMs * PAST_LEASE);
+    const freeze = { node: victim.name, at: Date.now() };
+    freezes.push(freeze);
     victim.frozen = true;
     victim.proc.kill("SIGSTOP");
-    freezes.push({ node: victim.name, at });
     await sleep(ms);
     thaw(victim);
-    return `SIGSTOP ${victim.name} (lease holder) for ${ms} ms`;
+    freeze.until = Date.now();
+    return `SIGSTOP ${victim.name} (lease holder: ${how}) for ${ms} ms`;
   },
 
-  /** pg_terminate_backend of the lease session, 8 times 150 ms apart (the issue's reproduction). */
+  /** pg_terminate_backend of the lease session, 10 times 150 ms apart (the issue's reproduction). */
   async "lease-kill"(cluster) {
     let killed = 0;
-    for (const i of range(8)) {
+    for (const i of range(10)) {
       if (i) await sleep(150);
       const out = await cluster.services.pg
         .sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '${cluster.db}' AND (${LEASE_SESSION})`)
         .catch(() => "0");
       killed += Number(out) || 0;
     }
-    return `pg_terminate_backend of the lease session x8 (${killed} sessions ended)`;
+    return `pg_terminate_backend of the lease session x10 (${killed} sessions ended)`;
   },
 
   /** pg_terminate_backend of 3 random sessions of the nodes. */
@@ -424,13 +437,15 @@ const FAULTS = {
     return `network: ${n} connections of ${node.name} to PostgreSQL reset`;
   },
 
-  /** The lease holder's road to PostgreSQL stalled for 2 x the lease. */
+  /** The lease holder's road to PostgreSQL stalled for PAST_LEASE leases. */
   async "net-stall"(cluster, { watch, freezes }) {
-    const node = await leaseHolder(cluster, watch);
-    const ms = Math.max(2000, cluster.leaseMs * 2);
-    freezes.push({ node: node.name, at: Date.now(), stall: true });
+    const { node, how } = await leaseHolder(cluster, watch);
+    const ms = Math.round(cluster.leaseMs * PAST_LEASE);
+    const freeze = { node: node.name, at: Date.now() };
+    freezes.push(freeze);
     await node.proxy.stall(ms);
-    return `network: ${node.name}'s (lease holder) connections to PostgreSQL stalled for ${ms} ms`;
+    freeze.until = Date.now();
+    return `network: ${node.name}'s connections to PostgreSQL stalled for ${ms} ms (lease holder: ${how})`;
   },
 };
 
@@ -503,7 +518,7 @@ async function assignUntilAnswered(nodes, first, token, { jobId, body, key, dead
       error = String(err.cause?.code ?? err.name ?? err.message);
     }
     tries.push(`${node.name}:${status || error}`);
-    if (status && status < 500) return { status, eventId: json?.eventId, tries, body: json };
+    if (status && status < 500) return { status, eventId: json?.eventId, node: node.name, tries, body: json };
     if (Date.now() > deadline) return { status, tries, error };
     await sleep(Math.min(1000, 100 * 2 ** attempt));
   }
@@ -617,7 +632,7 @@ async function readEventLog(node, token, regionOfJob) {
  * `faults` (kinds of {@link FAULT_KINDS}) at random moments of it; then the
  * checker. Resolves with the round's record (see docs/reliability.md).
  */
-export async function runRound(services, { round = 1, events = 200, workers = 6, faults, seed = Date.now(), leaseMs = LEASE_MS, log = () => {} } = {}) {
+export async function runRound(services, { round = 1, events = 200, workers = 8, faults, seed = Date.now(), leaseMs = LEASE_MS, log = () => {} } = {}) {
   const random = seededRandom(seed);
   faults ??= range(3).map(() => pick(FAULT_KINDS, random));
   const record = { round, seed, leaseMs, events, faults: [], answered: 0, refused: 0, unanswered: 0, logged: 0, violations: [], stallsMs: [] };
@@ -641,16 +656,38 @@ export async function runRound(services, { round = 1, events = 200, workers = 6,
     for (const node of nodes) for (const region of REGIONS) observers.push(await observer(node, region, tokens[region]));
     await waitFor(() => nodes.some((n) => n.holdsLease()), 15_000, "a node to take the publisher lease");
 
-    // The burst is paced over `span` so that the faults fall inside it.
-    const span = 3000 + faults.length * 4000;
+    // The burst: a thin trickle over the whole span (it shows when
+    // publishing stalls), and a dense volley at each fault's moment (races
+    // need traffic on both nodes while the fault strikes).
+    const span = 2000 + faults.length * 3500;
+    const moments = faults.map(() => 0.1 + random() * 0.75).sort((a, b) => a - b);
+    // The lease-session kills last longest and race hardest: their volley
+    // is three times the others'.
+    const trickle = Math.round(events * 0.2);
+    const weights = faults.map((kind) => (kind === "lease-kill" ? 3 : 1));
+    const unit = (events - trickle) / weights.reduce((a, b) => a + b, 0);
+    const volleys = [];
+    let from = trickle;
+    faults.forEach((kind, k) => {
+      const to = k === faults.length - 1 ? events : Math.round(from + unit * weights[k]);
+      volleys.push({ from, to, start: moments[k] * span - 200, window: kind === "lease-kill" ? 1400 : 500 });
+      from = to;
+    });
+    const dueAt = range(events).map((i) => {
+      const v = volleys.find((v) => i >= v.from && i < v.to);
+      if (!v) return (i / events) * span;
+      return v.start + ((i - v.from) / (v.to - v.from)) * v.window;
+    });
+    // Each node has its own HTTP clients, so a frozen node holds up only its own.
+    const queues = nodes.map((_, k) => range(events).filter((i) => i % nodes.length === k).sort((a, b) => dueAt[a] - dueAt[b]));
     const burstStart = Date.now();
     const results = new Array(events);
-    let next = 0;
     const burst = Promise.all(
-      range(workers).map(async () => {
-        while (next < events) {
-          const i = next++;
-          const due = burstStart + (i * span) / events;
+      range(workers).map(async (w) => {
+        const queue = queues[w % nodes.length];
+        while (queue.length) {
+          const i = queue.shift();
+          const due = burstStart + dueAt[i];
           if (due > Date.now()) await sleep(due - Date.now());
           const job = jobs[i];
           const region = REGIONS[i % 2];
@@ -669,7 +706,6 @@ export async function runRound(services, { round = 1, events = 200, workers = 6,
     // Faults one after the other, each at a random moment of the burst.
     const freezes = [];
     const injecting = (async () => {
-      const moments = faults.map(() => 0.1 + random() * 0.75).sort((a, b) => a - b);
       for (const [k, kind] of faults.entries()) {
         const at = burstStart + moments[k] * span;
         if (at > Date.now()) await sleep(at - Date.now());
@@ -726,16 +762,28 @@ export async function runRound(services, { round = 1, events = 200, workers = 6,
     }
     record.rejoined = observers.filter((o) => o.rejoined).map((o) => o.name);
 
-    // Publishing stall after each freeze: from SIGSTOP (or the stall) to the
-    // first event of an assignment asked for after it, received by an
-    // observer on another node.
+    // Publishing stall after each freeze or network stall of the holder:
+    // from its start to the first event of an assignment asked for after
+    // it, received by an observer on another node. When another node took
+    // assignments during it but none of them was delivered before it ended,
+    // no node took the lease over.
     const requested = new Map();
-    results.forEach((r, i) => r?.eventId && requested.set(r.eventId, burstStart + (i * span) / events));
+    results.forEach((r, i) => r?.eventId && requested.set(r.eventId, burstStart + dueAt[i]));
     for (const f of freezes) {
       const times = observers
         .filter((o) => o.node.name !== f.node)
         .flatMap((o) => o.events.filter((e) => (requested.get(e.eventId) ?? 0) >= f.at).map((e) => e.at));
-      if (times.length) record.stallsMs.push(Math.min(...times) - f.at);
+      if (!times.length) continue;
+      const first = Math.min(...times);
+      record.stallsMs.push(first - f.at);
+      const others = results.filter((r, i) => r?.status === 201 && r.node !== f.node && burstStart + dueAt[i] >= f.at && burstStart + dueAt[i] < f.until - 200);
+      if (others.length && f.until && first >= f.until) {
+        record.violations.push({
+          rule: "no-takeover",
+          who: "cluster",
+          detail: `${f.node} held the lease through its ${f.until - f.at} ms outage: ${others.length} assignments made on other nodes meanwhile were delivered only ${first - f.at} ms after it began`,
+        });
+      }
     }
     record.maxStallMs = record.stallsMs.length ? Math.max(...record.stallsMs) : null;
     return record;
