@@ -294,7 +294,8 @@ function thaw(node) {
 async function sessions(cluster, where = "true") {
   const text = await cluster.services.pg.sql(
     `SELECT pid, coalesce(client_port, 0), application_name FROM pg_stat_activity
-     WHERE datname = '${cluster.db}' AND pid <> pg_backend_pid() AND application_name <> 'chaos-suite' AND (${where})`,
+     WHERE datname = '${cluster.db}' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+       AND application_name <> 'chaos-suite' AND (${where})`,
   );
   return text
     .split("\n")
