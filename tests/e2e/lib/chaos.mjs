@@ -391,17 +391,17 @@ const FAULTS = {
     return `SIGSTOP ${victim.name} (lease holder: ${how}) for ${ms} ms`;
   },
 
-  /** pg_terminate_backend of the lease session, 10 times 150 ms apart (the issue's reproduction). */
+  /** pg_terminate_backend of the lease session, 12 times 150 ms apart (the issue's reproduction, a little longer). */
   async "lease-kill"(cluster) {
     let killed = 0;
-    for (const i of range(10)) {
+    for (const i of range(12)) {
       if (i) await sleep(150);
       const out = await cluster.services.pg
         .sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '${cluster.db}' AND (${LEASE_SESSION})`)
         .catch(() => "0");
       killed += Number(out) || 0;
     }
-    return `pg_terminate_backend of the lease session x10 (${killed} sessions ended)`;
+    return `pg_terminate_backend of the lease session x12 (${killed} sessions ended)`;
   },
 
   /** pg_terminate_backend of 3 random sessions of the nodes. */
@@ -663,15 +663,15 @@ export async function runRound(services, { round = 1, events = 200, workers = 8,
     const span = 2000 + faults.length * 3500;
     const moments = faults.map(() => 0.1 + random() * 0.75).sort((a, b) => a - b);
     // The lease-session kills last longest and race hardest: their volley
-    // is three times the others'.
+    // is five times the others'.
     const trickle = Math.round(events * 0.2);
-    const weights = faults.map((kind) => (kind === "lease-kill" ? 3 : 1));
+    const weights = faults.map((kind) => (kind === "lease-kill" ? 5 : 1));
     const unit = (events - trickle) / weights.reduce((a, b) => a + b, 0);
     const volleys = [];
     let from = trickle;
     faults.forEach((kind, k) => {
       const to = k === faults.length - 1 ? events : Math.round(from + unit * weights[k]);
-      volleys.push({ from, to, start: moments[k] * span - 200, window: kind === "lease-kill" ? 1400 : 500 });
+      volleys.push({ from, to, start: moments[k] * span - 200, window: kind === "lease-kill" ? 900 : 500 });
       from = to;
     });
     const dueAt = range(events).map((i) => {
