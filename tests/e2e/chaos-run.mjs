@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 
 import { FAULT_KINDS, LEASE_MS, chaosServicesMissing, describeRound, runRound, seededRandom, startChaosServices } from "./lib/chaos.mjs";
 
-const usage = "usage: chaos-run.mjs [--rounds N] [--events N] [--faults N] [--seed N] [--out FILE]";
+const usage = "usage: scripts/chaos.sh [--rounds N] [--events N] [--faults N] [--seed N] [--out FILE]";
 let values;
 try {
   ({ values } = parseArgs({
