@@ -676,7 +676,7 @@ export async function runRound(services, { round = 1, events = 200, workers = 8,
     });
     const dueAt = range(events).map((i) => {
       const v = volleys.find((v) => i >= v.from && i < v.to);
-      if (!v) return (i / events) * span;
+      if (!v) return (i / trickle) * span;
       return v.start + ((i - v.from) / (v.to - v.from)) * v.window;
     });
     // Each node has its own HTTP clients, so a frozen node holds up only its own.
