@@ -679,8 +679,10 @@ export async function runRound(services, { round = 1, events = 200, workers = 8,
       if (!v) return (i / trickle) * span;
       return v.start + ((i - v.from) / (v.to - v.from)) * v.window;
     });
-    // Each node has its own HTTP clients, so a frozen node holds up only its own.
-    const queues = nodes.map((_, k) => range(events).filter((i) => i % nodes.length === k).sort((a, b) => dueAt[a] - dueAt[b]));
+    // Each node has its own HTTP clients, so a frozen node holds up only its
+    // own; both regions go to both nodes (pairs of jobs alternate nodes).
+    const home = (i) => Math.floor(i / 2) % nodes.length;
+    const queues = nodes.map((_, k) => range(events).filter((i) => home(i) === k).sort((a, b) => dueAt[a] - dueAt[b]));
     const burstStart = Date.now();
     const results = new Array(events);
     const burst = Promise.all(
@@ -694,7 +696,7 @@ export async function runRound(services, { round = 1, events = 200, workers = 8,
           const region = REGIONS[i % 2];
           const contractor = contractors[region][i % contractors[region].length];
           const body = { contractorId: contractor.id, ...nextSlot() };
-          results[i] = await assignUntilAnswered(nodes, i % nodes.length, admin, {
+          results[i] = await assignUntilAnswered(nodes, home(i), admin, {
             jobId: job.id,
             body,
             key: `chaos-${seed}-${i}`,
