@@ -4,7 +4,7 @@
 # PostgreSQL and Redis with a burst of assignments and faults drawn at random
 # (kill -9, SIGSTOP past the lease, lease-session and random-session kills,
 # PostgreSQL and Redis restarts, network resets and stalls), checked by the
-# checker of tests/e2e/lib/chaos.mjs (rules in docs/reliability.md).
+# checker of tests/e2e/lib/chaos-checker.mjs (rules in docs/reliability.md).
 # Prints a line per round and a summary; exits non-zero on any violation.
 #
 # Usage: scripts/chaos.sh [--rounds N] [--events N] [--faults N] [--seed N] [--out FILE]

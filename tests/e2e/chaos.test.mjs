@@ -3,17 +3,19 @@
 // road to the database, a private Redis, official clients joined to
 // dispatch/north and dispatch/south on every node, and a burst of
 // assignments during which the faults strike. The checker
-// (lib/chaos.mjs, rules in docs/reliability.md) must find nothing.
+// (lib/chaos-checker.mjs, rules in docs/reliability.md) must find nothing.
 //
 // Needs the PostgreSQL server binaries, psql and redis-server; without them
 // the round is skipped, or fails with CI=true.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-
-import { checkRound, chaosServicesMissing, describeRound, runRound, startChaosServices, startPgProxy, summarize } from "./lib/chaos.mjs";
-import { sleep } from "./lib/harness.mjs";
 import net from "node:net";
+
+import { chaosServicesMissing, describeRound, runRound, startChaosServices } from "./lib/chaos.mjs";
+import { checkRound, summarize } from "./lib/chaos-checker.mjs";
+import { startPgProxy } from "./lib/pg-proxy.mjs";
+import { sleep } from "./lib/harness.mjs";
 
 const row = (sequence, region = "north", status = "Published") => ({ eventId: `e${sequence}`, sequence, status, region });
 const got = (...sequences) => sequences.map((s) => ({ eventId: `e${s}`, sequence: s }));

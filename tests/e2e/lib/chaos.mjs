@@ -1,28 +1,18 @@
-// The fault-injection suite's parts, shared by tests/e2e/chaos.test.mjs (one
-// short round) and scripts/chaos.sh (many rounds, through chaos-run.mjs):
-//
-// - a private PostgreSQL (initdb on a free port), so restarting it never
-//   touches the machine's shared server;
-// - a TCP proxy per node in front of PostgreSQL that can reset or stall every
-//   connection of that node (a network cut);
-// - the faults, injected at random moments of a burst of assignments;
-// - the checker: pure rules over what the EventLog holds, what the API
-//   answered and what each observer client received (docs/reliability.md).
+// A round of the fault-injection suite, shared by tests/e2e/chaos.test.mjs
+// (one short round) and scripts/chaos.sh (many, through chaos-run.mjs): a
+// cluster on a private PostgreSQL (private-postgres.mjs), each node behind
+// its own cutting proxy (pg-proxy.mjs), observers, a burst of assignments,
+// the faults at random moments of it, and the checker (chaos-checker.mjs).
 
 import { execFile } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
-import { chmod, mkdtemp, rm } from "node:fs/promises";
-import net from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { promisify } from "node:util";
 
+import { checkRound } from "./chaos-checker.mjs";
 import {
   REDIS_SERVER_BIN,
   adminToken,
   connect,
   dispatcherToken,
-  freePort,
   nextSlot,
   pool,
   sleep,
@@ -31,6 +21,8 @@ import {
   waitFor,
   withTimeout,
 } from "./harness.mjs";
+import { startPgProxy } from "./pg-proxy.mjs";
+import { pgBinDir, startPrivatePostgres } from "./private-postgres.mjs";
 
 const execFileP = promisify(execFile);
 
@@ -64,17 +56,6 @@ export function seededRandom(seed) {
 // ---------------------------------------------------------------------------
 // Services
 
-/** The PostgreSQL server binaries (initdb, pg_ctl), or null. */
-export function pgBinDir() {
-  const root = "/usr/lib/postgresql";
-  if (!existsSync(root)) return null;
-  for (const version of readdirSync(root).sort().reverse()) {
-    const bin = join(root, version, "bin");
-    if (existsSync(join(bin, "initdb")) && existsSync(join(bin, "pg_ctl"))) return bin;
-  }
-  return null;
-}
-
 /** What the suite needs and is missing, as sentences (empty when all is there). */
 export async function chaosServicesMissing() {
   const missing = [];
@@ -90,137 +71,6 @@ export async function chaosServicesMissing() {
     missing.push(REDIS_SERVER_BIN);
   }
   return missing;
-}
-
-/** Runs a PostgreSQL server tool; as root through `runuser -u postgres` (initdb and postgres refuse root). */
-async function asPostgres(file, args, timeoutMs = 60_000) {
-  const isRoot = process.getuid?.() === 0;
-  const [cmd, argv] = isRoot ? ["runuser", ["-u", "postgres", "--", file, ...args]] : [file, args];
-  try {
-    const { stdout } = await execFileP(cmd, argv, { timeout: timeoutMs });
-    return stdout;
-  } catch (err) {
-    throw new Error(`${file} ${args.join(" ")}: ${err.stderr || err.message}`);
-  }
-}
-
-/**
- * A private PostgreSQL: initdb into a temporary folder, on a free port, trust
- * authentication. `stop()` is an immediate (crash-like) shutdown; `start()`
- * brings it back on the same port; `destroy()` stops it and removes the folder.
- */
-export async function startPrivatePostgres() {
-  const bin = pgBinDir();
-  if (!bin) throw new Error("PostgreSQL server binaries are missing (apt-get install postgresql)");
-  const dir = await mkdtemp(join(tmpdir(), "ss-chaos-pg-"));
-  await chmod(dir, 0o777); // the postgres user writes its data and socket here
-  const data = join(dir, "data");
-  const port = await freePort();
-  await asPostgres(join(bin, "initdb"), ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync"]);
-  // fsync off: the suite crashes the server process, never the machine.
-  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`;
-  const pg = {
-    port,
-    dir,
-    url: (db) => `postgres://postgres@127.0.0.1:${port}/${db}`,
-    async start() {
-      await asPostgres(join(bin, "pg_ctl"), ["-D", data, "-o", options, "-l", join(dir, "pg.log"), "-w", "-t", "60", "start"]);
-    },
-    async stop() {
-      await asPostgres(join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]);
-    },
-    /** One statement through psql on database `db`; resolves with the rows as text (`|`-separated). */
-    async sql(statement, db = "postgres") {
-      const { stdout } = await execFileP("psql", [pg.url(db), "-v", "ON_ERROR_STOP=1", "-tAqc", statement], {
-        env: { ...process.env, PGCONNECT_TIMEOUT: "5", PGAPPNAME: "chaos-suite" },
-        timeout: 15_000,
-      });
-      return stdout.trim();
-    },
-    async destroy() {
-      await pg.stop().catch(() => {});
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-  try {
-    await pg.start();
-  } catch (err) {
-    await rm(dir, { recursive: true, force: true });
-    throw err;
-  }
-  return pg;
-}
-
-/**
- * A TCP proxy on 127.0.0.1:0 in front of `targetPort`: one node's road to
- * PostgreSQL. `reset()` ends every open connection with a RST; `stall(ms)`
- * stops forwarding (both ways, new connections too) for `ms`, then delivers
- * what it held. `upstreamPorts()` are the local ports of its connections to
- * the target: PostgreSQL sees them as `client_port`, which tells whose a
- * session is.
- */
-export async function startPgProxy(targetPort) {
-  const pairs = new Set();
-  let stalled = false;
-  const server = net.createServer((down) => {
-    const up = net.connect(targetPort, "127.0.0.1");
-    const pair = { down, up, held: [] };
-    pairs.add(pair);
-    const end = () => {
-      pairs.delete(pair);
-      down.destroy();
-      up.destroy();
-    };
-    const forward = (from, to) =>
-      from.on("data", (chunk) => {
-        if (stalled) pair.held.push([to, chunk]);
-        else to.write(chunk);
-      });
-    forward(down, up);
-    forward(up, down);
-    for (const s of [down, up]) {
-      s.on("error", end);
-      s.on("close", end);
-    }
-  });
-  await new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", resolve);
-  });
-  const proxy = {
-    port: server.address().port,
-    upstreamPorts() {
-      return new Set([...pairs].map((p) => p.up.localPort).filter(Boolean));
-    },
-    reset() {
-      const n = pairs.size;
-      for (const { down, up } of [...pairs]) {
-        down.resetAndDestroy();
-        up.resetAndDestroy();
-      }
-      pairs.clear();
-      return n;
-    },
-    async stall(ms) {
-      stalled = true;
-      await sleep(ms);
-      stalled = false;
-      for (const pair of pairs) {
-        for (const [to, chunk] of pair.held) if (!to.destroyed) to.write(chunk);
-        pair.held = [];
-      }
-    },
-    async stop() {
-      stalled = false;
-      for (const { down, up } of [...pairs]) {
-        down.destroy();
-        up.destroy();
-      }
-      pairs.clear();
-      await new Promise((resolve) => server.close(() => resolve()));
-    },
-  };
-  return proxy;
 }
 
 // ---------------------------------------------------------------------------
@@ -523,80 +373,6 @@ async function assignUntilAnswered(nodes, first, token, { jobId, body, key, dead
     if (Date.now() > deadline) return { status, tries, error };
     await sleep(Math.min(1000, 100 * 2 ** attempt));
   }
-}
-
-// ---------------------------------------------------------------------------
-// The checker
-
-/**
- * The checker's rules (docs/reliability.md), as a pure function.
- *
- * input:
- * - `log`: every EventLog row `{eventId, sequence, status, region}`;
- * - `answered`: the eventIds of every 201;
- * - `observers`: `{name, region, rejoined, events: [{eventId, sequence}]}`
- *   in the order received.
- *
- * Returns the violations: `[{rule, who, detail}]`, empty when all holds.
- */
-export function checkRound({ log, answered, observers }) {
-  const violations = [];
-  const add = (rule, who, detail) => violations.push({ rule, who, detail });
-
-  const byId = new Map();
-  const bySequence = new Map();
-  for (const row of log) {
-    if (byId.has(row.eventId)) add("log-duplicate-event", "EventLog", `${row.eventId} is logged twice`);
-    byId.set(row.eventId, row);
-    if (row.status !== "Published") add("log-not-published", "EventLog", `${row.eventId} is ${row.status}`);
-    if (row.sequence != null) {
-      if (bySequence.has(row.sequence)) add("log-duplicate-sequence", "EventLog", `sequence ${row.sequence} is given twice`);
-      bySequence.set(row.sequence, row.eventId);
-    }
-  }
-  for (const id of answered) {
-    const row = byId.get(id);
-    if (!row) add("answered-not-logged", "EventLog", `201 event ${id} is not in the EventLog`);
-  }
-
-  for (const obs of observers) {
-    const who = `${obs.name}${obs.rejoined ? " (rejoined)" : ""}`;
-    const expected = log.filter((r) => r.region === obs.region);
-    const counts = new Map();
-    for (const e of obs.events) counts.set(e.eventId, (counts.get(e.eventId) ?? 0) + 1);
-    const missed = expected.filter((r) => !counts.has(r.eventId)).map((r) => r.sequence ?? r.eventId);
-    if (missed.length) add("missed", who, `${missed.length} events never arrived: sequences ${summarize(missed)}`);
-    const twice = [...counts].filter(([, n]) => n > 1).map(([id]) => byId.get(id)?.sequence ?? id);
-    if (twice.length) add("duplicate", who, `${twice.length} events arrived more than once: sequences ${summarize(twice)}`);
-    const foreign = obs.events.filter((e) => byId.get(e.eventId)?.region !== obs.region).map((e) => e.sequence);
-    if (foreign.length) add("unexpected", who, `${foreign.length} events that are not its group's logged events: sequences ${summarize(foreign)}`);
-    const mismatched = obs.events.filter((e) => byId.has(e.eventId) && byId.get(e.eventId).sequence !== e.sequence);
-    if (mismatched.length) {
-      const e = mismatched[0];
-      add("sequence-mismatch", who, `${mismatched.length} events arrived with another sequence than logged, e.g. ${e.sequence} for ${byId.get(e.eventId).sequence}`);
-    }
-    const inversions = [];
-    for (let i = 1; i < obs.events.length; i++) {
-      if (obs.events[i].sequence <= obs.events[i - 1].sequence) inversions.push(`${obs.events[i].sequence} after ${obs.events[i - 1].sequence}`);
-    }
-    if (inversions.length) add("out-of-order", who, `${inversions.length} times not increasing: ${inversions.slice(0, 5).join(", ")}`);
-  }
-  return violations;
-}
-
-/** `1, 2, 3, 7, 9, 10` → `1-3, 7, 9-10` (at most 12 runs). */
-export function summarize(values) {
-  const nums = values.filter((v) => typeof v === "number").sort((a, b) => a - b);
-  const other = values.filter((v) => typeof v !== "number");
-  const runs = [];
-  for (const v of nums) {
-    const last = runs[runs.length - 1];
-    if (last && v === last[1] + 1) last[1] = v;
-    else runs.push([v, v]);
-  }
-  const parts = runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`));
-  if (other.length) parts.push(`${other.length} unsequenced`);
-  return parts.length > 12 ? `${parts.slice(0, 12).join(", ")}, … (${parts.length} runs)` : parts.join(", ");
 }
 
 // ---------------------------------------------------------------------------
