@@ -992,3 +992,24 @@ export async function junkConnection(server, chunks, { lingerMs = 50, pauseMs = 
     });
   });
 }
+
+// ---------------------------------------------------------------------------
+// Chaos suite (lib/chaos.mjs). New helpers only; nothing above changes.
+
+/**
+ * Starts one cluster node on any database and Redis (for a cluster whose
+ * PostgreSQL the caller runs itself, e.g. behind a fault-injecting proxy).
+ * The caller stops it with `node.stop()`.
+ */
+export async function startClusterNode({ databaseUrl, redisUrl, name, env = {} }) {
+  const dir = await mkdtemp(join(tmpdir(), "smartscheduler-e2e-node-"));
+  const node = new ClusterNode(dir, "127.0.0.1:0", { databaseUrl, redisUrl, name });
+  node.extraEnv = env;
+  try {
+    await node.start();
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return node;
+}
