@@ -314,12 +314,7 @@ struct Parked {
 }
 
 enum Command {
-    Register {
-        outlet: Arc<Outlet>,
-        fanout: LocalFanout,
-        close: oneshot::Sender<CloseReason>,
-        resumable_by: Option<String>,
-    },
+    Register { outlet: Arc<Outlet>, fanout: LocalFanout, close: oneshot::Sender<CloseReason>, token: Option<String> },
     Unregister { key: ConnKey },
     Park { token: String, conn: Box<Conn> },
     Reattach { token: String, reply: oneshot::Sender<Option<Box<Conn>>> },
@@ -386,7 +381,8 @@ impl HubHandle {
             max_bytes: self.max_queued_bytes,
             last_frame: AtomicU64::new(0),
         });
-        self.send(Command::Register { outlet, fanout: local_fanout(&self.shared), close, resumable_by }).await?;
+        let token = resumable_by;
+        self.send(Command::Register { outlet, fanout: local_fanout(&self.shared), close, token }).await?;
         Ok(Outbox { frames, queued })
     }
 
@@ -549,7 +545,7 @@ impl Hub {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Register { outlet, fanout, close, resumable_by } => {
+            Command::Register { outlet, fanout, close, token: resumable_by } => {
                 if let Some(token) = &resumable_by {
                     self.resumable.insert(token.clone(), outlet.key);
                 }
