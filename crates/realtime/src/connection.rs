@@ -12,8 +12,11 @@
 //! the hub (still a member of its groups, its queue still filling) for the
 //! reconnect window; a new WebSocket with the same connection token resumes
 //! it: the server sends `Sequence` with its oldest unacknowledged number,
-//! re-sends those records, and carries on. Otherwise every exit path
-//! unregisters from the hub.
+//! re-sends those records, and carries on. A reattach that comes while the
+//! old socket still looks open takes it over the same way: the hub tells
+//! the old loop ([`CloseReason::Replaced`]), which parks the connection
+//! straight into the reattach and closes its socket. Otherwise every exit
+//! path unregisters from the hub.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
