@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use actix_http::HttpService;
 use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server, Service};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use anyhow::Context;
 use smartscheduler_application::publishing::outbox;
@@ -109,7 +110,9 @@ impl Application {
         let mut background = Vec::new();
         if clustered {
             let (published_tx, published_rx) = tokio::sync::watch::channel(0i64);
-            relay = relay.with_lease(Arc::new(PostgresLease::new(&database_url))).with_published_signal(published_tx);
+            let lease = PostgresLease::new(&database_url, Duration::from_millis(delivery.publisher_lease_ms))
+                .context("the publisher lease cannot use the database URL")?;
+            relay = relay.with_lease(Arc::new(lease)).with_published_signal(published_tx);
             let wake = Arc::new(Notify::new());
             // This node's own publishes wake its tailer at once.
             let local_wake = wake.clone();
@@ -153,8 +156,13 @@ impl Application {
         let cors_origins = config.cors_origins.clone();
 
         let make_app = move || {
+            // The last `wrap` is the outermost: the request log sees the
+            // final status, and the edge bounds a request before CORS or
+            // routing spend anything on it.
             App::new()
-                .wrap(cors(&cors_origins))
+                .wrap(http::cors::cors(&cors_origins))
+                .wrap(from_fn(http::cors::refusals_as_problems))
+                .wrap(from_fn(http::edge::bound_request))
                 .wrap_fn(|req, srv| {
                     // Method and path only: query strings can carry access tokens.
                     let method = req.method().clone();
@@ -295,28 +303,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-}
-
-/// CORS for browser clients: only the configured origins, echoed exactly,
-/// with credentials (the SignalR client sends them by default) and the
-/// headers the SignalR client and the API use. No origins: no CORS at all.
-fn cors(origins: &[String]) -> actix_cors::Cors {
-    let mut cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "POST", "OPTIONS"])
-        .allowed_headers([
-            actix_web::http::header::AUTHORIZATION,
-            actix_web::http::header::CONTENT_TYPE,
-            actix_web::http::header::HeaderName::from_static("x-requested-with"),
-            actix_web::http::header::HeaderName::from_static("x-signalr-user-agent"),
-            actix_web::http::header::HeaderName::from_static("idempotency-key"),
-        ])
-        .expose_headers([actix_web::http::header::LOCATION])
-        .supports_credentials()
-        .max_age(3600);
-    for origin in origins.iter().filter(|o| !o.is_empty()) {
-        cors = cors.allowed_origin(origin);
-    }
-    cors
 }
 
 /// The caller's `X-Request-Id` when it is a sane token (1 to 64 of

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use smartscheduler_infrastructure::tokens::{load_or_create_secret, SecretFileOrigin};
 
 /// `smartscheduler`: job assignment events over HTTP and SignalR.
 #[derive(Debug, Parser)]
@@ -90,6 +91,10 @@ pub struct DeliveryArgs {
     /// Seconds a graceful stop waits for connections and the relay.
     #[arg(long, env = "SMARTSCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
+    /// Several nodes (PostgreSQL): milliseconds the publisher lease lasts after
+    /// its holder's last renewal; a frozen or cut-off holder loses it then.
+    #[arg(long, env = "SMARTSCHEDULER_PUBLISHER_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(200..=600_000))]
+    pub publisher_lease_ms: u64,
 }
 
 impl Default for DeliveryArgs {
@@ -106,6 +111,7 @@ impl Default for DeliveryArgs {
             hub_invocations_per_second: 20,
             hub_max_message_bytes: 32 * 1024,
             shutdown_timeout_seconds: 10,
+            publisher_lease_ms: 5000,
         }
     }
 }
@@ -210,24 +216,50 @@ impl ServeConfig {
     }
 }
 
+/// Shortest token secret accepted, in bytes: HS256 keys shorter than its
+/// 256-bit output are easier to guess than the signature is to forge (RFC 7518, 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl SecretArgs {
     /// The configured secret, or the one kept under the data folder
-    /// (created on first use, with a warning).
+    /// (created on first use, with a warning; made owner-only, with a
+    /// warning, when group or others could read it).
     ///
     /// # Errors
-    /// When the secret file cannot be read or written.
+    /// When the secret is shorter than [`MIN_SECRET_BYTES`], or its file
+    /// cannot be read or written.
     pub fn resolve(&self) -> anyhow::Result<String> {
         if let Some(secret) = self.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+            anyhow::ensure!(
+                secret.len() >= MIN_SECRET_BYTES,
+                "SMARTSCHEDULER_JWT_SECRET is {} bytes long; it must be at least {MIN_SECRET_BYTES} \
+                 (for example: openssl rand -base64 32)",
+                secret.len()
+            );
             return Ok(secret.to_owned());
         }
         let path = self.data_dir.join("jwt-secret");
-        let (secret, created) = smartscheduler_infrastructure::tokens::load_or_create_secret(&path)
+        let stored = load_or_create_secret(&path)
             .map_err(|e| anyhow::anyhow!("cannot use the token secret file {}: {e}", path.display()))?;
+        anyhow::ensure!(
+            stored.secret.len() >= MIN_SECRET_BYTES,
+            "the token secret in {} is {} bytes long; it must be at least {MIN_SECRET_BYTES} \
+             (delete the file to have one generated)",
+            path.display(),
+            stored.secret.len()
+        );
+        if let SecretFileOrigin::Tightened { previous_mode } = stored.origin {
+            tracing::warn!(
+                path = %path.display(),
+                previous_mode = format_args!("{previous_mode:o}"),
+                "the token secret file was readable by group or others: its mode is now 600 (rotate the secret if others may have read it)"
+            );
+        }
         tracing::warn!(
             path = %path.display(),
-            created,
+            created = stored.origin == SecretFileOrigin::Created,
             "SMARTSCHEDULER_JWT_SECRET is not set: using a generated secret kept in this file (set the variable in production)"
         );
-        Ok(secret)
+        Ok(stored.secret)
     }
 }

@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod console;
 pub mod contractors;
+pub mod cors;
+pub mod edge;
 pub mod events;
 pub mod health;
 pub mod jobs;

@@ -1110,13 +1110,13 @@ async fn a_known_path_with_an_unsupported_method_is_a_405_problem_with_allow() {
     let app = spawn_app().await;
     let job = app.job_id("north").await;
     let cases = [
-        (Method::DELETE, "/api/contractors".to_owned(), "POST, GET"),
-        (Method::PUT, format!("/api/jobs/{job}"), "GET"),
+        (Method::DELETE, "/api/contractors".to_owned(), "POST, GET, HEAD"),
+        (Method::PUT, format!("/api/jobs/{job}"), "GET, HEAD"),
         (Method::GET, format!("/api/jobs/{job}/assign"), "POST"),
-        (Method::PATCH, "/api/events".to_owned(), "GET"),
-        (Method::POST, "/health/ready".to_owned(), "GET"),
-        (Method::DELETE, "/metrics".to_owned(), "GET"),
-        (Method::POST, "/api/openapi.json".to_owned(), "GET"),
+        (Method::PATCH, "/api/events".to_owned(), "GET, HEAD"),
+        (Method::POST, "/health/ready".to_owned(), "GET, HEAD"),
+        (Method::DELETE, "/metrics".to_owned(), "GET, HEAD"),
+        (Method::POST, "/api/openapi.json".to_owned(), "GET, HEAD"),
         (Method::POST, "/".to_owned(), "GET, HEAD"),
         (Method::GET, "/hubs/jobs/negotiate".to_owned(), "POST"),
         (Method::POST, "/hubs/jobs".to_owned(), "GET"),

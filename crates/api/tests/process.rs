@@ -24,13 +24,24 @@ fn start(dir: &Path) -> Server {
 
 /// Starts the binary with `env` added (or overriding the defaults below).
 fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+    start_without(dir, &[], env)
+}
+
+/// Starts the binary without the variables `unset` (of the defaults below),
+/// with `env` added.
+fn start_without(dir: &Path, unset: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_smartscheduler"));
+    command
         .arg("serve")
         .env("SMARTSCHEDULER_BIND", "127.0.0.1:0")
         .env("SMARTSCHEDULER_DATABASE_URL", format!("sqlite://{}/db.sqlite", dir.display()))
         .env("SMARTSCHEDULER_JWT_SECRET", SECRET)
         .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    for name in unset {
+        command.env_remove(name);
+    }
+    let mut child = command
         .envs(env.iter().copied())
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -321,4 +332,143 @@ fn the_token_command_refuses_a_contractor_without_an_id() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--contractor-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_logged_below_error_so_callers_cannot_fill_the_error_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), &[("SMARTSCHEDULER_LOG_FORMAT", "json"), ("RUST_LOG", "debug")]);
+    let admin = token("Admin", &[]);
+    let client = reqwest::Client::new();
+    let (contractor, job) = contractor_and_job(&client, &server.base, &admin, "Logged").await;
+    let assign = |job_id: String| {
+        let body = json!({
+            "contractorId": contractor["id"],
+            "startUtc": "2030-01-01T09:00:00Z",
+            "endUtc": "2030-01-01T10:00:00Z"
+        });
+        post(&client, format!("{}/api/jobs/{job_id}/assign", server.base), &admin, body)
+    };
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(assign(job_id.clone()).await.unwrap().status(), 201);
+    assert_eq!(assign(job_id).await.unwrap().status(), 409);
+    assert_eq!(assign(uuid::Uuid::new_v4().to_string()).await.unwrap().status(), 404);
+    let unauthenticated = client.get(format!("{}/api/jobs", server.base)).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let last = client
+        .get(format!("{}/no/such/route", server.base))
+        .header("X-Request-Id", "last-client-error")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(last.status(), 404);
+
+    let mut seen = Vec::new();
+    log_line(&server, "request", "last-client-error", &mut seen);
+    seen.extend(server.lines.try_iter());
+    let errors: Vec<&String> = seen.iter().filter(|l| l.contains(r#""level":"ERROR""#)).collect();
+    assert!(errors.is_empty(), "client errors logged at ERROR: {errors:#?}");
+    let statuses: Vec<i64> = seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "request")
+        .filter_map(|v| v["fields"]["status"].as_i64())
+        .collect();
+    for status in [409, 404, 401] {
+        assert!(statuses.contains(&status), "the {status} is still in the request log: {statuses:?}");
+    }
+}
+
+/// Runs the binary with `args` and `env` until it exits (at most 30 s);
+/// returns whether it succeeded and its stderr.
+fn run_to_exit(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
+        .args(args)
+        .env_remove("SMARTSCHEDULER_JWT_SECRET")
+        .env("SMARTSCHEDULER_BIND", "127.0.0.1:0")
+        .env("SMARTSCHEDULER_DATABASE_URL", "sqlite::memory:")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`smartscheduler {}` still runs after 30 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.success(), stderr)
+}
+
+#[test]
+fn a_token_secret_shorter_than_32_bytes_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = [("SMARTSCHEDULER_JWT_SECRET", "only-31-bytes-long-0123456789ab")];
+    for args in [&["serve"][..], &["token", "--role", "Admin"][..]] {
+        let (ok, stderr) = run_to_exit(args, &short, dir.path());
+        assert!(!ok, "`{}` accepted a 31-byte secret; stderr: {stderr}", args.join(" "));
+        assert!(stderr.contains("at least 32"), "`{}` does not say why: {stderr}", args.join(" "));
+    }
+    let exact = [("SMARTSCHEDULER_JWT_SECRET", "exactly-32-bytes-long-0123456789")];
+    let (ok, stderr) = run_to_exit(&["token", "--role", "Admin"], &exact, dir.path());
+    assert!(ok, "a 32-byte secret is refused: {stderr}");
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_secret_and_the_sqlite_database_are_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.display().to_string();
+    let server = start_without(
+        dir.path(),
+        &["SMARTSCHEDULER_JWT_SECRET", "SMARTSCHEDULER_DATABASE_URL"],
+        &[("SMARTSCHEDULER_DATA_DIR", &data_dir)],
+    );
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{}/health/ready", server.base)).send().await.unwrap().status(), 200);
+
+    assert_eq!(mode(&data.join("jwt-secret")), 0o600, "the generated secret file");
+    assert_eq!(mode(&data.join("smartscheduler.db")), 0o600, "the SQLite database");
+    for side in ["smartscheduler.db-wal", "smartscheduler.db-shm"] {
+        if data.join(side).exists() {
+            assert_eq!(mode(&data.join(side)), 0o600, "{side}");
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn an_existing_secret_file_readable_by_others_is_made_owner_only_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("jwt-secret");
+    std::fs::write(&file, "a-shared-secret-left-readable-by-everyone").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let data_dir = data.display().to_string();
+    let (ok, stderr) =
+        run_to_exit(&["token", "--role", "Admin"], &[("SMARTSCHEDULER_DATA_DIR", &data_dir)], dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(mode(&file), 0o600);
+    assert!(stderr.contains("readable by group or others") && stderr.contains("WARN"), "no warning: {stderr}");
 }

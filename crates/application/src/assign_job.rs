@@ -86,6 +86,8 @@ impl From<StoreError> for AssignJobError {
         match value {
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Unexpected(e) => Self::Unexpected(e),
+            // Assignments are not fenced; a store that says so anyway is wrong.
+            err @ StoreError::LeaseLost => Self::Unexpected(err.to_string()),
         }
     }
 }
@@ -114,13 +116,14 @@ impl AssignJob {
     ///
     /// Runs in an `assign_job` span carrying the job, contractor, assignment
     /// and event ids; the event is delivered later inside a child of it.
+    /// The span does not log errors: most are the caller's (404, 409), and
+    /// the HTTP edge logs each outcome once, at a level fitting its status.
     ///
     /// # Errors
     /// [`AssignJobError`]; then nothing was written or published.
     #[instrument(
         name = "assign_job",
         skip_all,
-        err,
         fields(
             job_id = %request.job_id,
             contractor_id = %request.contractor_id,

@@ -78,7 +78,7 @@ impl Catalog {
     ///
     /// # Errors
     /// [`CatalogError`].
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all)]
     pub async fn create_contractor(
         &self,
         principal: &Principal,
@@ -121,7 +121,7 @@ impl Catalog {
     ///
     /// # Errors
     /// [`CatalogError`].
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all)]
     pub async fn create_job(&self, principal: &Principal, request: CreateJobRequest) -> Result<Job, CatalogError> {
         back_office(principal)?;
         if !principal.dispatches(&request.region) {

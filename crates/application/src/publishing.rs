@@ -11,6 +11,13 @@
 //! and marks the row Published, or records the failure and retries it later
 //! with exponential backoff and jitter, up to `max_attempts`, then Failed.
 //!
+//! With several nodes, the relay publishes only while it holds the
+//! [`PublisherLease`], and every claim and publish carries the lease's
+//! [`Fence`]: the EventLog refuses the writes of a holder that has lost the
+//! lease ([`StoreError::LeaseLost`]), so a stalled or cut-off node cannot
+//! publish late, out of order, beside the new holder. Its claimed rows stay
+//! Pending, and the new holder claims them again with new sequences.
+//!
 //! Handlers register at start-up into a [`HandlerRegistry`] that is frozen
 //! before the relay starts: publishing reads it without a lock.
 //!
@@ -30,7 +37,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventPublisher, PublishedRow, PublisherLease};
+use smartscheduler_domain::ports::{
+    ClaimedEvent, EventLog, EventPublisher, Fence, PublishedRow, PublisherLease, StoreError,
+};
 use smartscheduler_domain::{DomainEvent, EventId, EventType, PublishedEvent, Timestamp};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
@@ -131,6 +140,13 @@ struct Queued {
     span: tracing::Span,
 }
 
+/// A write refused by the fence: another node took the lease over and
+/// publishes these rows itself. Nothing is lost and nothing is retried here.
+fn lease_lost(what: &str) {
+    metrics::counter!("smartscheduler_lease_fenced_writes_total").increment(1);
+    tracing::warn!(what, "the publisher lease moved to another node: this node's write was refused, as it must be");
+}
+
 /// The task that delivers committed events. See the module docs.
 pub struct OutboxRelay {
     lease: Option<Arc<dyn PublisherLease>>,
@@ -170,9 +186,11 @@ impl OutboxRelay {
         self
     }
 
-    async fn leading(&self) -> bool {
+    /// The fence to write with while this node may publish; `None` while
+    /// another node holds the lease.
+    async fn leading(&self) -> Option<Fence> {
         match &self.lease {
-            None => true,
+            None => Some(Fence::Unfenced),
             Some(lease) => lease.hold().await,
         }
     }
@@ -207,14 +225,17 @@ impl OutboxRelay {
         if !batch.is_empty() {
             self.deliver_queued(batch).await;
         }
+        if let Some(lease) = &self.lease {
+            lease.release().await;
+        }
         tracing::info!("outbox relay stopped");
     }
 
     async fn deliver_queued(&self, queued: Vec<Queued>) {
-        if !self.leading().await {
+        let Some(fence) = self.leading().await else {
             // The rows are committed; the node holding the lease scans them.
             return;
-        }
+        };
         let mut spans = HashMap::with_capacity(queued.len());
         let events = queued
             .into_iter()
@@ -223,8 +244,11 @@ impl OutboxRelay {
                 event
             })
             .collect();
-        match self.log.claim(events).await {
-            Ok(claimed) => self.deliver(claimed, spans).await,
+        match self.log.claim(events, fence).await {
+            Ok(claimed) => {
+                self.deliver(claimed, spans, fence).await;
+            }
+            Err(StoreError::LeaseLost) => lease_lost("claim"),
             Err(err) => {
                 tracing::warn!(error = %err, "could not claim queued events; they stay Pending for the next scan")
             }
@@ -233,18 +257,19 @@ impl OutboxRelay {
 
     /// Publishes every due Pending row, batch after batch.
     async fn drain_due(&self) {
-        if !self.leading().await {
-            return;
-        }
         loop {
-            match self.log.claim_due(Timestamp::now(), self.config.batch_size).await {
+            // Asked again for each batch, so that a long backlog renews the lease.
+            let Some(fence) = self.leading().await else {
+                return;
+            };
+            match self.log.claim_due(Timestamp::now(), self.config.batch_size, fence).await {
                 Ok(claimed) => {
                     let full = claimed.len() as u32 >= self.config.batch_size;
-                    self.deliver(claimed, HashMap::new()).await;
-                    if !full {
+                    if !self.deliver(claimed, HashMap::new(), fence).await || !full {
                         return;
                     }
                 }
+                Err(StoreError::LeaseLost) => return lease_lost("claim"),
                 Err(err) => {
                     tracing::warn!(error = %err, "could not scan the EventLog; will try again");
                     return;
@@ -255,9 +280,15 @@ impl OutboxRelay {
 
     /// Runs the handlers of each claimed event, inside a `deliver` span that
     /// is a child of the span the event was published from, when known.
-    async fn deliver(&self, claimed: Vec<ClaimedEvent>, mut spans: HashMap<EventId, tracing::Span>) {
+    /// Returns whether the events were marked Published.
+    async fn deliver(
+        &self,
+        claimed: Vec<ClaimedEvent>,
+        mut spans: HashMap<EventId, tracing::Span>,
+        fence: Fence,
+    ) -> bool {
         if claimed.is_empty() {
-            return;
+            return true;
         }
         let mut published = Vec::with_capacity(claimed.len());
         let mut lags = Vec::with_capacity(claimed.len());
@@ -294,22 +325,31 @@ impl OutboxRelay {
                     });
                     let outcome = if retry_at.is_some() { "retry_scheduled" } else { "failed" };
                     metrics::counter!("smartscheduler_event_failures_total", "outcome" => outcome).increment(1);
-                    if let Err(err) = self.log.record_failure(event_id, error, retry_at).await {
-                        tracing::warn!(%event_id, error = %err, "could not record a handler failure");
+                    match self.log.record_failure(event_id, error, retry_at, fence).await {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost) => lease_lost("record a failure"),
+                        Err(err) => tracing::warn!(%event_id, error = %err, "could not record a handler failure"),
                     }
                 }
             }
         }
         if published.is_empty() {
-            return;
+            return true;
         }
         let count = published.len();
         let highest = published.iter().map(|p| p.sequence.0).max();
         let now = Timestamp::now();
-        if let Err(err) = self.log.mark_published(published, now).await {
-            // The rows stay Pending and are delivered again: at-least-once.
-            tracing::warn!(error = %err, count, "could not mark events Published; they will be delivered again");
-            return;
+        match self.log.mark_published(published, now, fence).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost) => {
+                lease_lost("publish");
+                return false;
+            }
+            Err(err) => {
+                // The rows stay Pending and are delivered again: at-least-once.
+                tracing::warn!(error = %err, count, "could not mark events Published; they will be delivered again");
+                return false;
+            }
         }
         metrics::counter!("smartscheduler_events_published_total").increment(count as u64);
         if let (Some(signal), Some(highest)) = (&self.published, highest) {
@@ -319,6 +359,7 @@ impl OutboxRelay {
         for occurred in lags {
             lag.record((now.unix_millis() - occurred.unix_millis()).max(0) as f64 / 1000.0);
         }
+        true
     }
 
     /// Runs every handler of the event's type in order; the first failure stops it.
@@ -402,12 +443,12 @@ mod tests {
         let e = event();
         let expected_groups = e.audience();
         let mut log = MockEventLog::new();
-        log.expect_claim_due().returning(|_, _| Ok(vec![]));
-        log.expect_claim().times(1).returning(|events| {
+        log.expect_claim_due().returning(|_, _, _| Ok(vec![]));
+        log.expect_claim().times(1).returning(|events, _| {
             Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(7), attempts: 0 }).collect())
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
-        log.expect_mark_published().times(1).returning(move |rows, _| {
+        log.expect_mark_published().times(1).returning(move |rows, _, _| {
             tx.send(rows).unwrap();
             Ok(())
         });
@@ -430,13 +471,13 @@ mod tests {
     async fn a_failing_handler_is_recorded_and_retried_later_never_marked_published() {
         let e = event();
         let mut log = MockEventLog::new();
-        log.expect_claim_due().returning(|_, _| Ok(vec![]));
-        log.expect_claim().returning(|events| {
+        log.expect_claim_due().returning(|_, _, _| Ok(vec![]));
+        log.expect_claim().returning(|events, _| {
             Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(1), attempts: 0 }).collect())
         });
         log.expect_mark_published().never();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        log.expect_record_failure().times(1).returning(move |id, error, retry_at| {
+        log.expect_record_failure().times(1).returning(move |id, error, retry_at, _| {
             tx.send((id, error, retry_at)).unwrap();
             Ok(())
         });
@@ -462,7 +503,7 @@ mod tests {
         let mut log = MockEventLog::new();
         let e = event();
         let mut first = true;
-        log.expect_claim_due().returning(move |_, _| {
+        log.expect_claim_due().returning(move |_, _, _| {
             let claimed = if first {
                 vec![ClaimedEvent { event: e.clone(), sequence: Sequence(3), attempts: 2 }]
             } else {
@@ -473,7 +514,7 @@ mod tests {
         });
         let failures = Arc::new(Mutex::new(Vec::new()));
         let f = failures.clone();
-        log.expect_record_failure().returning(move |_, _, retry_at| {
+        log.expect_record_failure().returning(move |_, _, retry_at, _| {
             f.lock().unwrap().push(retry_at);
             Ok(())
         });
@@ -482,6 +523,58 @@ mod tests {
         let (_publisher, relay) = outbox(Arc::new(log), registry, RelayConfig { max_attempts: 3, ..config() });
         relay.run(async {}).await;
         assert_eq!(*failures.lock().unwrap(), vec![None], "third failed attempt of three: Failed, no retry time");
+    }
+
+    #[tokio::test]
+    async fn every_claim_and_publish_carries_the_lease_fence_and_a_refused_publish_is_dropped_not_retried() {
+        use smartscheduler_domain::ports::MockPublisherLease;
+        let e = event();
+        let mut lease = MockPublisherLease::new();
+        lease.expect_hold().returning(|| Some(Fence::Epoch(4)));
+        lease.expect_release().times(1).returning(|| ());
+        let mut log = MockEventLog::new();
+        log.expect_claim_due().withf(|_, _, fence| *fence == Fence::Epoch(4)).returning(|_, _, _| Ok(vec![]));
+        log.expect_claim().withf(|_, fence| *fence == Fence::Epoch(4)).times(1).returning(|events, _| {
+            Ok(events.into_iter().map(|event| ClaimedEvent { event, sequence: Sequence(9), attempts: 0 }).collect())
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // The lease moved between the claim and the publish: the store refuses.
+        log.expect_mark_published().withf(|_, _, fence| *fence == Fence::Epoch(4)).times(1).returning(
+            move |rows, _, _| {
+                tx.send(rows).unwrap();
+                Err(StoreError::LeaseLost)
+            },
+        );
+        // Not a handler failure: the new holder publishes the row.
+        log.expect_record_failure().never();
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), fail_first: AtomicU32::new(0) });
+        let registry = HandlerRegistry::new().register(EventType::JobAssigned, recorder);
+        let (publisher, relay) = outbox(Arc::new(log), registry, config());
+        let relay = relay.with_lease(Arc::new(lease));
+        let stop = Arc::new(Notify::new());
+        let s = stop.clone();
+        let task = tokio::spawn(relay.run(async move { s.notified().await }));
+
+        publisher.publish(e.clone());
+        let rows = rx.recv().await.unwrap();
+        assert_eq!(rows[0].event_id, e.event_id());
+        stop.notify_one();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_node_without_the_lease_claims_nothing() {
+        use smartscheduler_domain::ports::MockPublisherLease;
+        let mut lease = MockPublisherLease::new();
+        lease.expect_hold().returning(|| None);
+        lease.expect_release().returning(|| ());
+        let mut log = MockEventLog::new();
+        log.expect_claim_due().never();
+        log.expect_claim().never();
+        let (publisher, relay) = outbox(Arc::new(log), HandlerRegistry::new(), config());
+        let relay = relay.with_lease(Arc::new(lease));
+        publisher.publish(event());
+        relay.run(async {}).await;
     }
 
     #[tokio::test]

@@ -4,6 +4,16 @@
 //! the cross-node bus only say "there is more up to N"; the log is the
 //! source, so a lost or late signal delays delivery and loses nothing, and
 //! every node delivers in the one publish order.
+//!
+//! The follower never moves past a sequence that might still be published:
+//! - A hole (sequence N published, some M < N not yet) is waited for while a
+//!   claimed, unpublished row still holds M: its publish may be in flight.
+//!   A sequence no row holds any more was given up (its claim failed or was
+//!   taken over by a new lease holder) and is passed. The wait is bounded
+//!   (`hole_wait`), with an error logged and counted, because the fenced
+//!   lease makes a publish that late impossible.
+//! - A local delivery that fails is retried, with backoff, until it
+//!   succeeds; the follower does not move on without it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +21,12 @@ use std::time::Duration;
 use smartscheduler_domain::ports::{EventLog, EventQuery};
 use smartscheduler_domain::{PublishedEvent, Sequence};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::publishing::EventHandler;
+
+/// The default bound on waiting for a hole.
+pub const DEFAULT_HOLE_WAIT: Duration = Duration::from_secs(30);
 
 /// Reads published events after its position and hands them to a handler.
 pub struct EventTailer {
@@ -21,26 +35,50 @@ pub struct EventTailer {
     wake: Arc<Notify>,
     poll: Duration,
     batch: u32,
+    hole_wait: Duration,
+}
+
+/// Where the follower is.
+struct Position {
+    /// The highest sequence delivered (or passed as given up).
+    delivered: i64,
+    /// Since when the hole right after `delivered` has been waited for.
+    hole_since: Option<Instant>,
+}
+
+/// What a hole in the published sequences means now.
+enum Hole {
+    /// Nothing can fill it any more: move past it.
+    GivenUp,
+    /// A claimed row may still be published into it: wait.
+    MayFill,
 }
 
 impl EventTailer {
     /// Follows `log` into `handler`; wakes on `wake`, and every `poll` anyway.
     pub fn new(log: Arc<dyn EventLog>, handler: Arc<dyn EventHandler>, wake: Arc<Notify>, poll: Duration) -> Self {
-        Self { log, handler, wake, poll, batch: 1000 }
+        Self { log, handler, wake, poll, batch: 1000, hole_wait: DEFAULT_HOLE_WAIT }
+    }
+
+    /// Waits at most `hole_wait` for a hole that a claimed row still holds.
+    pub fn with_hole_wait(mut self, hole_wait: Duration) -> Self {
+        self.hole_wait = hole_wait;
+        self
     }
 
     /// Starts after the highest published sequence (history is for joins
     /// with `afterSequence`) and follows forever.
     pub async fn run(self) {
-        let mut position = loop {
-            match self.highest_published().await {
-                Some(highest) => break highest,
-                None => {
-                    tracing::warn!("tailer: the EventLog is unavailable; retrying");
+        let delivered = loop {
+            match self.log.highest_published().await {
+                Ok(highest) => break highest.0,
+                Err(err) => {
+                    tracing::warn!(error = %err, "tailer: the EventLog is unavailable; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         };
+        let mut position = Position { delivered, hole_since: None };
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -48,40 +86,248 @@ impl EventTailer {
                 () = self.wake.notified() => {}
                 _ = tick.tick() => {}
             }
-            position = self.catch_up(position).await;
+            self.catch_up(&mut position).await;
         }
     }
 
-    async fn highest_published(&self) -> Option<i64> {
-        self.log.highest_published().await.ok().map(|s| s.0)
-    }
-
-    /// Delivers everything published after `position`; returns the new one.
-    async fn catch_up(&self, mut position: i64) -> i64 {
+    /// Delivers everything published after `position` that it may, in order.
+    async fn catch_up(&self, position: &mut Position) {
         loop {
-            let page = match self
-                .log
-                .list(EventQuery { after_sequence: Some(Sequence(position)), status: None, limit: self.batch })
-                .await
-            {
+            let query =
+                EventQuery { after_sequence: Some(Sequence(position.delivered)), status: None, limit: self.batch };
+            let page = match self.log.list(query).await {
                 Ok(page) => page,
                 Err(err) => {
                     tracing::warn!(error = %err, "tailer: could not read the EventLog");
-                    return position;
+                    return;
                 }
             };
             let full = page.len() as u32 == self.batch;
             for entry in page {
                 let Some(sequence) = entry.sequence else { continue };
-                let event = PublishedEvent { event: entry.payload.event, sequence };
-                if let Err(err) = self.handler.handle(&event).await {
-                    tracing::warn!(error = %err, %sequence, "tailer: delivery to local clients failed");
+                if sequence.0 > position.delivered + 1 {
+                    match self.hole_before(position, sequence).await {
+                        Hole::GivenUp => {}
+                        Hole::MayFill => return,
+                    }
                 }
-                position = sequence.0;
+                self.deliver(&PublishedEvent { event: entry.payload.event, sequence }).await;
+                position.delivered = sequence.0;
+                position.hole_since = None;
             }
             if !full {
-                return position;
+                return;
             }
         }
+    }
+
+    /// Judges the hole between `position` and `next`, the next published sequence.
+    async fn hole_before(&self, position: &mut Position, next: Sequence) -> Hole {
+        let (from, to) = (Sequence(position.delivered + 1), Sequence(next.0 - 1));
+        let held = match self.log.unpublished_claims(from, to).await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(error = %err, "tailer: could not look into a hole in the EventLog; waiting");
+                return Hole::MayFill;
+            }
+        };
+        if held.is_empty() {
+            return Hole::GivenUp;
+        }
+        let since = *position.hole_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.hole_wait {
+            tracing::debug!(first = held[0].0, count = held.len(), "tailer: waiting for claimed sequences");
+            return Hole::MayFill;
+        }
+        metrics::counter!("smartscheduler_tailer_holes_passed_total").increment(held.len() as u64);
+        tracing::error!(
+            first = held[0].0,
+            count = held.len(),
+            waited_ms = since.elapsed().as_millis() as u64,
+            "tailer: claimed sequences were not published in time; moving past them"
+        );
+        Hole::GivenUp
+    }
+
+    /// Hands `event` to the handler until it takes it.
+    async fn deliver(&self, event: &PublishedEvent) {
+        let mut backoff = Duration::from_millis(20);
+        while let Err(err) = self.handler.handle(event).await {
+            metrics::counter!("smartscheduler_tailer_delivery_retries_total").increment(1);
+            tracing::warn!(error = %err, sequence = %event.sequence, "tailer: local delivery failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use smartscheduler_domain::ports::{EventLogEntry, EventStatus, LoggedPayload, MockEventLog};
+    use smartscheduler_domain::{
+        Contractor, DomainEvent, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, TimeRange, Timestamp,
+    };
+
+    use super::*;
+    use crate::publishing::HandlerError;
+
+    fn event() -> DomainEvent {
+        let now = Timestamp::now();
+        let north = || Region::new("north").unwrap();
+        let mut job = Job::create(
+            JobType::new("Flooring").unwrap(),
+            None,
+            north(),
+            DurationMinutes::new(60).unwrap(),
+            None,
+            None,
+            now,
+        );
+        let c = Contractor::create(PersonName::new("Ana").unwrap(), north(), vec![], now).unwrap();
+        let request = NewAssignment {
+            contractor_id: c.id(),
+            range: TimeRange::new(now, now.plus_millis(1000)).unwrap(),
+            source: smartscheduler_domain::AssignmentSource::Manual,
+            audit_id: None,
+        };
+        job.assign(&c, request, now).unwrap().1.into()
+    }
+
+    fn entry(sequence: i64) -> EventLogEntry {
+        let event = event();
+        EventLogEntry {
+            event_id: event.event_id(),
+            event_type: event.event_type().as_str().to_owned(),
+            sequence: Some(Sequence(sequence)),
+            status: EventStatus::Published,
+            attempts: 1,
+            occurred_at_utc: event.occurred_at_utc(),
+            published_at_utc: Some(event.occurred_at_utc()),
+            published_groups: event.audience(),
+            last_error: None,
+            payload: LoggedPayload { event, sequence: Some(Sequence(sequence)) },
+        }
+    }
+
+    /// The EventLog as the follower sees it: published sequences, and the
+    /// sequences claimed rows hold.
+    #[derive(Default)]
+    struct Log {
+        published: Vec<i64>,
+        claimed: Vec<i64>,
+    }
+
+    fn mock(log: &Arc<Mutex<Log>>) -> MockEventLog {
+        let mut mock = MockEventLog::new();
+        let l = log.clone();
+        mock.expect_list().returning(move |query| {
+            let after = query.after_sequence.unwrap().0;
+            let log = l.lock().unwrap();
+            let mut page: Vec<i64> = log.published.iter().copied().filter(|s| *s > after).collect();
+            page.sort_unstable();
+            Ok(page.into_iter().take(query.limit as usize).map(entry).collect())
+        });
+        let l = log.clone();
+        mock.expect_unpublished_claims().returning(move |from, to| {
+            let log = l.lock().unwrap();
+            Ok(log.claimed.iter().copied().filter(|s| (from.0..=to.0).contains(s)).map(Sequence).collect())
+        });
+        mock
+    }
+
+    struct Recorder {
+        seen: Mutex<Vec<i64>>,
+        failures_left: AtomicU32,
+    }
+
+    #[async_trait]
+    impl EventHandler for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError> {
+            if self.failures_left.load(Ordering::SeqCst) > 0 {
+                self.failures_left.fetch_sub(1, Ordering::SeqCst);
+                return Err(HandlerError("hub unavailable".into()));
+            }
+            self.seen.lock().unwrap().push(event.sequence.0);
+            Ok(())
+        }
+    }
+
+    fn tailer(log: &Arc<Mutex<Log>>, failures: u32) -> (EventTailer, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder { seen: Mutex::default(), failures_left: AtomicU32::new(failures) });
+        let tailer = EventTailer::new(
+            Arc::new(mock(log)),
+            recorder.clone(),
+            Arc::new(Notify::new()),
+            Duration::from_millis(100),
+        )
+        .with_hole_wait(Duration::from_secs(10));
+        (tailer, recorder)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hole_held_by_a_claimed_row_is_waited_for_and_delivered_in_order_when_it_fills() {
+        // Arrange: 1 and 3 are published; 2 is claimed, its publish in flight.
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 3], claimed: vec![2] }));
+        let (tailer, seen) = tailer(&log, 0);
+        let mut position = Position { delivered: 0, hole_since: None };
+
+        // Act and assert: 3 waits behind 2.
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1], "still within the wait");
+
+        // 2 is published late: both arrive, in order.
+        {
+            let mut log = log.lock().unwrap();
+            log.claimed.clear();
+            log.published.push(2);
+        }
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sequence_no_row_holds_any_more_is_passed_at_once() {
+        // 2 was claimed by a holder that lost the lease; the new holder
+        // claimed the row again as 4: nothing can publish 2 now.
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 3, 4], claimed: vec![] }));
+        let (tailer, seen) = tailer(&log, 0);
+        let mut position = Position { delivered: 0, hole_since: None };
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1, 3, 4]);
+        assert_eq!(position.delivered, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hole_that_never_fills_is_passed_after_the_bound_not_before() {
+        let log = Arc::new(Mutex::new(Log { published: vec![2], claimed: vec![1] }));
+        let (tailer, seen) = tailer(&log, 0);
+        let mut position = Position { delivered: 0, hole_since: None };
+        tailer.catch_up(&mut position).await;
+        tokio::time::advance(Duration::from_millis(9_900)).await;
+        tailer.catch_up(&mut position).await;
+        assert!(seen.seen.lock().unwrap().is_empty());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_local_delivery_is_retried_never_skipped() {
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 2], claimed: vec![] }));
+        let (tailer, seen) = tailer(&log, 3);
+        let mut position = Position { delivered: 0, hole_since: None };
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1, 2], "1 was retried until taken, then 2");
+        assert_eq!(seen.failures_left.load(Ordering::SeqCst), 0);
     }
 }

@@ -24,6 +24,22 @@ pub enum StoreError {
     /// Anything else (a bug, corrupt data).
     #[error("storage failed: {0}")]
     Unexpected(String),
+    /// A claim or publish carried the proof of a publisher lease that has
+    /// since moved to another holder: nothing was written.
+    #[error("the publisher lease has moved to another holder")]
+    LeaseLost,
+}
+
+/// Proof of the publisher lease that a claim or a publish carries. The
+/// EventLog checks it in the same transaction as the write, so a holder that
+/// lost the lease (stalled, partitioned, its session killed) cannot write
+/// late: its write fails with [`StoreError::LeaseLost`] instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// One node, no lease (SQLite): nothing to check.
+    Unfenced,
+    /// The lease's epoch: it grows each time the lease changes hands.
+    Epoch(i64),
 }
 
 /// Contractors.
@@ -277,33 +293,47 @@ pub trait EventLog: Send + Sync {
     /// sequence of a published row is its place in publish order.
     ///
     /// # Errors
-    /// [`StoreError`]; nothing is claimed then.
-    async fn claim_due(&self, now: Timestamp, limit: u32) -> Result<Vec<ClaimedEvent>, StoreError>;
+    /// [`StoreError`] ([`StoreError::LeaseLost`] when `fence` is stale);
+    /// nothing is claimed then.
+    async fn claim_due(&self, now: Timestamp, limit: u32, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError>;
     /// Claims the given rows if they are still Pending (others are skipped),
     /// in the given order. Used for events handed over in memory right after
     /// their commit, which saves a read.
     ///
     /// # Errors
-    /// [`StoreError`]; nothing is claimed then.
-    async fn claim(&self, events: Vec<DomainEvent>) -> Result<Vec<ClaimedEvent>, StoreError>;
+    /// [`StoreError`] ([`StoreError::LeaseLost`] when `fence` is stale);
+    /// nothing is claimed then.
+    async fn claim(&self, events: Vec<DomainEvent>, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError>;
     /// Marks claimed rows Published, each with the sequence of its claim and
     /// the groups it went to, in one transaction.
     ///
     /// # Errors
-    /// [`StoreError`].
-    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError>;
+    /// [`StoreError`] ([`StoreError::LeaseLost`] when `fence` is stale);
+    /// nothing is marked then.
+    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp, fence: Fence)
+        -> Result<(), StoreError>;
     /// Records a failed attempt: `attempts` grows by one, `lastError` is set,
-    /// and the row stays Pending until `retry_at`, or becomes Failed when
+    /// the attempt's sequence is given up (it will never be published), and
+    /// the row stays Pending until `retry_at`, or becomes Failed when
     /// `retry_at` is `None`.
     ///
     /// # Errors
-    /// [`StoreError`].
+    /// [`StoreError`] ([`StoreError::LeaseLost`] when `fence` is stale).
     async fn record_failure(
         &self,
         event_id: EventId,
         error: String,
         retry_at: Option<Timestamp>,
+        fence: Fence,
     ) -> Result<(), StoreError>;
+    /// Which of the sequences `from..=to` are still held by a claimed,
+    /// unpublished row: those may yet be published, so a follower that sees
+    /// a later one published waits for them. Any other sequence in the range
+    /// never will be (its claim was given up or taken over).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn unpublished_claims(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError>;
     /// Rows for the API, by sequence (unpublished ones last, by commit order).
     ///
     /// # Errors
@@ -357,14 +387,20 @@ pub trait EventLog: Send + Sync {
 
 /// The right to publish: with several nodes on one database, exactly one
 /// node's relay claims and publishes at a time, so `sequence` follows one
-/// publish order cluster-wide. A node that dies loses the lease and another
-/// takes it within seconds.
+/// publish order cluster-wide. The lease expires unless its holder renews
+/// it, so a node that dies, freezes or is cut off loses it and another takes
+/// it within the lease's time; every claim and publish carries the lease's
+/// [`Fence`], so the old holder cannot write after that.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait PublisherLease: Send + Sync {
-    /// Takes or keeps the lease; whether this node holds it now. Cheap to
-    /// call often (an adapter may cache the answer for a moment).
-    async fn hold(&self) -> bool;
+    /// Takes or renews the lease; its fence while this node holds it, `None`
+    /// while it does not. Cheap to call often (an adapter may cache the
+    /// answer for a moment).
+    async fn hold(&self) -> Option<Fence>;
+    /// Gives the lease up now, if held (a graceful stop), so that another
+    /// node need not wait for it to expire.
+    async fn release(&self);
 }
 
 /// Hands committed events to delivery.

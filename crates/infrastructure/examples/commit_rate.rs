@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use smartscheduler_domain::ports::PublishedRow;
+use smartscheduler_domain::ports::{Fence, PublishedRow};
 use smartscheduler_domain::{
     AssignmentSource, Contractor, DomainEvent, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region,
     TimeRange, Timestamp,
@@ -80,12 +80,12 @@ async fn main() -> anyhow::Result<()> {
 
     let relay_started = Instant::now();
     for chunk in events.chunks(256) {
-        let claimed = log.claim(chunk.to_vec()).await?;
+        let claimed = log.claim(chunk.to_vec(), Fence::Unfenced).await?;
         let rows = claimed
             .into_iter()
             .map(|c| PublishedRow { event_id: c.event.event_id(), sequence: c.sequence, groups: c.event.audience() })
             .collect();
-        log.mark_published(rows, Timestamp::now()).await?;
+        log.mark_published(rows, Timestamp::now(), Fence::Unfenced).await?;
     }
     let relayed = relay_started.elapsed();
 

@@ -12,6 +12,11 @@
 //!   claim the same row at once) and take a block of sequences from the
 //!   `event_sequence` row, whose lock orders claimers: sequence order is claim
 //!   order and no value is handed out twice.
+//! - Claims and publishes carry the publisher lease's [`Fence`] and check it
+//!   in their own transaction against the `publisher_lease` row, read
+//!   `FOR SHARE`: a takeover (an update of that row) waits for the writes in
+//!   flight, and a write after a takeover sees the new epoch and fails with
+//!   [`StoreError::LeaseLost`]. See [`crate::postgres_lease`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
     AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome, StoreError,
+    EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
+    StoreError,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -27,13 +33,21 @@ use smartscheduler_domain::{
     EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange,
     Timestamp, Title,
 };
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::errors::{corrupt, store_error};
 use crate::sqlite::IDEMPOTENCY_TTL_MILLIS;
+
+/// `application_name` of the pool's sessions.
+pub const POOL_APPLICATION_NAME: &str = "smartscheduler";
+
+/// How long a fenced transaction may sit idle before the server ends it: a
+/// holder frozen inside one would otherwise keep the lease row locked and
+/// hold up the takeover for as long as it stays frozen.
+const FENCED_IDLE_LIMIT_MS: &str = "2000";
 
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -49,8 +63,14 @@ impl PostgresStore {
     /// # Errors
     /// When the server cannot be reached or a migration fails.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        let pool =
-            PgPoolOptions::new().max_connections(10).acquire_timeout(Duration::from_secs(5)).connect(url).await?;
+        // Named, so that an operator (or a fault test) can tell the node's
+        // sessions from its lease session in `pg_stat_activity`.
+        let options = url.parse::<PgConnectOptions>()?.application_name(POOL_APPLICATION_NAME);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -255,7 +275,8 @@ impl JobRepository for PostgresStore {
 
 #[async_trait]
 impl AssignmentStore for PostgresStore {
-    #[instrument(skip_all, err, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
+    // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
+    #[instrument(skip_all, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
     async fn commit_assignment(
         &self,
         job: &Job,
@@ -413,6 +434,26 @@ async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, event: &Do
     Ok(())
 }
 
+/// Checks `fence` as the first statement of `tx`: see the module docs.
+async fn check_fence(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, fence: Fence) -> Result<(), StoreError> {
+    let Fence::Epoch(epoch) = fence else {
+        return Ok(());
+    };
+    let (_, current): (String, i64) = sqlx::query_as(
+        "SELECT set_config('idle_in_transaction_session_timeout', $1, true), epoch
+         FROM publisher_lease WHERE id = 1 FOR SHARE",
+    )
+    .bind(FENCED_IDLE_LIMIT_MS)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost)
+    }
+}
+
 /// Takes the next block of sequences, one per event, and gives them to the
 /// events in order. The counter's row stays locked until the transaction
 /// ends, so a concurrent claimer gets the block after this one.
@@ -460,8 +501,9 @@ async fn sequence_all(
 #[async_trait]
 impl EventLog for PostgresStore {
     #[instrument(skip_all, err)]
-    async fn claim_due(&self, now: Timestamp, limit: u32) -> Result<Vec<ClaimedEvent>, StoreError> {
+    async fn claim_due(&self, now: Timestamp, limit: u32, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
+        check_fence(&mut tx, fence).await?;
         // Rows another node is claiming right now are skipped, not waited for.
         let rows = sqlx::query(
             "SELECT event_id, payload, attempts FROM event_log
@@ -483,11 +525,12 @@ impl EventLog for PostgresStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn claim(&self, events: Vec<DomainEvent>) -> Result<Vec<ClaimedEvent>, StoreError> {
+    async fn claim(&self, events: Vec<DomainEvent>, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await.map_err(store_error)?;
+        check_fence(&mut tx, fence).await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id().as_uuid()).collect();
         let rows = sqlx::query(
             "SELECT event_id, attempts FROM event_log
@@ -512,7 +555,12 @@ impl EventLog for PostgresStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError> {
+    async fn mark_published(
+        &self,
+        published: Vec<PublishedRow>,
+        at: Timestamp,
+        fence: Fence,
+    ) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
         }
@@ -524,7 +572,8 @@ impl EventLog for PostgresStore {
             sequences.push(row.sequence.0);
             groups.push(serde_json::to_string(&row.groups).map_err(corrupt)?);
         }
-        // One statement, so one transaction.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        check_fence(&mut tx, fence).await?;
         sqlx::query(
             "UPDATE event_log AS e SET status = 'Published', published_at = $1,
                 published_groups = u.groups::jsonb, attempts = e.attempts + 1
@@ -535,9 +584,10 @@ impl EventLog for PostgresStore {
         .bind(ids)
         .bind(sequences)
         .bind(groups)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(())
     }
 
@@ -547,20 +597,40 @@ impl EventLog for PostgresStore {
         event_id: EventId,
         error: String,
         retry_at: Option<Timestamp>,
+        fence: Fence,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        check_fence(&mut tx, fence).await?;
+        // The attempt's sequence is given up: followers waiting for it move on.
         sqlx::query(
-            "UPDATE event_log SET attempts = attempts + 1, last_error = $1,
-                status = CASE WHEN $2::bigint IS NULL THEN 'Failed' ELSE 'Pending' END,
-                next_attempt_at = COALESCE($2::bigint, next_attempt_at)
-             WHERE event_id = $3 AND status = 'Pending'",
+            "WITH failed AS (
+                UPDATE event_log SET attempts = attempts + 1, last_error = $1, sequence = NULL,
+                    status = CASE WHEN $2::bigint IS NULL THEN 'Failed' ELSE 'Pending' END,
+                    next_attempt_at = COALESCE($2::bigint, next_attempt_at)
+                WHERE event_id = $3 AND status = 'Pending' RETURNING event_id)
+             UPDATE event_groups SET sequence = NULL WHERE event_id IN (SELECT event_id FROM failed)",
         )
         .bind(error)
         .bind(retry_at.map(Timestamp::unix_millis))
         .bind(event_id.as_uuid())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(())
+    }
+
+    #[instrument(skip_all, err)]
+    async fn unpublished_claims(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM event_log WHERE status = 'Pending' AND sequence BETWEEN $1 AND $2 ORDER BY sequence",
+        )
+        .bind(from.0)
+        .bind(to.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(held.into_iter().map(Sequence).collect())
     }
 
     async fn list(&self, query: EventQuery) -> Result<Vec<EventLogEntry>, StoreError> {

@@ -15,6 +15,8 @@
 //! again on its own, so one bad request never fails its neighbours. The
 //! relay's claims and publishes are set-based too (one statement per batch,
 //! over a JSON array), so the writer spends a few statements per assignment.
+//! SQLite serves one node, so there is no publisher lease: fences are not
+//! checked here.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,7 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
     AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome, StoreError,
+    EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
+    StoreError,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -148,6 +151,7 @@ impl SqliteStore {
                     std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
                 }
             }
+            create_owner_only(options.get_filename()).map_err(sqlx::Error::Io)?;
             // Pages are read through a shared memory map rather than a
             // pread each (readers re-read pages after every commit), and each
             // connection keeps a larger cache than SQLite's 2 MiB default.
@@ -280,6 +284,24 @@ fn entry_from_row(row: &SqliteRow) -> Result<EventLogEntry, StoreError> {
     })
 }
 
+/// Creates the database file with mode 0600 when it does not exist yet, so
+/// that SQLite (which would create it 0644 under the usual umask) opens it
+/// as is; SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn create_owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 #[async_trait]
 impl ContractorRepository for SqliteStore {
     #[instrument(skip_all, err)]
@@ -372,7 +394,8 @@ impl JobRepository for SqliteStore {
 
 #[async_trait]
 impl AssignmentStore for SqliteStore {
-    #[instrument(skip_all, err, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
+    // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
+    #[instrument(skip_all, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
     async fn commit_assignment(
         &self,
         job: &Job,
@@ -640,7 +663,7 @@ async fn sequence_all(
 #[async_trait]
 impl EventLog for SqliteStore {
     #[instrument(skip_all, err)]
-    async fn claim_due(&self, now: Timestamp, limit: u32) -> Result<Vec<ClaimedEvent>, StoreError> {
+    async fn claim_due(&self, now: Timestamp, limit: u32, _fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(store_error)?;
         let rows = sqlx::query(
             "SELECT event_id, payload, attempts FROM event_log
@@ -661,7 +684,7 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn claim(&self, events: Vec<DomainEvent>) -> Result<Vec<ClaimedEvent>, StoreError> {
+    async fn claim(&self, events: Vec<DomainEvent>, _fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -694,7 +717,12 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn mark_published(&self, published: Vec<PublishedRow>, at: Timestamp) -> Result<(), StoreError> {
+    async fn mark_published(
+        &self,
+        published: Vec<PublishedRow>,
+        at: Timestamp,
+        _fence: Fence,
+    ) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
         }
@@ -726,9 +754,12 @@ impl EventLog for SqliteStore {
         event_id: EventId,
         error: String,
         retry_at: Option<Timestamp>,
+        _fence: Fence,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE event_log SET attempts = attempts + 1, last_error = ?1,
+        let mut tx = self.writer.begin().await.map_err(store_error)?;
+        // The attempt's sequence is given up: it will never be published.
+        let failed = sqlx::query(
+            "UPDATE event_log SET attempts = attempts + 1, last_error = ?1, sequence = NULL,
                 status = CASE WHEN ?2 IS NULL THEN 'Failed' ELSE 'Pending' END,
                 next_attempt_at = COALESCE(?2, next_attempt_at)
              WHERE event_id = ?3 AND status = 'Pending'",
@@ -736,10 +767,30 @@ impl EventLog for SqliteStore {
         .bind(error)
         .bind(retry_at.map(Timestamp::unix_millis))
         .bind(event_id.to_string())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        if failed.rows_affected() > 0 {
+            sqlx::query("UPDATE event_groups SET sequence = NULL WHERE event_id = ?1")
+                .bind(event_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)?;
         Ok(())
+    }
+
+    async fn unpublished_claims(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM event_log WHERE status = 'Pending' AND sequence BETWEEN ?1 AND ?2 ORDER BY sequence",
+        )
+        .bind(from.0)
+        .bind(to.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        Ok(held.into_iter().map(Sequence).collect())
     }
 
     async fn list(&self, query: EventQuery) -> Result<Vec<EventLogEntry>, StoreError> {

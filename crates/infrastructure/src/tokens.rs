@@ -247,16 +247,43 @@ impl TokenVerifier for JwksVerifier {
     }
 }
 
+/// A secret kept in a file, and what reading it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    /// The secret, trimmed.
+    pub secret: String,
+    /// How the file was found.
+    pub origin: SecretFileOrigin,
+}
+
+/// How [`load_or_create_secret`] found the secret file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFileOrigin {
+    /// It did not exist (or was empty): a secret was generated, mode 0600.
+    Created,
+    /// It existed with owner-only permissions.
+    Read,
+    /// It existed readable or writable by group or others: its mode was
+    /// set to 0600. The secret may have been read meanwhile.
+    Tightened {
+        /// The permission bits it had.
+        previous_mode: u32,
+    },
+}
+
 /// Reads the secret kept in `path`, or creates one (32 random bytes, base64)
-/// with owner-only permissions. Returns the secret and whether it was created.
+/// with owner-only permissions. An existing file open to group or others is
+/// made owner-only (the caller warns): the secret stays usable, and stops
+/// being readable by others from now on.
 ///
 /// # Errors
-/// When the file cannot be read or written.
-pub fn load_or_create_secret(path: &Path) -> std::io::Result<(String, bool)> {
+/// When the file cannot be read, written or have its mode changed.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<StoredSecret> {
     if let Ok(existing) = std::fs::read_to_string(path) {
         let existing = existing.trim().to_owned();
         if !existing.is_empty() {
-            return Ok((existing, false));
+            let origin = tighten_mode(path)?;
+            return Ok(StoredSecret { secret: existing, origin });
         }
     }
     if let Some(parent) = path.parent() {
@@ -265,13 +292,55 @@ pub fn load_or_create_secret(path: &Path) -> std::io::Result<(String, bool)> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    std::fs::write(path, &secret)?;
+    write_owner_only(path, secret.as_bytes())?;
+    Ok(StoredSecret { secret, origin: SecretFileOrigin::Created })
+}
+
+/// Writes `contents` to `path`, created with mode 0600 so that it is never
+/// readable by others, not even between its creation and a `chmod`.
+fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    // An existing empty file keeps its mode through `open`: set it too.
+    restrict_to_owner(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Sets `path` to 0600 when group or others have any permission on it.
+fn tighten_mode(path: &Path) -> std::io::Result<SecretFileOrigin> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            restrict_to_owner(path)?;
+            return Ok(SecretFileOrigin::Tightened { previous_mode: mode });
+        }
+    }
+    Ok(SecretFileOrigin::Read)
+}
+
+/// Sets `path` to mode 0600 (owner read and write only); nothing elsewhere.
+///
+/// # Errors
+/// When the mode cannot be changed.
+pub fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    Ok((secret, true))
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,10 +407,49 @@ mod tests {
     fn the_generated_secret_is_kept_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data/jwt-secret");
-        let (first, created) = load_or_create_secret(&path).unwrap();
-        assert!(created && first.len() >= 40);
-        let (second, created) = load_or_create_secret(&path).unwrap();
-        assert!(!created);
-        assert_eq!(first, second);
+        let first = load_or_create_secret(&path).unwrap();
+        assert_eq!(first.origin, SecretFileOrigin::Created);
+        assert!(first.secret.len() >= 40);
+        let second = load_or_create_secret(&path).unwrap();
+        assert_eq!(second.origin, SecretFileOrigin::Read);
+        assert_eq!(first.secret, second.secret);
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_generated_secret_file_is_owner_only_even_with_a_lax_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt-secret");
+        // An empty file left world-readable is replaced, not trusted.
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let stored = load_or_create_secret(&path).unwrap();
+        assert_eq!(stored.origin, SecretFileOrigin::Created);
+        assert_eq!(mode(&path), 0o600);
+        let fresh = dir.path().join("fresh/jwt-secret");
+        load_or_create_secret(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_secret_file_readable_by_others_is_made_owner_only_and_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt-secret");
+        std::fs::write(&path, "an-existing-secret-of-more-than-32-bytes\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let stored = load_or_create_secret(&path).unwrap();
+        assert_eq!(stored.secret, "an-existing-secret-of-more-than-32-bytes");
+        assert_eq!(stored.origin, SecretFileOrigin::Tightened { previous_mode: 0o644 });
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(load_or_create_secret(&path).unwrap().origin, SecretFileOrigin::Read);
     }
 }

@@ -13,7 +13,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventStatus, StoreError, UsedConnectionTokens};
+use smartscheduler_domain::ports::{
+    ClaimedEvent, EventLog, EventQuery, EventStatus, Fence, StoreError, UsedConnectionTokens,
+};
 use smartscheduler_domain::{EventId, Sequence, Timestamp};
 use smartscheduler_infrastructure::database::redact;
 use smartscheduler_infrastructure::postgres::PostgresStore;
@@ -184,10 +186,10 @@ async fn two_nodes_claiming_at_once_never_share_a_row_or_a_sequence() {
     // at once: each has locked its rows and waits for the counter.
     let mut counter = db.raw.begin().await.unwrap();
     sqlx::query("SELECT last FROM event_sequence WHERE id = 1 FOR UPDATE").execute(&mut *counter).await.unwrap();
-    let a = tokio::spawn(async move { node_a.claim_due(later(), 5).await });
+    let a = tokio::spawn(async move { node_a.claim_due(later(), 5, Fence::Unfenced).await });
     let b = tokio::spawn({
         let node_b = node_b.clone();
-        async move { node_b.claim_due(later(), 5).await }
+        async move { node_b.claim_due(later(), 5, Fence::Unfenced).await }
     });
     until_waiting_for_locks(&db.raw, 2).await;
     counter.rollback().await.unwrap();
@@ -236,11 +238,11 @@ async fn two_relays_racing_publish_every_row_once_and_never_reuse_a_sequence() {
             barrier.wait().await;
             let mut claims: Vec<Vec<ClaimedEvent>> = Vec::new();
             loop {
-                let claimed = node.claim_due(later(), 3).await.expect("claim_due");
+                let claimed = node.claim_due(later(), 3, Fence::Unfenced).await.expect("claim_due");
                 if claimed.is_empty() {
                     return claims;
                 }
-                node.mark_published(published(&claimed), later()).await.expect("mark_published");
+                node.mark_published(published(&claimed), later(), Fence::Unfenced).await.expect("mark_published");
                 claims.push(claimed);
             }
         }));
@@ -304,7 +306,7 @@ async fn a_closed_store_is_unavailable() {
     db.store.close().await;
 
     assert!(matches!(db.store.ping().await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(db.store.claim_due(later(), 10).await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(db.store.claim_due(later(), 10, Fence::Unfenced).await, Err(StoreError::Unavailable(_))));
 }
 
 #[test]
@@ -352,4 +354,87 @@ async fn a_connection_token_used_on_one_node_is_refused_on_every_other_and_expir
         .await
         .expect("read the used tokens");
     assert_eq!(left, ["conn-1", "conn-2", "conn-3"]);
+}
+
+// ---------------------------------------------------------------------------
+// The fenced publisher lease
+// ---------------------------------------------------------------------------
+
+/// Moves the lease to the next epoch, as a takeover does; returns the new epoch.
+async fn take_over(raw: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "UPDATE publisher_lease SET epoch = epoch + 1, expires_at = clock_timestamp() + interval '1 minute'
+         WHERE id = 1 RETURNING epoch",
+    )
+    .fetch_one(raw)
+    .await
+    .expect("take the lease over")
+}
+
+#[tokio::test]
+async fn an_old_holder_cannot_publish_what_it_claimed_after_a_takeover_and_the_new_holder_publishes_it() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let events = db.commit_events(3).await;
+    let old = Fence::Epoch(take_over(&db.raw).await);
+    let claimed = db.store.claim_due(later(), 10, old).await.expect("the holder claims");
+    assert_eq!(claimed.len(), 3);
+
+    // Another node takes the lease over while the old holder stalls.
+    let new = Fence::Epoch(take_over(&db.raw).await);
+
+    // The old holder thaws: every write it tries is refused, and changes nothing.
+    assert_eq!(db.store.mark_published(published(&claimed), later(), old).await, Err(StoreError::LeaseLost));
+    assert_eq!(db.store.claim_due(later(), 10, old).await, Err(StoreError::LeaseLost));
+    assert_eq!(db.store.claim(events.clone(), old).await, Err(StoreError::LeaseLost));
+    assert_eq!(
+        db.store.record_failure(events[0].event_id(), "late".into(), None, old).await,
+        Err(StoreError::LeaseLost)
+    );
+    assert_eq!(db.store.backlog().await.unwrap(), (3, 0), "all three still Pending");
+
+    // The new holder claims the rows again, after the old sequences, and publishes them.
+    let again = db.store.claim_due(later(), 10, new).await.expect("the new holder claims");
+    assert_eq!(event_ids(&again), event_ids(&claimed));
+    assert!(again[0].sequence > claimed[2].sequence, "{again:?} after {claimed:?}");
+    db.store.mark_published(published(&again), later(), new).await.expect("the new holder publishes");
+    let log = db.store.list(EventQuery { after_sequence: None, status: None, limit: 100 }).await.unwrap();
+    assert!(log.iter().all(|e| e.status == EventStatus::Published));
+    assert_eq!(sequences_of(&log), sequences(&again));
+    // The old sequences were given up: a follower waiting on them moves on.
+    assert!(db.store.unpublished_claims(claimed[0].sequence, claimed[2].sequence).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_waits_for_a_fenced_write_in_flight_and_a_write_after_it_is_refused() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    db.commit_events(2).await;
+    let old = Fence::Epoch(take_over(&db.raw).await);
+    // A holder's claim is in flight: it has checked its fence (the row is
+    // held FOR SHARE) and waits for the sequence counter, held here.
+    let mut counter = db.raw.begin().await.unwrap();
+    sqlx::query("SELECT last FROM event_sequence WHERE id = 1 FOR UPDATE").execute(&mut *counter).await.unwrap();
+    let store = db.store.clone();
+    let in_flight = tokio::spawn(async move { store.claim_due(later(), 1, old).await });
+    until_waiting_for_locks(&db.raw, 1).await;
+    // The takeover queues behind the claim (second lock waiter) ...
+    let other_node = PgPoolOptions::new().max_connections(1).connect(&db.guard.url).await.unwrap();
+    let takeover = tokio::spawn(async move { take_over(&other_node).await });
+    until_waiting_for_locks(&db.raw, 2).await;
+    assert!(!takeover.is_finished());
+    counter.rollback().await.unwrap();
+    // ... so the claim commits first, under the old epoch, and the takeover after it.
+    let claimed = in_flight.await.unwrap().expect("the claim in flight completes");
+    assert_eq!(claimed.len(), 1);
+    let new = Fence::Epoch(takeover.await.unwrap());
+    assert_ne!(old, new);
+    assert_eq!(db.store.claim_due(later(), 1, old).await, Err(StoreError::LeaseLost));
+    assert_eq!(db.store.claim_due(later(), 10, new).await.unwrap().len(), 2, "the new holder takes both");
+}
+
+fn sequences_of(log: &[smartscheduler_domain::ports::EventLogEntry]) -> Vec<Sequence> {
+    log.iter().filter_map(|e| e.sequence).collect()
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, JobRepository};
+use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, Fence, JobRepository};
 use smartscheduler_infrastructure::sqlite::SqliteStore;
 use sqlx::SqlitePool;
 use support::{at, contractor, event_ids, job, later, plan, range, Backend, Db};
@@ -51,7 +51,7 @@ async fn an_in_memory_database_migrates_and_stores() {
 
     assert_eq!(ContractorRepository::get(&store, ana.id()).await.unwrap(), Some(ana));
     assert_eq!(JobRepository::get(&store, j.id()).await.unwrap(), Some(assigned));
-    let claimed = store.claim_due(later(), 10).await.unwrap();
+    let claimed = store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
     assert_eq!(event_ids(&claimed), vec![event.event_id()]);
     store.ping().await.expect("the store answers");
 }

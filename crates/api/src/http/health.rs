@@ -24,7 +24,9 @@ pub async fn live() -> HttpResponse {
             headers(("Retry-After" = String, description = "Seconds to wait."))),
     ))]
 pub async fn ready(db: web::Data<Database>, bus: web::Data<Option<RedisBus>>) -> Result<HttpResponse, ApiError> {
-    db.ping().await?;
+    // Whatever the database answers, an error means "not ready": a dropped
+    // database or a revoked role is as unready as a refused connection.
+    db.ping().await.map_err(|err| ApiError::Unavailable(err.to_string()))?;
     Ok(HttpResponse::Ok().json(match bus.get_ref() {
         None => json!({ "status": "ready", "database": "up" }),
         Some(bus) if bus.is_up() => json!({ "status": "ready", "database": "up", "redis": "up" }),

@@ -32,9 +32,18 @@ pub enum ApiError {
     /// 422: understood but refused (an `Idempotency-Key` reused with another body).
     #[error("{0}")]
     Unprocessable(String),
+    /// 408: the body did not arrive in time; the connection is closed.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413: the body is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 414: the request target is too long; the connection is closed.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// 431: the header section is too large; the connection is closed.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -64,7 +73,10 @@ impl ApiError {
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::MethodNotAllowed(..) => ("method-not-allowed", "Method not allowed"),
             Self::Conflict(_) => ("conflict", "Conflict"),
+            Self::RequestTimeout(_) => ("request-timeout", "The request body did not arrive in time"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "The request body is too large"),
+            Self::UriTooLong(_) => ("uri-too-long", "The request target is too long"),
+            Self::HeadersTooLarge(_) => ("headers-too-large", "The request headers are too large"),
             Self::Unprocessable(_) => ("unprocessable", "The request cannot be processed"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "The request body must be JSON"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
@@ -91,7 +103,10 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -123,8 +138,16 @@ impl ResponseError for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
+        if matches!(self, Self::RequestTimeout(_) | Self::UriTooLong(_) | Self::HeadersTooLarge(_)) {
+            // The rest of this connection's input cannot be trusted to frame
+            // a next request: a body still trickling in, an oversized head.
+            response.force_close();
+        }
         if let Self::MethodNotAllowed(_, allowed) = self {
-            response.insert_header((header::ALLOW, allowed.join(", ")));
+            // `HEAD` is answered wherever `GET` is (see `edge`).
+            let head = allowed.contains(&"GET") && !allowed.contains(&"HEAD");
+            let allow = allowed.join(", ") + if head { ", HEAD" } else { "" };
+            response.insert_header((header::ALLOW, allow));
         }
         response.body(serde_json::to_string(&body).unwrap_or_default())
     }
@@ -141,6 +164,7 @@ impl From<StoreError> for ApiError {
         match value {
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Unexpected(e) => Self::Internal(e),
+            err @ StoreError::LeaseLost => Self::Internal(err.to_string()),
         }
     }
 }
@@ -183,6 +207,10 @@ pub(crate) fn json_config() -> web::JsonConfig {
             E::OverflowKnownLength { .. } | E::Overflow { .. } => {
                 ApiError::PayloadTooLarge(format!("the body must be at most {} bytes", super::MAX_BODY_BYTES))
             }
+            E::Payload(payload) if super::edge::is_body_timeout(payload) => ApiError::RequestTimeout(format!(
+                "the body must arrive within {} s of the request head",
+                super::edge::BODY_TIMEOUT.as_secs()
+            )),
             E::ContentType => ApiError::UnsupportedMediaType("send the body as application/json".into()),
             E::Deserialize(e) => ApiError::Validation(format!("the body is not valid: {e}")),
             other => ApiError::Validation(format!("the body could not be read: {other}")),

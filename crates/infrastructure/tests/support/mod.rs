@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use smartscheduler_domain::ports::{
     AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, JobFilter, JobRepository, PublishedRow, RetryOutcome,
+    EventStatus, Fence, JobFilter, JobRepository, PublishedRow, RetryOutcome,
 };
 use smartscheduler_domain::{
     Address, Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job,
@@ -77,6 +77,7 @@ macro_rules! store_suite {
             retrying_a_failed_event_makes_it_pending_and_due_with_attempts_reset,
             purging_deletes_old_published_rows_only_and_raises_the_watermark,
             highest_published_is_the_top_published_sequence_and_ignores_claimed_rows,
+            unpublished_claims_are_the_sequences_of_claimed_rows_until_published_failed_or_claimed_again,
         );
         $crate::support::store_suite!(@multi $backend;
             twenty_concurrent_assignments_of_one_job_commit_exactly_one,
@@ -629,7 +630,7 @@ pub async fn twenty_concurrent_back_to_back_assignments_of_one_contractor_all_co
 
     let n = RACERS as i64;
     assert_eq!(db.counts().await, Counts { assignments: n, events: n, event_groups: 2 * n });
-    let claimed = db.store.claim_due(later(), 100).await.unwrap();
+    let claimed = db.store.claim_due(later(), 100, Fence::Unfenced).await.unwrap();
     assert_eq!(claimed.len(), RACERS);
     assert_eq!(
         sequences(&claimed),
@@ -648,7 +649,7 @@ pub async fn claim_due_hands_out_pending_rows_in_commit_order_with_increasing_se
     };
     let events = db.commit_events(3).await;
 
-    let claimed = db.store.claim_due(later(), 2).await.unwrap();
+    let claimed = db.store.claim_due(later(), 2, Fence::Unfenced).await.unwrap();
 
     assert_eq!(event_ids(&claimed), ids_of(&events[..2]));
     assert_eq!(sequences(&claimed), vec![Sequence(1), Sequence(2)]);
@@ -662,9 +663,9 @@ pub async fn claiming_again_gives_the_same_rows_new_higher_sequences_never_reuse
     };
     let events = db.commit_events(3).await;
 
-    let first = db.store.claim_due(later(), 2).await.unwrap();
-    let second = db.store.claim_due(later(), 10).await.unwrap();
-    let third = db.store.claim_due(later(), 10).await.unwrap();
+    let first = db.store.claim_due(later(), 2, Fence::Unfenced).await.unwrap();
+    let second = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
+    let third = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
 
     assert_eq!(event_ids(&second), ids_of(&events));
     assert_eq!(event_ids(&third), ids_of(&events));
@@ -687,13 +688,16 @@ pub async fn claim_due_only_takes_rows_whose_time_has_come<B: Backend>() {
     // New rows are due at once, even for a publisher whose clock is a
     // minute behind the node that committed them.
     let behind = Timestamp::now().plus_millis(-60_000);
-    let claimed = db.store.claim_due(behind, 10).await.unwrap();
+    let claimed = db.store.claim_due(behind, 10, Fence::Unfenced).await.unwrap();
     assert_eq!(claimed.len(), 2);
     // A failed row waits for its retry time.
     let retry_at = Timestamp::now().plus_millis(60_000);
-    db.store.record_failure(events[0].event_id(), "boom".into(), Some(retry_at)).await.unwrap();
-    assert_eq!(event_ids(&db.store.claim_due(Timestamp::now(), 10).await.unwrap()), vec![events[1].event_id()]);
-    assert_eq!(db.store.claim_due(retry_at, 10).await.unwrap().len(), 2);
+    db.store.record_failure(events[0].event_id(), "boom".into(), Some(retry_at), Fence::Unfenced).await.unwrap();
+    assert_eq!(
+        event_ids(&db.store.claim_due(Timestamp::now(), 10, Fence::Unfenced).await.unwrap()),
+        vec![events[1].event_id()]
+    );
+    assert_eq!(db.store.claim_due(retry_at, 10, Fence::Unfenced).await.unwrap().len(), 2);
 }
 
 pub async fn mark_published_records_the_sequence_groups_and_time<B: Backend>() {
@@ -701,10 +705,10 @@ pub async fn mark_published_records_the_sequence_groups_and_time<B: Backend>() {
         return;
     };
     let events = db.commit_events(2).await;
-    let claimed = db.store.claim_due(later(), 10).await.unwrap();
+    let claimed = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
     let at_publish = at(500);
 
-    db.store.mark_published(published(&claimed), at_publish).await.unwrap();
+    db.store.mark_published(published(&claimed), at_publish, Fence::Unfenced).await.unwrap();
 
     for (event, claim) in events.iter().zip(&claimed) {
         let entry = db.entry(event.event_id()).await;
@@ -722,7 +726,10 @@ pub async fn mark_published_records_the_sequence_groups_and_time<B: Backend>() {
         listed.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         claimed.iter().map(|c| Some(c.sequence)).collect::<Vec<_>>()
     );
-    assert!(db.store.claim_due(later(), 10).await.unwrap().is_empty(), "published rows are not due again");
+    assert!(
+        db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap().is_empty(),
+        "published rows are not due again"
+    );
 }
 
 pub async fn mark_published_with_the_sequence_of_an_older_claim_changes_nothing<B: Backend>() {
@@ -730,17 +737,41 @@ pub async fn mark_published_with_the_sequence_of_an_older_claim_changes_nothing<
         return;
     };
     let events = db.commit_events(1).await;
-    let stale = db.store.claim_due(later(), 10).await.unwrap();
-    let current = db.store.claim_due(later(), 10).await.unwrap();
+    let stale = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
+    let current = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
 
-    db.store.mark_published(published(&stale), at(500)).await.unwrap();
+    db.store.mark_published(published(&stale), at(500), Fence::Unfenced).await.unwrap();
     assert_eq!(db.entry(events[0].event_id()).await.status, EventStatus::Pending);
 
-    db.store.mark_published(published(&current), at(501)).await.unwrap();
+    db.store.mark_published(published(&current), at(501), Fence::Unfenced).await.unwrap();
     let entry = db.entry(events[0].event_id()).await;
     assert_eq!(entry.status, EventStatus::Published);
     assert_eq!(entry.sequence, Some(current[0].sequence));
     assert_eq!(entry.published_at_utc, Some(at(501)));
+}
+
+pub async fn unpublished_claims_are_the_sequences_of_claimed_rows_until_published_failed_or_claimed_again<
+    B: Backend,
+>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    db.commit_events(4).await;
+    let claimed = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
+    let (first, last) = (claimed[0].sequence, claimed[3].sequence);
+    assert_eq!(db.store.unpublished_claims(first, last).await.unwrap(), sequences(&claimed));
+
+    // Published, failed (with or without a retry), or claimed again: each
+    // gives its sequence up, so none of them can fill a hole any more.
+    db.store.mark_published(published(&claimed[..1]), at(500), Fence::Unfenced).await.unwrap();
+    let [_, retried, failed, reclaimed] = &claimed[..] else { unreachable!() };
+    let retry_at = Some(later());
+    db.store.record_failure(retried.event.event_id(), "boom".into(), retry_at, Fence::Unfenced).await.unwrap();
+    db.store.record_failure(failed.event.event_id(), "boom".into(), None, Fence::Unfenced).await.unwrap();
+    assert_eq!(db.store.unpublished_claims(first, last).await.unwrap(), vec![reclaimed.sequence]);
+    let again = db.store.claim(vec![reclaimed.event.clone()], Fence::Unfenced).await.unwrap();
+    assert_eq!(db.store.unpublished_claims(first, last).await.unwrap(), vec![]);
+    assert_eq!(db.store.unpublished_claims(again[0].sequence, again[0].sequence).await.unwrap(), sequences(&again));
 }
 
 pub async fn claim_takes_the_given_rows_in_the_given_order_and_skips_rows_no_longer_pending<B: Backend>() {
@@ -748,12 +779,12 @@ pub async fn claim_takes_the_given_rows_in_the_given_order_and_skips_rows_no_lon
         return;
     };
     let events = db.commit_events(4).await;
-    let done = db.store.claim(vec![events[0].clone()]).await.unwrap();
-    db.store.mark_published(published(&done), at(500)).await.unwrap();
-    let failing = db.store.claim(vec![events[1].clone()]).await.unwrap();
-    db.store.record_failure(failing[0].event.event_id(), "gave up".into(), None).await.unwrap();
+    let done = db.store.claim(vec![events[0].clone()], Fence::Unfenced).await.unwrap();
+    db.store.mark_published(published(&done), at(500), Fence::Unfenced).await.unwrap();
+    let failing = db.store.claim(vec![events[1].clone()], Fence::Unfenced).await.unwrap();
+    db.store.record_failure(failing[0].event.event_id(), "gave up".into(), None, Fence::Unfenced).await.unwrap();
 
-    let claimed = db.store.claim(events.iter().rev().cloned().collect()).await.unwrap();
+    let claimed = db.store.claim(events.iter().rev().cloned().collect(), Fence::Unfenced).await.unwrap();
 
     assert_eq!(event_ids(&claimed), vec![events[3].event_id(), events[2].event_id()]);
     let seqs = sequences(&claimed);
@@ -770,10 +801,10 @@ pub async fn a_failure_with_a_retry_time_keeps_the_row_pending_and_not_due_until
     let events = db.commit_events(1).await;
     let id = events[0].event_id();
     let now = later();
-    assert_eq!(event_ids(&db.store.claim_due(now, 10).await.unwrap()), vec![id]);
+    assert_eq!(event_ids(&db.store.claim_due(now, 10, Fence::Unfenced).await.unwrap()), vec![id]);
     let retry_at = now.plus_millis(60_000);
 
-    db.store.record_failure(id, "boom".into(), Some(retry_at)).await.unwrap();
+    db.store.record_failure(id, "boom".into(), Some(retry_at), Fence::Unfenced).await.unwrap();
 
     let entry = db.entry(id).await;
     assert_eq!(entry.status, EventStatus::Pending);
@@ -781,9 +812,9 @@ pub async fn a_failure_with_a_retry_time_keeps_the_row_pending_and_not_due_until
     assert_eq!(entry.last_error.as_deref(), Some("boom"));
     assert_eq!(entry.sequence, None);
     assert_eq!(entry.published_at_utc, None);
-    assert!(db.store.claim_due(now, 10).await.unwrap().is_empty());
-    assert!(db.store.claim_due(retry_at.plus_millis(-1), 10).await.unwrap().is_empty());
-    let retried = db.store.claim_due(retry_at, 10).await.unwrap();
+    assert!(db.store.claim_due(now, 10, Fence::Unfenced).await.unwrap().is_empty());
+    assert!(db.store.claim_due(retry_at.plus_millis(-1), 10, Fence::Unfenced).await.unwrap().is_empty());
+    let retried = db.store.claim_due(retry_at, 10, Fence::Unfenced).await.unwrap();
     assert_eq!(event_ids(&retried), vec![id]);
     assert_eq!(retried[0].attempts, 1);
 }
@@ -794,9 +825,9 @@ pub async fn a_failure_without_a_retry_time_marks_the_row_failed_for_good<B: Bac
     };
     let events = db.commit_events(2).await;
     let id = events[0].event_id();
-    db.store.claim_due(later(), 10).await.unwrap();
+    db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
 
-    db.store.record_failure(id, "boom".into(), None).await.unwrap();
+    db.store.record_failure(id, "boom".into(), None, Fence::Unfenced).await.unwrap();
 
     let entry = db.entry(id).await;
     assert_eq!(entry.status, EventStatus::Failed);
@@ -804,8 +835,11 @@ pub async fn a_failure_without_a_retry_time_marks_the_row_failed_for_good<B: Bac
     assert_eq!(entry.last_error.as_deref(), Some("boom"));
     assert_eq!(entry.sequence, None);
     let far_future = Timestamp::now().plus_millis(365 * 24 * 3_600_000);
-    assert_eq!(event_ids(&db.store.claim_due(far_future, 10).await.unwrap()), vec![events[1].event_id()]);
-    assert!(db.store.claim(vec![events[0].clone()]).await.unwrap().is_empty());
+    assert_eq!(
+        event_ids(&db.store.claim_due(far_future, 10, Fence::Unfenced).await.unwrap()),
+        vec![events[1].event_id()]
+    );
+    assert!(db.store.claim(vec![events[0].clone()], Fence::Unfenced).await.unwrap().is_empty());
 }
 
 pub async fn listing_after_a_sequence_returns_only_later_published_rows_in_publish_order<B: Backend>() {
@@ -815,9 +849,9 @@ pub async fn listing_after_a_sequence_returns_only_later_published_rows_in_publi
     let e = db.commit_events(4).await;
     // Publish order differs from commit order: 2, 0, 1; row 3 stays Pending
     // though it was claimed (so it has a sequence internally).
-    let claimed = db.store.claim(vec![e[2].clone(), e[0].clone(), e[1].clone()]).await.unwrap();
-    db.store.mark_published(published(&claimed), at(500)).await.unwrap();
-    let unpublished = db.store.claim(vec![e[3].clone()]).await.unwrap();
+    let claimed = db.store.claim(vec![e[2].clone(), e[0].clone(), e[1].clone()], Fence::Unfenced).await.unwrap();
+    db.store.mark_published(published(&claimed), at(500), Fence::Unfenced).await.unwrap();
+    let unpublished = db.store.claim(vec![e[3].clone()], Fence::Unfenced).await.unwrap();
     assert!(unpublished[0].sequence > claimed[2].sequence);
     let s = sequences(&claimed);
 
@@ -842,9 +876,9 @@ pub async fn listing_by_status_returns_only_rows_with_that_status<B: Backend>() 
         return;
     };
     let e = db.commit_events(4).await;
-    let done = db.store.claim(vec![e[1].clone()]).await.unwrap();
-    db.store.mark_published(published(&done), at(500)).await.unwrap();
-    db.store.record_failure(e[2].event_id(), "boom".into(), None).await.unwrap();
+    let done = db.store.claim(vec![e[1].clone()], Fence::Unfenced).await.unwrap();
+    db.store.mark_published(published(&done), at(500), Fence::Unfenced).await.unwrap();
+    db.store.record_failure(e[2].event_id(), "boom".into(), None, Fence::Unfenced).await.unwrap();
 
     let pending = db.list(None, Some(EventStatus::Pending), 100).await;
     let published_rows = db.list(None, Some(EventStatus::Published), 100).await;
@@ -870,9 +904,9 @@ pub async fn listing_without_a_bound_shows_published_rows_by_sequence_then_the_r
     };
     let e = db.commit_events(4).await;
     // Published in the order 2, 0; row 1 failed for good; row 3 is Pending.
-    let claimed = db.store.claim(vec![e[2].clone(), e[0].clone()]).await.unwrap();
-    db.store.mark_published(published(&claimed), at(500)).await.unwrap();
-    db.store.record_failure(e[1].event_id(), "boom".into(), None).await.unwrap();
+    let claimed = db.store.claim(vec![e[2].clone(), e[0].clone()], Fence::Unfenced).await.unwrap();
+    db.store.mark_published(published(&claimed), at(500), Fence::Unfenced).await.unwrap();
+    db.store.record_failure(e[1].event_id(), "boom".into(), None, Fence::Unfenced).await.unwrap();
 
     let listed = db.all_events().await;
 
@@ -899,9 +933,9 @@ pub async fn replay_returns_only_the_groups_events_after_a_sequence_in_order_up_
         let start = i as i64 * 60;
         events.push(db.assign(&j, who, range(start, start + 60)).await);
     }
-    let claimed = db.store.claim_due(later(), 10).await.unwrap();
+    let claimed = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
     assert_eq!(event_ids(&claimed), ids_of(&events));
-    db.store.mark_published(published(&claimed), at(500)).await.unwrap();
+    db.store.mark_published(published(&claimed), at(500), Fence::Unfenced).await.unwrap();
     let seq = |i: usize| claimed[i].sequence;
     let north = Group::dispatch(&region("north"));
 
@@ -984,8 +1018,8 @@ pub async fn retrying_a_failed_event_makes_it_pending_and_due_with_attempts_rese
     };
     let events = db.commit_events(2).await;
     let failed = events[0].event_id();
-    db.store.claim_due(later(), 10).await.unwrap();
-    db.store.record_failure(failed, "boom".into(), None).await.unwrap();
+    db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
+    db.store.record_failure(failed, "boom".into(), None, Fence::Unfenced).await.unwrap();
     assert_eq!(db.store.backlog().await.unwrap(), (1, 1));
 
     assert_eq!(db.store.retry(events[1].event_id()).await.unwrap(), RetryOutcome::NotFailed);
@@ -997,7 +1031,7 @@ pub async fn retrying_a_failed_event_makes_it_pending_and_due_with_attempts_rese
     assert_eq!(entry.attempts, 0);
     assert_eq!(entry.last_error.as_deref(), Some("boom"), "the last error stays for the record");
     assert_eq!(db.store.backlog().await.unwrap(), (2, 0));
-    let due = db.store.claim_due(later(), 10).await.unwrap();
+    let due = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
     assert!(event_ids(&due).contains(&failed));
 }
 
@@ -1006,14 +1040,14 @@ pub async fn purging_deletes_old_published_rows_only_and_raises_the_watermark<B:
         return;
     };
     let events = db.commit_events(3).await;
-    let claimed = db.store.claim_due(later(), 2).await.unwrap();
+    let claimed = db.store.claim_due(later(), 2, Fence::Unfenced).await.unwrap();
     assert_eq!(claimed.len(), 2);
     let published_at = Timestamp::now();
     let rows = claimed
         .iter()
         .map(|c| PublishedRow { event_id: c.event.event_id(), sequence: c.sequence, groups: c.event.audience() })
         .collect();
-    db.store.mark_published(rows, published_at).await.unwrap();
+    db.store.mark_published(rows, published_at, Fence::Unfenced).await.unwrap();
     assert_eq!(db.store.purged_through().await.unwrap(), Sequence(0));
 
     // Nothing published before the cut-off: nothing goes.
@@ -1035,12 +1069,12 @@ pub async fn highest_published_is_the_top_published_sequence_and_ignores_claimed
     };
     assert_eq!(db.store.highest_published().await.unwrap(), Sequence(0));
     db.commit_events(3).await;
-    let claimed = db.store.claim_due(later(), 3).await.unwrap();
+    let claimed = db.store.claim_due(later(), 3, Fence::Unfenced).await.unwrap();
     let rows = claimed[..2]
         .iter()
         .map(|c| PublishedRow { event_id: c.event.event_id(), sequence: c.sequence, groups: c.event.audience() })
         .collect();
-    db.store.mark_published(rows, Timestamp::now()).await.unwrap();
+    db.store.mark_published(rows, Timestamp::now(), Fence::Unfenced).await.unwrap();
     // The third row is claimed (it has a higher sequence) but not published.
     assert_eq!(db.store.highest_published().await.unwrap(), claimed[1].sequence);
 }
