@@ -297,6 +297,33 @@ test("negotiate on node A, open the WebSocket on node B with that connection tok
   await official.waitForEvent(second.assignment.eventId, 10_000);
 });
 
+test("a connection token opens one connection in the whole cluster: used on node A, it is 404 on node B", T, async (t) => {
+  if (!(await requireCluster(t))) return;
+  const cluster = await startCluster(t);
+  const [a, b] = cluster.nodes;
+  const token = await northDispatcherToken();
+
+  const used = (await negotiate(a, token)).json.connectionToken;
+  const first = await rawConnect(a, token, { id: used });
+  assert.equal(first.frames[0].data, "{}\u001e");
+  for (const node of [b, a]) {
+    await assert.rejects(
+      rawConnect(node, token, { id: used, handshake: false }),
+      (err) => err.status === 404 && /already used/.test(err.body),
+      `a second use on node ${node.name}`,
+    );
+  }
+
+  // Racing uses of one token on both nodes: exactly one opens.
+  const raced = (await negotiate(b, token)).json.connectionToken;
+  const attempts = await Promise.allSettled(
+    [a, b, a, b].map((node) => rawConnect(node, token, { id: raced, handshake: false })),
+  );
+  const opened = attempts.filter((r) => r.status === "fulfilled");
+  assert.equal(opened.length, 1, JSON.stringify(attempts.map((r) => r.reason?.status ?? "open")));
+  assert.ok(attempts.every((r) => r.status === "fulfilled" || r.reason.status === 404));
+});
+
 test("a Redis outage in a burst: assignments keep succeeding, health says degraded, and every event reaches both nodes once, in order", T, async (t) => {
   if (!(await requireCluster(t))) return;
   const cluster = await startCluster(t); // with its own redis-server

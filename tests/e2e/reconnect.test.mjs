@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { startServer, dispatcherToken, waitFor, sleep, signalR, T } from "./lib/harness.mjs";
+import { startServer, dispatcherToken, rawConnect, waitFor, sleep, signalR, T } from "./lib/harness.mjs";
 
 /**
  * A dispatcher client the way docs/realtime.md recommends: tracks the last
@@ -166,4 +166,44 @@ test("withStatefulReconnect rides out an abrupt socket drop with no rejoin: what
   assert.equal(client.closed, undefined);
   assert.equal(connection.state, signalR.HubConnectionState.Connected);
   assert.deepEqual(await connection.invoke("LeaveDispatchGroup", "north"), { group: "dispatch/north" }, "calls still work");
+});
+
+test("a stateful reattach that arrives while the old socket still looks open takes the connection over", T, async (t) => {
+  const server = await startServer(t);
+  const token = await dispatcherToken(["north"]);
+  const contractor = await server.createContractor("north");
+  const res = await fetch(`${server.base}/hubs/jobs/negotiate?negotiateVersion=1&useStatefulReconnect=true`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}` },
+  });
+  const negotiated = await res.json();
+  assert.equal(negotiated.useStatefulReconnect, true);
+  const id = negotiated.connectionToken;
+
+  // The first socket: handshake version 2 (stateful), joined, one event received.
+  const first = await rawConnect(server, token, { id, handshake: false });
+  first.sendRecord({ protocol: "json", version: 2 });
+  await first.waitForRecord((r) => Object.keys(r).length === 0, 5000, "the handshake reply");
+  first.sendRecord({ type: 1, invocationId: "1", target: "JoinDispatchGroup", arguments: ["north"] });
+  assert.equal((await first.waitForCompletion("1")).error, undefined);
+  const before = (await server.assignNew("north", contractor.id)).assignment.eventId;
+  await first.waitForRecord((r) => r.type === 1 && r.arguments?.[0]?.eventId === before, 5000, "the first event");
+
+  // The client has given up on that socket, but the server has not seen it
+  // die (no close, no reset): the reattach comes in while it is still open.
+  const second = await rawConnect(server, token, { id, handshake: false });
+  await second.waitForRecord((r) => r.type === 9, 5000, "the server's Sequence");
+  assert.equal(second.records[0].type, 9, "no handshake on a reattach: the Sequence comes first");
+  // Nothing was acknowledged on the first socket: the event is sent again.
+  await second.waitForRecord((r) => r.type === 1 && r.arguments?.[0]?.eventId === before, 5000, "the unacknowledged event");
+  await first.waitForClose(5000);
+  assert.ok(!first.records.some((r) => r.type === 7), "no Close record on the replaced socket: the client has moved on");
+
+  // The connection lives on on the new socket: still joined, calls work.
+  const after = (await server.assignNew("north", contractor.id)).assignment.eventId;
+  const event = await second.waitForRecord((r) => r.type === 1 && r.arguments?.[0]?.eventId === after, 5000, "the next event");
+  assert.equal(event.target, "JobAssigned");
+  second.sendRecord({ type: 1, invocationId: "2", target: "LeaveDispatchGroup", arguments: ["north"] });
+  assert.deepEqual((await second.waitForCompletion("2")).result, { group: "dispatch/north" });
+  assert.equal(second.closed, undefined, "the new socket stays open");
 });

@@ -93,6 +93,51 @@ test("negotiate answers negotiateVersion 1 with a URL-safe token and WebSockets 
   assert.equal(viaQuery.status, 200);
 });
 
+test("an attach refused for another subject's bearer does not use up the connection token: its owner then connects", T, async (t) => {
+  const server = await startServer(t);
+  const token = await dispatcherToken(["north"]);
+  const other = await mintToken({ role: "Dispatcher", regions: ["north"], sub: "somebody-else" });
+  const { json } = await negotiate(server, token);
+
+  await assert.rejects(
+    rawConnect(server, other, { id: json.connectionToken, handshake: false }),
+    (err) => err.status === 403 && /does not match/.test(err.body),
+    "another subject's bearer is refused",
+  );
+  const owner = await rawConnect(server, token, { id: json.connectionToken });
+  assert.deepEqual(owner.records[0], {}, "the owner's attach after the refusal works");
+  await assert.rejects(
+    rawConnect(server, token, { id: json.connectionToken, handshake: false }),
+    (err) => err.status === 404,
+    "and then the token is used",
+  );
+});
+
+test("connection tokens are capped at 4,096 characters: negotiate refuses claims that would need more, the WebSocket refuses 4,097", T, async (t) => {
+  const server = await startServer(t);
+  // 60 regions of 60 characters: about 3.7 KB of ticket, a token of about 5,000 characters.
+  const regions = Array.from({ length: 60 }, (_, i) => `r${String(i).padStart(2, "0")}`.padEnd(60, "x"));
+  const large = await mintToken({ role: "Dispatcher", regions, sub: "many-regions" });
+  const refused = await negotiate(server, large);
+  assert.equal(refused.status, 400, refused.text);
+  assert.match(refused.headers.get("content-type"), /application\/problem\+json/);
+  assert.match(refused.json.detail, /too large/);
+
+  // A little smaller still fits, and connects.
+  const fits = await mintToken({ role: "Dispatcher", regions: regions.slice(0, 30), sub: "fewer-regions" });
+  const n = await negotiate(server, fits);
+  assert.equal(n.status, 200, n.text);
+  assert.ok(n.json.connectionToken.length <= 4096, `${n.json.connectionToken.length} characters`);
+  const ok = await rawConnect(server, fits, { id: n.json.connectionToken });
+  assert.deepEqual(ok.records[0], {});
+
+  await assert.rejects(
+    rawConnect(server, fits, { id: "A".repeat(4097), handshake: false }),
+    (err) => err.status === 404,
+    "an id of 4,097 characters",
+  );
+});
+
 test("the WebSocket endpoint: unknown or reused ids get 404, another subject's token 403", T, async (t) => {
   const server = await startServer(t);
   const token = await dispatcherToken(["north"]);

@@ -94,7 +94,8 @@ impl Application {
             ..HubConfig::default()
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
-        let hub = HubContext::start(event_log.clone(), verifier.clone(), tickets, hub_config);
+        let hub =
+            HubContext::start(event_log.clone(), verifier.clone(), tickets, db.used_connection_tokens(), hub_config);
         let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
         let handlers =
             if clustered { handlers } else { handlers.register(EventType::JobAssigned, hub_delivery.clone()) };

@@ -1414,6 +1414,30 @@ async fn racing_repeats_of_one_idempotency_key_all_get_the_one_first_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_from_the_same_caller_after_losing_the_region_is_403_not_the_first_answer() {
+    let app = spawn_app().await;
+    let job_id = app.job_id("north").await;
+    let contractor = app.contractor_id("north").await;
+    let path = format!("/api/jobs/{job_id}/assign");
+    let send = |token: String| {
+        app.request(Method::POST, &path, Some(&token))
+            .header("Idempotency-Key", "lost-region")
+            .json(&assign_body(&contractor))
+            .send()
+    };
+    expect_json(send(app.dispatcher(&["north"])).await.unwrap(), StatusCode::CREATED).await;
+    // The same `sub`, whose token now names south only.
+    let refused = send(app.dispatcher(&["south"])).await.unwrap();
+    assert!(refused.headers().get("idempotent-replayed").is_none(), "not a replay");
+    let problem = expect_problem(refused, StatusCode::FORBIDDEN).await;
+    assert!(problem["detail"].as_str().unwrap().contains("north"), "{problem}");
+    // Still allowed: the first answer, as before.
+    let again = send(app.dispatcher(&["north", "south"])).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    expect_json(again, StatusCode::CREATED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_per_caller_and_must_be_visible_ascii() {
     let app = spawn_app().await;
     let job_id = app.job_id("north").await;

@@ -9,8 +9,8 @@ use smartscheduler_domain::ports::{
     StoreError,
 };
 use smartscheduler_domain::{
-    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, JobId, NewAssignment, Principal,
-    TimeRange, Timestamp,
+    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, Job, JobId, NewAssignment,
+    Principal, TimeRange, Timestamp,
 };
 use tracing::instrument;
 
@@ -152,13 +152,16 @@ impl AssignJob {
         if !principal.is_back_office() {
             return Err(AssignJobError::Forbidden("only admins and dispatchers assign jobs".into()));
         }
+        // Rights before any answer, a replayed first answer included: the
+        // caller's regions may have changed since that first request.
+        let job = self.dispatchable_job(principal, request.job_id).await?;
         let Some(idempotency) = request.idempotency.clone() else {
-            return self.assign_new(principal, request).await;
+            return self.assign_new(principal, job, request).await;
         };
         if let Some(first) = self.first_answer(principal, &idempotency).await? {
             return Ok(first);
         }
-        let result = self.assign_new(principal, request).await;
+        let result = self.assign_new(principal, job, request).await;
         if let Err(AssignJobError::JobAlreadyAssigned(_) | AssignJobError::IdempotencyKeyReused) = &result {
             // A racing repeat may have committed first: answer as it did.
             if let Some(first) = self.first_answer(principal, &idempotency).await? {
@@ -168,11 +171,21 @@ impl AssignJob {
         result
     }
 
-    async fn assign_new(&self, principal: &Principal, request: AssignJobRequest) -> Result<Assigned, AssignJobError> {
-        let mut job = self.jobs.get(request.job_id).await?.ok_or(AssignJobError::JobNotFound(request.job_id))?;
+    /// The job, if it exists and `principal` dispatches its region.
+    async fn dispatchable_job(&self, principal: &Principal, job_id: JobId) -> Result<Job, AssignJobError> {
+        let job = self.jobs.get(job_id).await?.ok_or(AssignJobError::JobNotFound(job_id))?;
         if !principal.dispatches(job.region()) {
             return Err(AssignJobError::Forbidden(format!("you do not dispatch region '{}'", job.region())));
         }
+        Ok(job)
+    }
+
+    async fn assign_new(
+        &self,
+        principal: &Principal,
+        mut job: Job,
+        request: AssignJobRequest,
+    ) -> Result<Assigned, AssignJobError> {
         let contractor = self
             .contractors
             .get(request.contractor_id)
@@ -240,9 +253,7 @@ mod tests {
     use smartscheduler_domain::ports::{
         MockAssignmentStore, MockContractorRepository, MockEventPublisher, MockJobRepository,
     };
-    use smartscheduler_domain::{
-        Contractor, DurationMinutes, Job, JobStatus, JobType, PersonName, Region, Role, Title,
-    };
+    use smartscheduler_domain::{Contractor, DurationMinutes, JobStatus, JobType, PersonName, Region, Role, Title};
 
     fn dispatcher(region: &str) -> Principal {
         Principal { subject: "d".into(), role: Role::Dispatcher, regions: vec![region.into()], contractor_id: None }
@@ -439,6 +450,23 @@ mod tests {
         request.idempotency = Some(IdempotencyRequest { key: "k1".into(), fingerprint: "other".into() });
         let err = uc.execute(&dispatcher("north"), request).await.unwrap_err();
         assert_eq!(err, AssignJobError::IdempotencyKeyReused);
+    }
+
+    #[tokio::test]
+    async fn a_repeat_from_a_caller_who_lost_the_region_is_refused_not_answered() {
+        let (job, contractor, mut request) = fixtures();
+        let (jobs, contractors) = repos(&job, &contractor);
+        let mut store = MockAssignmentStore::new();
+        store.expect_find_idempotent().never();
+        store.expect_commit_assignment().never();
+        let mut publisher = MockEventPublisher::new();
+        publisher.expect_publish().never();
+        let uc = use_case(jobs, contractors, store, publisher);
+
+        // Same subject and key as a first answer, but north was taken away.
+        request.idempotency = Some(IdempotencyRequest { key: "k1".into(), fingerprint: "fp".into() });
+        let err = uc.execute(&dispatcher("south"), request).await.unwrap_err();
+        assert!(matches!(err, AssignJobError::Forbidden(_)), "{err:?}");
     }
 
     #[tokio::test]

@@ -38,10 +38,16 @@ pub struct ConnectionTicket {
     pub stateful: bool,
 }
 
+/// Longest hub connection token, in characters (docs/security.md). A token
+/// embeds the principal: negotiate refuses to hand out a longer one, and
+/// `redeem` refuses a longer one before any work on it.
+pub const MAX_CONNECTION_TOKEN_LEN: usize = 4096;
+
 /// Issues and redeems signed, short-lived hub connection tokens.
 pub trait ConnectionTokens: Send + Sync {
     /// A URL-safe token (`[A-Za-z0-9_-]`) for `ticket`, valid for `ttl`.
     fn issue(&self, ticket: &ConnectionTicket, ttl: std::time::Duration) -> String;
-    /// The ticket, or `None` when the token is forged, malformed or expired.
+    /// The ticket, or `None` when the token is forged, malformed, expired or
+    /// longer than [`MAX_CONNECTION_TOKEN_LEN`].
     fn redeem(&self, token: &str) -> Option<ConnectionTicket>;
 }

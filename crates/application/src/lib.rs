@@ -20,7 +20,7 @@ pub mod publishing;
 pub mod tailer;
 
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};
-pub use auth::{AuthError, ConnectionTicket, ConnectionTokens, TokenVerifier};
+pub use auth::{AuthError, ConnectionTicket, ConnectionTokens, TokenVerifier, MAX_CONNECTION_TOKEN_LEN};
 pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
 pub use publishing::{
     outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay, RelayConfig,

@@ -411,3 +411,18 @@ pub trait EventPublisher: Send + Sync {
     /// and is picked up from there.
     fn publish(&self, event: DomainEvent);
 }
+
+/// Hub connection tokens already used. A token opens one connection: with
+/// several nodes on one database the record is shared, so a token used on
+/// one node is refused on every other.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait UsedConnectionTokens: Send + Sync {
+    /// Records the token `id` as used, keeping the record until
+    /// `expires_at` (at least the token's own expiry). `Ok(true)` the first
+    /// time; `Ok(false)` when it was already used, here or on another node.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails; then the token must not be honoured.
+    async fn mark_used(&self, id: &str, expires_at: Timestamp) -> Result<bool, StoreError>;
+}

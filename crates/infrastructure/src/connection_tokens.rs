@@ -12,15 +12,10 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use smartscheduler_application::{ConnectionTicket, ConnectionTokens};
+use smartscheduler_application::{ConnectionTicket, ConnectionTokens, MAX_CONNECTION_TOKEN_LEN};
 use smartscheduler_domain::{ContractorId, Principal, Role};
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Longest token redeemed. A ticket embeds the principal, so a token with
-/// many regions makes a long one; 16 KiB is well above any sane claim set
-/// and keeps the work per attempt small.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// Signs and checks connection tokens with a key derived from the secret.
 #[derive(Clone)]
@@ -87,7 +82,7 @@ impl ConnectionTokens for SignedConnectionTokens {
     }
 
     fn redeem(&self, token: &str) -> Option<ConnectionTicket> {
-        if token.len() > MAX_TOKEN_LEN {
+        if token.len() > MAX_CONNECTION_TOKEN_LEN {
             return None;
         }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
@@ -161,5 +156,31 @@ mod tests {
         for garbage in ["", "x", "!!!", &"A".repeat(5000)] {
             assert_eq!(tokens.redeem(garbage), None);
         }
+    }
+
+    /// A ticket whose token is exactly `len` characters long (the subject pads it).
+    fn token_of_len(tokens: &SignedConnectionTokens, len: usize) -> String {
+        let mut ticket = ticket();
+        for pad in 0..len {
+            ticket.principal.subject = "s".repeat(pad);
+            let token = tokens.issue(&ticket, Duration::from_secs(15));
+            if token.len() >= len {
+                assert_eq!(token.len(), len, "base64 without padding has no token of {len} characters");
+                return token;
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn tokens_are_capped_at_4096_characters() {
+        let tokens = SignedConnectionTokens::new(b"secret");
+        assert!(tokens.redeem(&token_of_len(&tokens, 4096)).is_some(), "4,096 characters are accepted");
+        // Base64 without padding has no 4,097-character encoding: past the
+        // cap a signed token is at least 4,098 long, and 4,097 is junk.
+        assert_eq!(tokens.redeem(&token_of_len(&tokens, 4098)), None, "a signed token past the cap");
+        let junk = format!("{}A", token_of_len(&tokens, 4096));
+        assert_eq!(junk.len(), 4097);
+        assert_eq!(tokens.redeem(&junk), None, "4,097 characters are refused");
     }
 }

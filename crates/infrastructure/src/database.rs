@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
-use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError};
+use smartscheduler_domain::ports::{
+    AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError, UsedConnectionTokens,
+};
 
 use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
+use crate::used_connection_tokens::{InMemoryUsedConnectionTokens, PostgresUsedConnectionTokens};
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,15 @@ impl Database {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+    /// The record of used hub connection tokens: shared by every node on a
+    /// PostgreSQL database; on SQLite (one node) this process's own, so
+    /// call it once.
+    pub fn used_connection_tokens(&self) -> Arc<dyn UsedConnectionTokens> {
+        match self {
+            Self::Sqlite(_) => Arc::new(InMemoryUsedConnectionTokens::new()),
+            Self::Postgres(s) => Arc::new(PostgresUsedConnectionTokens::new(s)),
         }
     }
     /// Whether the database answers (for `/health/ready`).

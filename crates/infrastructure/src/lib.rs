@@ -9,6 +9,8 @@
 //! - [`postgres`]: every storage port on PostgreSQL.
 //! - [`tokens`]: HS256 JWTs and the generated-secret file.
 //! - [`database`]: picks the adapter from a URL and hands out the ports.
+//! - [`used_connection_tokens`]: hub connection tokens already used, per node
+//!   or shared by a cluster.
 
 pub mod connection_tokens;
 pub mod database;
@@ -18,6 +20,7 @@ pub mod postgres_lease;
 pub mod redis_bus;
 pub mod sqlite;
 pub mod tokens;
+pub mod used_connection_tokens;
 
 pub use connection_tokens::SignedConnectionTokens;
 pub use database::{Database, DatabaseError};

@@ -75,6 +75,11 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    /// The connection pool, for adapters of other ports on the same database.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Whether the database answers.
     ///
     /// # Errors

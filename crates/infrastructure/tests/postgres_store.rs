@@ -13,10 +13,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smartscheduler_domain::ports::{ClaimedEvent, EventLog, EventQuery, EventStatus, Fence, StoreError};
-use smartscheduler_domain::{EventId, Sequence};
+use smartscheduler_domain::ports::{
+    ClaimedEvent, EventLog, EventQuery, EventStatus, Fence, StoreError, UsedConnectionTokens,
+};
+use smartscheduler_domain::{EventId, Sequence, Timestamp};
 use smartscheduler_infrastructure::database::redact;
 use smartscheduler_infrastructure::postgres::PostgresStore;
+use smartscheduler_infrastructure::used_connection_tokens::PostgresUsedConnectionTokens;
 use smartscheduler_infrastructure::Database;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -317,6 +320,40 @@ fn the_test_database_url_replaces_only_the_database_name() {
         "postgresql://u:p@host/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://host", "x"), "postgres://host/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_token_used_on_one_node_is_refused_on_every_other_and_expired_records_are_purged() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let other = PostgresStore::connect(&db.guard.url).await.expect("a second node on the same database");
+    let node_a = PostgresUsedConnectionTokens::new(&db.store);
+    let node_b = PostgresUsedConnectionTokens::new(&other);
+    let until = Timestamp::now().plus_millis(15_000);
+
+    assert_eq!(node_a.mark_used("conn-1", until).await, Ok(true), "the first use");
+    assert_eq!(node_b.mark_used("conn-1", until).await, Ok(false), "a second use on another node");
+    assert_eq!(node_a.mark_used("conn-1", until).await, Ok(false), "a second use on the same node");
+
+    // Racing uses of one token on both nodes: exactly one is the first.
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { node_a.clone() } else { node_b.clone() };
+        racers.spawn(async move { node.mark_used("conn-2", until).await });
+    }
+    let firsts = racers.join_all().await.into_iter().filter(|r| *r == Ok(true)).count();
+    assert_eq!(firsts, 1);
+
+    // A record past its end is deleted by a node's next purge (its first use).
+    assert_eq!(node_a.mark_used("expired", Timestamp::now().plus_millis(-1_000)).await, Ok(true));
+    let node_c = PostgresUsedConnectionTokens::new(&db.store);
+    assert_eq!(node_c.mark_used("conn-3", until).await, Ok(true));
+    let left: Vec<String> = sqlx::query_scalar("SELECT token_id FROM used_connection_tokens ORDER BY token_id")
+        .fetch_all(&db.raw)
+        .await
+        .expect("read the used tokens");
+    assert_eq!(left, ["conn-1", "conn-2", "conn-3"]);
 }
 
 // ---------------------------------------------------------------------------

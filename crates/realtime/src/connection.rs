@@ -12,8 +12,11 @@
 //! the hub (still a member of its groups, its queue still filling) for the
 //! reconnect window; a new WebSocket with the same connection token resumes
 //! it: the server sends `Sequence` with its oldest unacknowledged number,
-//! re-sends those records, and carries on. Otherwise every exit path
-//! unregisters from the hub.
+//! re-sends those records, and carries on. A reattach that comes while the
+//! old socket still looks open takes it over the same way: the hub tells
+//! the old loop ([`CloseReason::Replaced`]), which parks the connection
+//! straight into the reattach and closes its socket. Otherwise every exit
+//! path unregisters from the hub.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -41,6 +44,9 @@ enum Stop {
     ClientClosed,
     /// Send a Close record with this error and reconnect permission.
     Close { error: String, allow_reconnect: bool },
+    /// A reattach took the connection over: park it for the new socket and
+    /// close this one without a Close record (the client has moved on).
+    Replaced,
 }
 
 /// How soon a stateful connection acks the messages it has processed.
@@ -152,6 +158,7 @@ fn close_for(reason: CloseReason) -> Stop {
         CloseReason::ReconnectWindowExpired => {
             Stop::Close { error: "The reconnect window expired.".into(), allow_reconnect: true }
         }
+        CloseReason::Replaced => Stop::Replaced,
     }
 }
 
@@ -264,6 +271,11 @@ impl Conn {
     pub fn key(&self) -> ConnKey {
         self.key
     }
+    /// A new close signal, when the hub has used the old one to take the
+    /// connection over.
+    pub(crate) fn rearm_close(&mut self, close: oneshot::Receiver<CloseReason>) {
+        self.close = Some(close);
+    }
 }
 
 /// Runs a new connection: handshake, then the socket loop.
@@ -291,13 +303,14 @@ pub(crate) async fn run(
         }
     };
 
+    let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
     let key = ctx.hub.next_key();
     let (close_tx, close_rx) = oneshot::channel();
-    let Ok(outbound) = ctx.hub.register(key, ctx.config.outbound_capacity, close_tx).await else {
+    let resumable_by = stateful.as_ref().and(token.clone());
+    let Ok(outbound) = ctx.hub.register(key, ctx.config.outbound_capacity, close_tx, resumable_by).await else {
         Box::pin(finish(writer, Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true })).await;
         return;
     };
-    let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
     let calls = RateLimiter::new(ctx.config.invocations_per_second, ctx.config.invocations_per_second * 2);
     let conn = Box::new(Conn {
         _permit: permit,
@@ -349,6 +362,12 @@ async fn drive(mut conn: Box<Conn>, mut writer: Box<Writer>, mut records: Record
 async fn end(conn: Box<Conn>, writer: Box<Writer>, stop: Stop) {
     if matches!(stop, Stop::Dropped) && conn.stateful.is_some() && conn.token.is_some() {
         park_or_unregister(conn).await;
+        return;
+    }
+    if matches!(stop, Stop::Replaced) {
+        // Handed over first: the reattach is waiting for it.
+        park_or_unregister(conn).await;
+        Box::pin(finish(writer, Stop::ClientClosed)).await;
         return;
     }
     let _ = conn.ctx.hub.unregister(conn.key).await;

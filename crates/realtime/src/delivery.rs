@@ -132,7 +132,7 @@ mod tests {
         for _ in 0..count {
             let key = hub.next_key();
             let (close, closed) = oneshot::channel();
-            let outbox = hub.register(key, 1024, close).await.unwrap();
+            let outbox = hub.register(key, 1024, close, None).await.unwrap();
             assert!(hub.join(key, group.clone()).await.unwrap());
             members.push((outbox, closed));
         }
@@ -147,7 +147,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_relay_waits_while_the_members_have_not_taken_enough_events() {
-        let hub = hub::spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = hub::spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let mut members = members(&hub, &north, 16).await;
         let in_flight = InFlight::default();
@@ -171,7 +171,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_that_stopped_reading_does_not_hold_the_relay_back() {
-        let hub = hub::spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = hub::spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let mut members = members(&hub, &north, 9).await;
         let (_stalled, _) = members.pop().unwrap();
@@ -191,7 +191,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn events_nobody_takes_stop_holding_the_relay_back_after_a_while() {
-        let hub = hub::spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = hub::spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let _stalled = members(&hub, &north, 9).await;
         let in_flight = InFlight::default();
@@ -205,7 +205,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_event_for_a_group_without_members_is_never_on_its_way() {
-        let hub = hub::spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = hub::spawn(Duration::from_secs(15), 1 << 20);
         let empty = Group::dispatch(&Region::new("nowhere").unwrap());
         let in_flight = InFlight::default();
         for sequence in 1..=2 * MAX_IN_FLIGHT as i64 {

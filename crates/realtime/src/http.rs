@@ -8,8 +8,8 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
-use smartscheduler_application::{AuthError, ConnectionTicket};
-use smartscheduler_domain::Principal;
+use smartscheduler_application::{AuthError, ConnectionTicket, MAX_CONNECTION_TOKEN_LEN};
+use smartscheduler_domain::{Principal, Timestamp};
 
 use crate::upgrade::Takeover;
 use crate::{connection, HubContext};
@@ -89,6 +89,16 @@ fn too_many(detail: &str) -> HttpResponse {
     response
 }
 
+fn unavailable() -> HttpResponse {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service unavailable",
+        "The connection could not be opened now; try again.",
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
 fn unauthorized(err: &AuthError) -> HttpResponse {
     problem(StatusCode::UNAUTHORIZED, "Unauthorized", &err.to_string())
 }
@@ -118,7 +128,7 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
     // Signed and self-contained: the WebSocket may land on any node.
     let ticket = ConnectionTicket { connection_id: connection_id.clone(), principal, stateful };
     let token = ctx.tickets.issue(&ticket, ctx.config.negotiate_ttl);
-    if token.len() > 16 * 1024 {
+    if token.len() > MAX_CONNECTION_TOKEN_LEN {
         // The WebSocket would refuse it: say so now rather than loop.
         return problem(
             StatusCode::BAD_REQUEST,
@@ -164,9 +174,21 @@ enum Attach {
     Resume(Box<crate::connection::Conn>),
 }
 
-/// The WebSocket: with `id`, the connection negotiated before, or a parked
-/// stateful connection coming back (404 when unknown, used or expired);
-/// without, a new one (skipNegotiation).
+/// How long a reattach waits for the live connection it takes over to let
+/// go of its old socket.
+const TAKEOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The stateful connection of this token, parked or taken over from its
+/// old socket; `None` when there is none (or it did not let go in time: it
+/// is parked then, for the client's next try).
+async fn reattach(ctx: &HubContext, token: &str) -> Option<Box<crate::connection::Conn>> {
+    tokio::time::timeout(TAKEOVER_TIMEOUT, ctx.hub.reattach(token.to_owned())).await.ok()?.ok()?
+}
+
+/// The WebSocket: with `id`, the connection negotiated before, or a
+/// stateful connection coming back, parked or with its old socket still
+/// open (404 when unknown, used or expired); without, a new one
+/// (skipNegotiation).
 pub async fn connect(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
     let query = query(&req);
     // Only a WebSocket upgrade may use (and so burn) a connection token.
@@ -176,24 +198,36 @@ pub async fn connect(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpRespon
     }
     let attach = match &query.id {
         Some(id) => {
-            if let Ok(Some(parked)) = ctx.hub.resume(id.clone()).await {
-                if let Err(response) = same_subject(&ctx, &req, &query, parked.principal()) {
-                    // Not this caller's connection: let its window run out.
-                    let _ = ctx.hub.park(id.clone(), parked).await;
+            if let Some(conn) = reattach(&ctx, id).await {
+                if let Err(response) = same_subject(&ctx, &req, &query, conn.principal()) {
+                    // Not this caller's connection: its own client may still resume it.
+                    let _ = ctx.hub.park(id.clone(), conn).await;
                     return *response;
                 }
-                Attach::Resume(parked)
+                Attach::Resume(conn)
             } else if let Some(ticket) = ctx.tickets.redeem(id) {
-                if !matches!(ctx.hub.redeem(id.clone()).await, Ok(true)) {
-                    return problem(
-                        StatusCode::NOT_FOUND,
-                        "Not found",
-                        "This connection token was already used: negotiate again.",
-                    );
-                }
-                match same_subject(&ctx, &req, &query, &ticket.principal) {
-                    Ok(principal) => Attach::New { principal, token: Some(id.clone()), stateful: ticket.stateful },
+                // Checked before the token is marked used: a refused caller
+                // must not use up the owner's token.
+                let principal = match same_subject(&ctx, &req, &query, &ticket.principal) {
+                    Ok(principal) => principal,
                     Err(response) => return *response,
+                };
+                // At least as long as the token lives: it was issued before now.
+                let ttl = i64::try_from(ctx.config.negotiate_ttl.as_millis()).unwrap_or(i64::MAX);
+                let until = Timestamp::now().plus_millis(ttl);
+                match ctx.used_tokens.mark_used(&ticket.connection_id, until).await {
+                    Ok(true) => Attach::New { principal, token: Some(id.clone()), stateful: ticket.stateful },
+                    Ok(false) => {
+                        return problem(
+                            StatusCode::NOT_FOUND,
+                            "Not found",
+                            "This connection token was already used: negotiate again.",
+                        )
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not record a connection token's use");
+                        return unavailable();
+                    }
                 }
             } else {
                 return problem(StatusCode::NOT_FOUND, "Not found", "No connection with that ID: negotiate again.");

@@ -72,6 +72,9 @@ pub enum CloseReason {
     ShuttingDown,
     /// A parked connection was not resumed in time.
     ReconnectWindowExpired,
+    /// A reattach with its connection token takes it over: let go of the
+    /// socket and park, so the hub hands the connection to the new one.
+    Replaced,
 }
 
 /// Counters for tests and metrics.
@@ -311,11 +314,10 @@ struct Parked {
 }
 
 enum Command {
-    Redeem { token: String, reply: oneshot::Sender<bool> },
-    Register { outlet: Arc<Outlet>, fanout: LocalFanout, close: oneshot::Sender<CloseReason> },
+    Register { outlet: Arc<Outlet>, fanout: LocalFanout, close: oneshot::Sender<CloseReason>, token: Option<String> },
     Unregister { key: ConnKey },
     Park { token: String, conn: Box<Conn> },
-    Resume { token: String, reply: oneshot::Sender<Option<Box<Conn>>> },
+    Reattach { token: String, reply: oneshot::Sender<Option<Box<Conn>>> },
     Join { key: ConnKey, group: Group, reply: oneshot::Sender<bool> },
     Leave { key: ConnKey, group: Group, reply: oneshot::Sender<()> },
     Broadcast { frame: Arc<Frame> },
@@ -354,19 +356,11 @@ impl HubHandle {
         self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Marks a connection token used on this node; `false` when it already
-    /// was (within the negotiate window): a token opens one connection.
-    ///
-    /// # Errors
-    /// [`HubStopped`].
-    pub async fn redeem(&self, token: String) -> Result<bool, HubStopped> {
-        self.ask(|reply| Command::Redeem { token, reply }).await
-    }
-
     /// Adds a connection, with its close signal, and gives it its outbound
     /// queue, which holds at most `max_frames` frames (and the hub's byte
-    /// bound). Call it on the thread that runs the connection: its frames are
-    /// queued there.
+    /// bound). A stateful connection gives its connection token as
+    /// `resumable_by`: a reattach with it takes the connection over. Call it
+    /// on the thread that runs the connection: its frames are queued there.
     ///
     /// # Errors
     /// [`HubStopped`].
@@ -375,6 +369,7 @@ impl HubHandle {
         key: ConnKey,
         max_frames: usize,
         close: oneshot::Sender<CloseReason>,
+        resumable_by: Option<String>,
     ) -> Result<Outbox, HubStopped> {
         let (outbound, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(Queued::default());
@@ -386,7 +381,8 @@ impl HubHandle {
             max_bytes: self.max_queued_bytes,
             last_frame: AtomicU64::new(0),
         });
-        self.send(Command::Register { outlet, fanout: local_fanout(&self.shared), close }).await?;
+        let token = resumable_by;
+        self.send(Command::Register { outlet, fanout: local_fanout(&self.shared), close, token }).await?;
         Ok(Outbox { frames, queued })
     }
 
@@ -407,12 +403,16 @@ impl HubHandle {
         self.send(Command::Park { token, conn }).await
     }
 
-    /// Takes a parked connection by its token.
+    /// Takes the stateful connection of this token for a new socket: a
+    /// parked one at once; a live one (its old socket not yet seen dead) is
+    /// told to let go of its socket ([`CloseReason::Replaced`]) and handed
+    /// over once it has parked. `None` when there is no such connection, or
+    /// it is closing, or another reattach is already taking it.
     ///
     /// # Errors
     /// [`HubStopped`].
-    pub async fn resume(&self, token: String) -> Result<Option<Box<Conn>>, HubStopped> {
-        self.ask(|reply| Command::Resume { token, reply }).await
+    pub async fn reattach(&self, token: String) -> Result<Option<Box<Conn>>, HubStopped> {
+        self.ask(|reply| Command::Reattach { token, reply }).await
     }
 
     /// Adds the connection to `group`; `false` when the connection is gone.
@@ -462,6 +462,15 @@ struct Connection {
     fanout: LocalFanout,
     close: Option<oneshot::Sender<CloseReason>>,
     groups: HashSet<Group>,
+    /// The connection token a reattach takes it over with (stateful only).
+    resumable_by: Option<String>,
+}
+
+/// A reattach waiting for a live connection to let go of its old socket.
+struct Takeover {
+    reply: oneshot::Sender<Option<Box<Conn>>>,
+    /// The connection's close signal from then on (its old one has fired).
+    close: oneshot::Receiver<CloseReason>,
 }
 
 /// Where a group's members live: per thread (its fan-out task), how many.
@@ -471,9 +480,10 @@ struct Hub {
     connections: HashMap<ConnKey, Connection>,
     groups: HashMap<Group, Threads>,
     parked: HashMap<String, Parked>,
-    /// Connection tokens used on this node, until they expire anyway.
-    redeemed: HashMap<String, Instant>,
-    token_ttl: Duration,
+    /// Live stateful connections by connection token.
+    resumable: HashMap<String, ConnKey>,
+    /// Reattaches waiting for a live connection to park, by connection token.
+    takeovers: HashMap<String, Takeover>,
     reconnect_window: Duration,
     stats: HubStats,
     shared: Arc<Shared>,
@@ -482,7 +492,7 @@ struct Hub {
 /// Starts the hub task on the current runtime. Parked connections not resumed within
 /// `reconnect_window` are closed; a connection with more than
 /// `max_queued_bytes` queued is slow.
-pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
+pub fn spawn(reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
     let (undelivered, undelivered_rx) = mpsc::unbounded_channel();
     let shared =
@@ -491,8 +501,8 @@ pub fn spawn(token_ttl: Duration, reconnect_window: Duration, max_queued_bytes: 
         connections: HashMap::new(),
         groups: HashMap::new(),
         parked: HashMap::new(),
-        redeemed: HashMap::new(),
-        token_ttl,
+        resumable: HashMap::new(),
+        takeovers: HashMap::new(),
         reconnect_window,
         stats: HubStats::default(),
         shared: shared.clone(),
@@ -522,8 +532,6 @@ impl Hub {
     }
 
     fn sweep(&mut self) {
-        let ttl = self.token_ttl;
-        self.redeemed.retain(|_, at| at.elapsed() < ttl);
         let window = self.reconnect_window;
         let expired: Vec<String> =
             self.parked.iter().filter(|(_, p)| p.since.elapsed() >= window).map(|(t, _)| t.clone()).collect();
@@ -537,40 +545,20 @@ impl Hub {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Redeem { token, reply } => {
-                let fresh = !self.redeemed.contains_key(&token);
-                if fresh {
-                    self.redeemed.insert(token, Instant::now());
+            Command::Register { outlet, fanout, close, token: resumable_by } => {
+                if let Some(token) = &resumable_by {
+                    self.resumable.insert(token.clone(), outlet.key);
                 }
-                let _ = reply.send(fresh);
-            }
-            Command::Register { outlet, fanout, close } => {
-                self.connections
-                    .insert(outlet.key, Connection { outlet, fanout, close: Some(close), groups: HashSet::new() });
+                let connection =
+                    Connection { outlet, fanout, close: Some(close), groups: HashSet::new(), resumable_by };
+                self.connections.insert(connection.outlet.key, connection);
             }
             // The connection has ended: nothing to tell it.
             Command::Unregister { key } => {
                 self.remove(key, None);
             }
-            Command::Park { token, conn } => {
-                if self.connections.contains_key(&conn.key()) {
-                    self.parked.insert(token, Parked { conn, since: Instant::now() });
-                }
-            }
-            Command::Resume { token, reply } => {
-                let window = self.reconnect_window;
-                let conn = match self.parked.remove(&token) {
-                    Some(p) if p.since.elapsed() < window && self.connections.contains_key(&p.conn.key()) => {
-                        Some(p.conn)
-                    }
-                    Some(p) => {
-                        self.remove(p.conn.key(), Some(CloseReason::ReconnectWindowExpired));
-                        None
-                    }
-                    None => None,
-                };
-                let _ = reply.send(conn);
-            }
+            Command::Park { token, conn } => self.park(token, conn),
+            Command::Reattach { token, reply } => self.reattach(token, reply),
             Command::Join { key, group, reply } => {
                 let joined = match self.connections.get_mut(&key) {
                     Some(conn) => {
@@ -614,6 +602,53 @@ impl Hub {
                 stats.parked = self.parked.len();
                 let _ = reply.send(stats);
             }
+        }
+    }
+
+    fn park(&mut self, token: String, mut conn: Box<Conn>) {
+        if !self.connections.contains_key(&conn.key()) {
+            return;
+        }
+        if let Some(Takeover { reply, close }) = self.takeovers.remove(&token) {
+            conn.rearm_close(close);
+            conn = match reply.send(Some(conn)) {
+                // The reattach gave up: park it for the client's next try.
+                Err(Some(conn)) => conn,
+                Ok(()) | Err(None) => return,
+            };
+        }
+        self.parked.insert(token, Parked { conn, since: Instant::now() });
+    }
+
+    fn reattach(&mut self, token: String, reply: oneshot::Sender<Option<Box<Conn>>>) {
+        let window = self.reconnect_window;
+        match self.parked.remove(&token) {
+            Some(p) if p.since.elapsed() < window && self.connections.contains_key(&p.conn.key()) => {
+                let _ = reply.send(Some(p.conn));
+                return;
+            }
+            Some(p) => {
+                self.remove(p.conn.key(), Some(CloseReason::ReconnectWindowExpired));
+                let _ = reply.send(None);
+                return;
+            }
+            None => {}
+        }
+        let live = self.resumable.get(&token).and_then(|key| self.connections.get_mut(key));
+        let Some(conn) = live.filter(|_| !self.takeovers.contains_key(&token)) else {
+            let _ = reply.send(None);
+            return;
+        };
+        // The old socket may still look alive (a half-open TCP connection):
+        // it lets go, and the connection parks straight into this reattach.
+        let (close_tx, close) = oneshot::channel();
+        let signalled = conn.close.replace(close_tx).is_some_and(|old| old.send(CloseReason::Replaced).is_ok());
+        if signalled {
+            tracing::info!(conn = conn.outlet.key, "stateful reconnect: a reattach takes over a live connection");
+            self.takeovers.insert(token, Takeover { reply, close });
+        } else {
+            // Already told to close (shutting down, too slow): not to be resumed.
+            let _ = reply.send(None);
         }
     }
 
@@ -666,6 +701,13 @@ impl Hub {
         let Some(mut conn) = self.connections.remove(&key) else {
             return false;
         };
+        if let Some(token) = &conn.resumable_by {
+            self.resumable.remove(token);
+            // A reattach waiting for it gets a 404 rather than waiting on.
+            if let Some(takeover) = self.takeovers.remove(token) {
+                let _ = takeover.reply.send(None);
+            }
+        }
         if let (Some(reason), Some(close)) = (reason, conn.close.take()) {
             let _ = close.send(reason);
         }
@@ -704,13 +746,13 @@ mod tests {
     async fn connect(hub: &HubHandle, capacity: usize) -> (ConnKey, Outbox, oneshot::Receiver<CloseReason>) {
         let key = hub.next_key();
         let (ctx, crx) = oneshot::channel();
-        let outbox = hub.register(key, capacity, ctx).await.unwrap();
+        let outbox = hub.register(key, capacity, ctx, None).await.unwrap();
         (key, outbox, crx)
     }
 
     #[tokio::test]
     async fn members_of_either_group_get_the_frame_once_and_others_get_nothing() {
-        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let south = Group::dispatch(&Region::new("south").unwrap());
         let me = Group::contractor(ContractorId::new());
@@ -747,7 +789,7 @@ mod tests {
     /// exactly the members at the time it was broadcast.
     #[tokio::test]
     async fn a_frame_reaches_exactly_the_members_when_it_was_broadcast() {
-        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let mut conns = Vec::new();
         for _ in 0..50 {
@@ -787,7 +829,7 @@ mod tests {
 
     #[tokio::test]
     async fn leaving_and_unregistering_clean_up_membership() {
-        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let (a, a_rx, _close) = connect(&hub, 8).await;
         hub.join(a, north.clone()).await.unwrap();
@@ -807,7 +849,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_closes_only_that_connection() {
-        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let (slow, _slow_rx, slow_close) = connect(&hub, 2).await;
         let (fast, mut fast_rx, mut fast_close) = connect(&hub, 64).await;
@@ -832,7 +874,7 @@ mod tests {
     /// forgets the connection instead of failing.
     #[tokio::test]
     async fn connections_on_other_threads_get_frames_through_their_threads_fan_out() {
-        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1 << 20);
+        let hub = spawn(Duration::from_secs(15), 1 << 20);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let (here, mut here_rx, _here_close) = connect(&hub, 8).await;
         hub.join(here, north.clone()).await.unwrap();
@@ -878,7 +920,7 @@ mod tests {
     #[tokio::test]
     async fn a_queue_over_its_byte_bound_closes_the_connection_and_the_count_comes_back() {
         // Room for two 600-byte frames, not three.
-        let hub = spawn(Duration::from_secs(15), Duration::from_secs(15), 1_300);
+        let hub = spawn(Duration::from_secs(15), 1_300);
         let north = Group::dispatch(&Region::new("north").unwrap());
         let big = |seq: i64| {
             Arc::new(Frame::new(Utf8Bytes::from(format!("{}\u{1e}", "x".repeat(599))), seq, vec![north.clone()].into()))

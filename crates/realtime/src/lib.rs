@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartscheduler_application::{ConnectionTokens, TokenVerifier};
-use smartscheduler_domain::ports::EventLog;
+use smartscheduler_domain::ports::{EventLog, UsedConnectionTokens};
 
 pub use delivery::HubDelivery;
 pub use hub::{HubHandle, HubStats};
@@ -101,6 +101,8 @@ pub struct HubContext {
     pub verifier: Arc<dyn TokenVerifier>,
     /// For the connection tokens negotiate hands out.
     pub tickets: Arc<dyn ConnectionTokens>,
+    /// Which connection tokens were used already (on every node).
+    pub used_tokens: Arc<dyn UsedConnectionTokens>,
     /// Limits and timers.
     pub config: Arc<HubConfig>,
     /// Per-user counters.
@@ -113,10 +115,11 @@ impl HubContext {
         event_log: Arc<dyn EventLog>,
         verifier: Arc<dyn TokenVerifier>,
         tickets: Arc<dyn ConnectionTokens>,
+        used_tokens: Arc<dyn UsedConnectionTokens>,
         config: HubConfig,
     ) -> Self {
-        let hub = hub::spawn(config.negotiate_ttl, config.reconnect_window, config.outbound_max_bytes);
+        let hub = hub::spawn(config.reconnect_window, config.outbound_max_bytes);
         let limits = limits::Limits::new(config.negotiate_per_minute, config.connections_per_user);
-        Self { hub, event_log, verifier, tickets, config: Arc::new(config), limits }
+        Self { hub, event_log, verifier, tickets, used_tokens, config: Arc::new(config), limits }
     }
 }
