@@ -13,7 +13,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use anyhow::Context;
 use smartscheduler_application::publishing::outbox;
-use smartscheduler_application::tailer::EventTailer;
+use smartscheduler_application::tailer::{EventTailer, FollowedPosition};
 use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
 use smartscheduler_domain::EventType;
@@ -94,8 +94,13 @@ impl Application {
             ..HubConfig::default()
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
-        let hub =
+        // With several nodes, replays stop where this node's follower is.
+        let followed = Arc::new(FollowedPosition::new());
+        let mut hub =
             HubContext::start(event_log.clone(), verifier.clone(), tickets, db.used_connection_tokens(), hub_config);
+        if clustered {
+            hub = hub.with_followed_position(followed.clone());
+        }
         let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
         let handlers =
             if clustered { handlers } else { handlers.register(EventType::JobAssigned, hub_delivery.clone()) };
@@ -127,7 +132,7 @@ impl Application {
                 background.push(tokio::spawn(bus.clone().announce(published_rx)));
                 background.push(tokio::spawn(bus.clone().listen(wake.clone())));
             }
-            let tailer = EventTailer::new(event_log.clone(), hub_delivery, wake, poll);
+            let tailer = EventTailer::new(event_log.clone(), hub_delivery, wake, poll).with_followed_position(followed);
             background.push(tokio::spawn(tailer.run()));
         }
         let stop_relay = Arc::new(Notify::new());

@@ -6,15 +6,23 @@
 //! every node delivers in the one publish order.
 //!
 //! The follower never moves past a sequence that might still be published:
-//! - A hole (sequence N published, some M < N not yet) is waited for while a
-//!   claimed, unpublished row still holds M: its publish may be in flight.
-//!   A sequence no row holds any more was given up (its claim failed or was
-//!   taken over by a new lease holder) and is passed. The wait is bounded
+//! - A hole (sequence N seen published, some M < N not) is waited for while a
+//!   row still holds M: claimed, its publish may be in flight; or published
+//!   since the page was read, so the next read brings it. A sequence no row
+//!   holds any more was given up (its attempt failed, or its claim was taken
+//!   over by a new lease holder) and is passed. The wait is bounded
 //!   (`hole_wait`), with an error logged and counted, because the fenced
 //!   lease makes a publish that late impossible.
 //! - A local delivery that fails is retried, with backoff, until it
 //!   succeeds; the follower does not move on without it.
+//!
+//! The follower announces each sequence in a [`FollowedPosition`] before it
+//! hands the event over. A hub client that joins with `afterSequence` is
+//! replayed the events up to that position only: later ones reach it live,
+//! from the follower, so a replay can never run past a hole the follower
+//! still waits for.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +36,32 @@ use crate::publishing::EventHandler;
 /// The default bound on waiting for a hole.
 pub const DEFAULT_HOLE_WAIT: Duration = Duration::from_secs(30);
 
+/// How far a node's follower has gone: the highest sequence it has handed
+/// to (or is handing to) its hub clients, or passed as given up. Shared by
+/// the follower, which writes it, and the hub's replays, which read it.
+#[derive(Debug)]
+pub struct FollowedPosition(AtomicI64);
+
+impl FollowedPosition {
+    /// Not started yet: no bound.
+    pub fn new() -> Self {
+        Self(AtomicI64::new(i64::MAX))
+    }
+    /// The highest sequence a replay may send; live delivery brings the rest.
+    pub fn replay_bound(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn announce(&self, sequence: i64) {
+        self.0.store(sequence, Ordering::SeqCst);
+    }
+}
+
+impl Default for FollowedPosition {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Reads published events after its position and hands them to a handler.
 pub struct EventTailer {
     log: Arc<dyn EventLog>,
@@ -36,6 +70,7 @@ pub struct EventTailer {
     poll: Duration,
     batch: u32,
     hole_wait: Duration,
+    followed: Arc<FollowedPosition>,
 }
 
 /// Where the follower is.
@@ -50,14 +85,20 @@ struct Position {
 enum Hole {
     /// Nothing can fill it any more: move past it.
     GivenUp,
-    /// A claimed row may still be published into it: wait.
+    /// A row holds it, published since the read or perhaps being published: read again.
     MayFill,
 }
 
 impl EventTailer {
     /// Follows `log` into `handler`; wakes on `wake`, and every `poll` anyway.
     pub fn new(log: Arc<dyn EventLog>, handler: Arc<dyn EventHandler>, wake: Arc<Notify>, poll: Duration) -> Self {
-        Self { log, handler, wake, poll, batch: 1000, hole_wait: DEFAULT_HOLE_WAIT }
+        Self { log, handler, wake, poll, batch: 1000, hole_wait: DEFAULT_HOLE_WAIT, followed: Arc::default() }
+    }
+
+    /// Announces its position in `followed` (see the module docs).
+    pub fn with_followed_position(mut self, followed: Arc<FollowedPosition>) -> Self {
+        self.followed = followed;
+        self
     }
 
     /// Waits at most `hole_wait` for a hole that a claimed row still holds.
@@ -78,6 +119,7 @@ impl EventTailer {
                 }
             }
         };
+        self.followed.announce(delivered);
         let mut position = Position { delivered, hole_since: None };
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -111,6 +153,8 @@ impl EventTailer {
                         Hole::MayFill => return,
                     }
                 }
+                // Announced first: a join that misses this broadcast replays it.
+                self.followed.announce(sequence.0);
                 self.deliver(&PublishedEvent { event: entry.payload.event, sequence }).await;
                 position.delivered = sequence.0;
                 position.hole_since = None;
@@ -124,7 +168,7 @@ impl EventTailer {
     /// Judges the hole between `position` and `next`, the next published sequence.
     async fn hole_before(&self, position: &mut Position, next: Sequence) -> Hole {
         let (from, to) = (Sequence(position.delivered + 1), Sequence(next.0 - 1));
-        let held = match self.log.unpublished_claims(from, to).await {
+        let held = match self.log.held_sequences(from, to).await {
             Ok(held) => held,
             Err(err) => {
                 tracing::warn!(error = %err, "tailer: could not look into a hole in the EventLog; waiting");
@@ -136,7 +180,7 @@ impl EventTailer {
         }
         let since = *position.hole_since.get_or_insert_with(Instant::now);
         if since.elapsed() < self.hole_wait {
-            tracing::debug!(first = held[0].0, count = held.len(), "tailer: waiting for claimed sequences");
+            tracing::debug!(first = held[0].0, count = held.len(), "tailer: waiting for held sequences");
             return Hole::MayFill;
         }
         metrics::counter!("smartscheduler_tailer_holes_passed_total").increment(held.len() as u64);
@@ -144,7 +188,7 @@ impl EventTailer {
             first = held[0].0,
             count = held.len(),
             waited_ms = since.elapsed().as_millis() as u64,
-            "tailer: claimed sequences were not published in time; moving past them"
+            "tailer: held sequences were not published in time; moving past them"
         );
         Hole::GivenUp
     }
@@ -163,7 +207,7 @@ impl EventTailer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -213,12 +257,14 @@ mod tests {
         }
     }
 
-    /// The EventLog as the follower sees it: published sequences, and the
-    /// sequences claimed rows hold.
+    /// The EventLog as the follower sees it: published sequences (some
+    /// perhaps not yet visible to a read of the page), and the sequences
+    /// claimed rows hold.
     #[derive(Default)]
     struct Log {
         published: Vec<i64>,
         claimed: Vec<i64>,
+        not_yet_listed: Vec<i64>,
     }
 
     fn mock(log: &Arc<Mutex<Log>>) -> MockEventLog {
@@ -227,14 +273,16 @@ mod tests {
         mock.expect_list().returning(move |query| {
             let after = query.after_sequence.unwrap().0;
             let log = l.lock().unwrap();
-            let mut page: Vec<i64> = log.published.iter().copied().filter(|s| *s > after).collect();
+            let mut page: Vec<i64> =
+                log.published.iter().copied().filter(|s| *s > after && !log.not_yet_listed.contains(s)).collect();
             page.sort_unstable();
             Ok(page.into_iter().take(query.limit as usize).map(entry).collect())
         });
         let l = log.clone();
-        mock.expect_unpublished_claims().returning(move |from, to| {
+        mock.expect_held_sequences().returning(move |from, to| {
             let log = l.lock().unwrap();
-            Ok(log.claimed.iter().copied().filter(|s| (from.0..=to.0).contains(s)).map(Sequence).collect())
+            let held = log.claimed.iter().chain(&log.published);
+            Ok(held.copied().filter(|s| (from.0..=to.0).contains(s)).map(Sequence).collect())
         });
         mock
     }
@@ -242,6 +290,7 @@ mod tests {
     struct Recorder {
         seen: Mutex<Vec<i64>>,
         failures_left: AtomicU32,
+        followed: Arc<FollowedPosition>,
     }
 
     #[async_trait]
@@ -254,27 +303,34 @@ mod tests {
                 self.failures_left.fetch_sub(1, Ordering::SeqCst);
                 return Err(HandlerError("hub unavailable".into()));
             }
+            assert_eq!(self.followed.replay_bound(), event.sequence.0, "announced before it is handed over");
             self.seen.lock().unwrap().push(event.sequence.0);
             Ok(())
         }
     }
 
     fn tailer(log: &Arc<Mutex<Log>>, failures: u32) -> (EventTailer, Arc<Recorder>) {
-        let recorder = Arc::new(Recorder { seen: Mutex::default(), failures_left: AtomicU32::new(failures) });
+        let followed = Arc::new(FollowedPosition::new());
+        let recorder = Arc::new(Recorder {
+            seen: Mutex::default(),
+            failures_left: AtomicU32::new(failures),
+            followed: followed.clone(),
+        });
         let tailer = EventTailer::new(
             Arc::new(mock(log)),
             recorder.clone(),
             Arc::new(Notify::new()),
             Duration::from_millis(100),
         )
-        .with_hole_wait(Duration::from_secs(10));
+        .with_hole_wait(Duration::from_secs(10))
+        .with_followed_position(followed);
         (tailer, recorder)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hole_held_by_a_claimed_row_is_waited_for_and_delivered_in_order_when_it_fills() {
         // Arrange: 1 and 3 are published; 2 is claimed, its publish in flight.
-        let log = Arc::new(Mutex::new(Log { published: vec![1, 3], claimed: vec![2] }));
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 3], claimed: vec![2], ..Log::default() }));
         let (tailer, seen) = tailer(&log, 0);
         let mut position = Position { delivered: 0, hole_since: None };
 
@@ -296,10 +352,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_sequence_published_between_the_read_and_the_look_into_the_hole_is_read_again_not_passed() {
+        // The page showed 3 but not 2, whose publish committed just after.
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 2, 3], claimed: vec![], not_yet_listed: vec![2] }));
+        let (tailer, seen) = tailer(&log, 0);
+        let mut position = Position { delivered: 0, hole_since: None };
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1], "2 is held (published): not given up");
+        log.lock().unwrap().not_yet_listed.clear();
+        tailer.catch_up(&mut position).await;
+        assert_eq!(*seen.seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_sequence_no_row_holds_any_more_is_passed_at_once() {
         // 2 was claimed by a holder that lost the lease; the new holder
         // claimed the row again as 4: nothing can publish 2 now.
-        let log = Arc::new(Mutex::new(Log { published: vec![1, 3, 4], claimed: vec![] }));
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 3, 4], ..Log::default() }));
         let (tailer, seen) = tailer(&log, 0);
         let mut position = Position { delivered: 0, hole_since: None };
         tailer.catch_up(&mut position).await;
@@ -309,7 +378,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hole_that_never_fills_is_passed_after_the_bound_not_before() {
-        let log = Arc::new(Mutex::new(Log { published: vec![2], claimed: vec![1] }));
+        let log = Arc::new(Mutex::new(Log { published: vec![2], claimed: vec![1], ..Log::default() }));
         let (tailer, seen) = tailer(&log, 0);
         let mut position = Position { delivered: 0, hole_since: None };
         tailer.catch_up(&mut position).await;
@@ -323,7 +392,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_local_delivery_is_retried_never_skipped() {
-        let log = Arc::new(Mutex::new(Log { published: vec![1, 2], claimed: vec![] }));
+        let log = Arc::new(Mutex::new(Log { published: vec![1, 2], ..Log::default() }));
         let (tailer, seen) = tailer(&log, 3);
         let mut position = Position { delivered: 0, hole_since: None };
         tailer.catch_up(&mut position).await;

@@ -326,14 +326,15 @@ pub trait EventLog: Send + Sync {
         retry_at: Option<Timestamp>,
         fence: Fence,
     ) -> Result<(), StoreError>;
-    /// Which of the sequences `from..=to` are still held by a claimed,
-    /// unpublished row: those may yet be published, so a follower that sees
-    /// a later one published waits for them. Any other sequence in the range
-    /// never will be (its claim was given up or taken over).
+    /// Which of the sequences `from..=to` a row holds now: published, or
+    /// claimed and perhaps still being published. A follower that sees a
+    /// later sequence published waits for these. Any other sequence in the
+    /// range was given up (its attempt failed, or its claim was taken over
+    /// by a new lease holder) and will never be published.
     ///
     /// # Errors
     /// [`StoreError`].
-    async fn unpublished_claims(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError>;
+    async fn held_sequences(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError>;
     /// Rows for the API, by sequence (unpublished ones last, by commit order).
     ///
     /// # Errors

@@ -781,15 +781,14 @@ impl EventLog for SqliteStore {
         Ok(())
     }
 
-    async fn unpublished_claims(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
-        let held: Vec<i64> = sqlx::query_scalar(
-            "SELECT sequence FROM event_log WHERE status = 'Pending' AND sequence BETWEEN ?1 AND ?2 ORDER BY sequence",
-        )
-        .bind(from.0)
-        .bind(to.0)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
+    async fn held_sequences(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
+        let held: Vec<i64> =
+            sqlx::query_scalar("SELECT sequence FROM event_log WHERE sequence BETWEEN ?1 AND ?2 ORDER BY sequence")
+                .bind(from.0)
+                .bind(to.0)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(store_error)?;
         Ok(held.into_iter().map(Sequence).collect())
     }
 

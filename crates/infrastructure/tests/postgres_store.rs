@@ -403,7 +403,7 @@ async fn an_old_holder_cannot_publish_what_it_claimed_after_a_takeover_and_the_n
     assert!(log.iter().all(|e| e.status == EventStatus::Published));
     assert_eq!(sequences_of(&log), sequences(&again));
     // The old sequences were given up: a follower waiting on them moves on.
-    assert!(db.store.unpublished_claims(claimed[0].sequence, claimed[2].sequence).await.unwrap().is_empty());
+    assert!(db.store.held_sequences(claimed[0].sequence, claimed[2].sequence).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -766,8 +766,14 @@ impl Conn {
             _ => {}
         }
         let limit = self.ctx.config.max_replay;
+        // Read after the join: what this node's follower hands over later
+        // reaches this connection live, so the replay stops where it is.
+        let bound = self.ctx.followed.as_ref().map_or(i64::MAX, |followed| followed.replay_bound());
         let missed = match self.ctx.event_log.replay(group.clone(), Sequence(after), limit + 1).await {
-            Ok(missed) => missed,
+            Ok(mut missed) => {
+                missed.retain(|(_, sequence)| sequence.0 <= bound);
+                missed
+            }
             Err(err) => {
                 tracing::warn!(error = %err, %group, "replay failed");
                 self.undo_join(was_member, group).await;

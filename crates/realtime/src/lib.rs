@@ -27,6 +27,7 @@ pub mod upgrade;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smartscheduler_application::tailer::FollowedPosition;
 use smartscheduler_application::{ConnectionTokens, TokenVerifier};
 use smartscheduler_domain::ports::{EventLog, UsedConnectionTokens};
 
@@ -107,6 +108,10 @@ pub struct HubContext {
     pub config: Arc<HubConfig>,
     /// Per-user counters.
     pub limits: Arc<limits::Limits>,
+    /// With several nodes: how far this node's follower has gone. A replay
+    /// stops there; the follower brings the rest live (see
+    /// [`smartscheduler_application::tailer`]).
+    pub followed: Option<Arc<FollowedPosition>>,
 }
 
 impl HubContext {
@@ -120,6 +125,12 @@ impl HubContext {
     ) -> Self {
         let hub = hub::spawn(config.reconnect_window, config.outbound_max_bytes);
         let limits = limits::Limits::new(config.negotiate_per_minute, config.connections_per_user);
-        Self { hub, event_log, verifier, tickets, used_tokens, config: Arc::new(config), limits }
+        Self { hub, event_log, verifier, tickets, used_tokens, config: Arc::new(config), limits, followed: None }
+    }
+
+    /// Bounds replays by this node's follower (several nodes).
+    pub fn with_followed_position(mut self, followed: Arc<FollowedPosition>) -> Self {
+        self.followed = Some(followed);
+        self
     }
 }

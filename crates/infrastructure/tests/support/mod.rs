@@ -77,7 +77,7 @@ macro_rules! store_suite {
             retrying_a_failed_event_makes_it_pending_and_due_with_attempts_reset,
             purging_deletes_old_published_rows_only_and_raises_the_watermark,
             highest_published_is_the_top_published_sequence_and_ignores_claimed_rows,
-            unpublished_claims_are_the_sequences_of_claimed_rows_until_published_failed_or_claimed_again,
+            held_sequences_are_those_of_claimed_and_published_rows_never_of_failed_or_reclaimed_attempts,
         );
         $crate::support::store_suite!(@multi $backend;
             twenty_concurrent_assignments_of_one_job_commit_exactly_one,
@@ -750,7 +750,7 @@ pub async fn mark_published_with_the_sequence_of_an_older_claim_changes_nothing<
     assert_eq!(entry.published_at_utc, Some(at(501)));
 }
 
-pub async fn unpublished_claims_are_the_sequences_of_claimed_rows_until_published_failed_or_claimed_again<
+pub async fn held_sequences_are_those_of_claimed_and_published_rows_never_of_failed_or_reclaimed_attempts<
     B: Backend,
 >() {
     let Some(db) = B::fresh().await else {
@@ -759,19 +759,19 @@ pub async fn unpublished_claims_are_the_sequences_of_claimed_rows_until_publishe
     db.commit_events(4).await;
     let claimed = db.store.claim_due(later(), 10, Fence::Unfenced).await.unwrap();
     let (first, last) = (claimed[0].sequence, claimed[3].sequence);
-    assert_eq!(db.store.unpublished_claims(first, last).await.unwrap(), sequences(&claimed));
+    assert_eq!(db.store.held_sequences(first, last).await.unwrap(), sequences(&claimed));
 
-    // Published, failed (with or without a retry), or claimed again: each
-    // gives its sequence up, so none of them can fill a hole any more.
+    // A published row keeps its sequence; a failed attempt (with or without
+    // a retry) or a claim taken again gives it up: nothing can fill it now.
     db.store.mark_published(published(&claimed[..1]), at(500), Fence::Unfenced).await.unwrap();
-    let [_, retried, failed, reclaimed] = &claimed[..] else { unreachable!() };
+    let [done, retried, failed, reclaimed] = &claimed[..] else { unreachable!() };
     let retry_at = Some(later());
     db.store.record_failure(retried.event.event_id(), "boom".into(), retry_at, Fence::Unfenced).await.unwrap();
     db.store.record_failure(failed.event.event_id(), "boom".into(), None, Fence::Unfenced).await.unwrap();
-    assert_eq!(db.store.unpublished_claims(first, last).await.unwrap(), vec![reclaimed.sequence]);
+    assert_eq!(db.store.held_sequences(first, last).await.unwrap(), vec![done.sequence, reclaimed.sequence]);
     let again = db.store.claim(vec![reclaimed.event.clone()], Fence::Unfenced).await.unwrap();
-    assert_eq!(db.store.unpublished_claims(first, last).await.unwrap(), vec![]);
-    assert_eq!(db.store.unpublished_claims(again[0].sequence, again[0].sequence).await.unwrap(), sequences(&again));
+    assert_eq!(db.store.held_sequences(first, last).await.unwrap(), vec![done.sequence]);
+    assert_eq!(db.store.held_sequences(again[0].sequence, again[0].sequence).await.unwrap(), sequences(&again));
 }
 
 pub async fn claim_takes_the_given_rows_in_the_given_order_and_skips_rows_no_longer_pending<B: Backend>() {
