@@ -6,6 +6,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod messagepack;
+
 /// The record separator that ends every record.
 pub const RS: u8 = 0x1e;
 /// The handshake success reply, exactly as ASP.NET writes it.
