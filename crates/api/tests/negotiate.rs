@@ -47,7 +47,7 @@ async fn upgrade_and_handshake(app: &TestApp, path: &str, bearer: &str) -> (Stri
     let head_end = |seen: &[u8]| seen.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
     tokio::time::timeout(Duration::from_secs(10), async {
         // Enough for a 101 and the 5-byte handshake reply, or a refusal's whole answer.
-        while !head_end(&seen).is_some_and(|end| seen.len() >= end + 5) {
+        while head_end(&seen).is_none_or(|end| seen.len() < end + 5) {
             match socket.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => seen.extend_from_slice(&chunk[..n]),
