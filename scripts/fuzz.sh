@@ -2,6 +2,8 @@
 # Fuzzes what hostile clients reach first, with the project's property tests:
 #   crates/realtime/tests/fuzz_protocol.rs      RecordBuffer, parse_handshake,
 #                                               parse_message, the records the server writes
+#   crates/realtime/tests/fuzz_messagepack.rs   the MessagePack codec: FrameBuffer,
+#                                               parse_message, the records the server writes
 #   crates/infrastructure/tests/fuzz_tokens.rs  JwtTokens::verify,
 #                                               SignedConnectionTokens::redeem
 # It runs them round after round, each with fresh random inputs and many cases
@@ -33,7 +35,8 @@ trap 'rm -rf "$work"' EXIT
 
 echo "fuzz: building the property tests"
 binaries=()
-for target in "smartscheduler-realtime fuzz_protocol" "smartscheduler-infrastructure fuzz_tokens"; do
+for target in "smartscheduler-realtime fuzz_protocol" "smartscheduler-realtime fuzz_messagepack" \
+  "smartscheduler-infrastructure fuzz_tokens"; do
   set -- $target
   cargo test -p "$1" --test "$2" --no-run --message-format=json >"$work/build.json"
   bin=$(grep -o '"executable":"[^"]*'"$2"'-[^"]*"' "$work/build.json" | tail -n1 | cut -d'"' -f4)

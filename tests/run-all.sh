@@ -44,7 +44,12 @@ else
   fi
 fi
 
-echo "== End-to-end tests (real binary, official SignalR client)"
+echo "== Python's signalrcore for the third-party client test (tests/e2e/python/install.sh)"
+if ! bash tests/e2e/python/install.sh; then
+  echo "run-all: signalrcore is missing; python-client.test.mjs skips (fails with CI=true)" >&2
+fi
+
+echo "== End-to-end tests (real binary, official SignalR client, and signalrcore)"
 export SMARTSCHEDULER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/smartscheduler"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$log" || status=1
 

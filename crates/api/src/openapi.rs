@@ -154,13 +154,13 @@ pub async fn document() -> HttpResponse {
     path = "/hubs/jobs/negotiate",
     tag = "hub",
     params(
-        ("negotiateVersion" = Option<i32>, Query, description = "The client's negotiate version (the server answers 1)."),
+        ("negotiateVersion" = Option<i32>, Query, description = "The client's negotiate version: absent or 0 is answered 0 (no `connectionToken`; the `connectionId` is the token), 1 and higher 1."),
         ("useStatefulReconnect" = Option<bool>, Query, description = "Ask for stateful reconnect."),
         ("access_token" = Option<String>, Query, description = "The bearer token, for clients that cannot set headers."),
     ),
     responses(
         (status = 200, description = "A connection id and single-use connection token for the WebSocket.", body = NegotiateResponse),
-        (status = 400, description = "The token's claims do not fit a hub connection.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`negotiateVersion` is not a whole number, or the token's claims do not fit a hub connection.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 429, description = "Too many negotiations or connections for this user.", body = Problem, content_type = "application/problem+json",
@@ -399,14 +399,16 @@ pub struct Transport {
     transfer_formats: Vec<String>,
 }
 
-/// The answer to negotiate (SignalR negotiate version 1).
+/// The answer to negotiate (SignalR negotiate version 0 or 1).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NegotiateResponse {
+    /// 0 when the request named none (or 0), else 1.
     negotiate_version: i32,
+    /// Version 1: the public id. Version 0: the single-use connection token, passed as `id`.
     connection_id: String,
-    /// Single-use, short-lived: pass as `id` to `GET /hubs/jobs`.
-    connection_token: String,
+    /// Version 1 only. Single-use, short-lived: pass as `id` to `GET /hubs/jobs`.
+    connection_token: Option<String>,
     available_transports: Vec<Transport>,
     /// Present (true) when stateful reconnect was asked for and is on.
     use_stateful_reconnect: Option<bool>,

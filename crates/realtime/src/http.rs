@@ -51,6 +51,7 @@ struct HubQuery {
     #[serde(rename = "access_token")]
     access_token: Option<String>,
     use_stateful_reconnect: Option<String>,
+    negotiate_version: Option<String>,
 }
 
 fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
@@ -110,12 +111,35 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The negotiate protocol version to answer: 0 when the client names none (as the
+/// spec says), the client's own when we know it, else our highest (1).
+///
+/// # Errors
+/// The problem's detail when the value is not a whole number.
+pub fn negotiate_version(requested: Option<&str>) -> Result<u8, &'static str> {
+    match requested {
+        None => Ok(0),
+        Some(text) => match text.parse::<u64>() {
+            Ok(version) => Ok(version.min(1) as u8),
+            Err(_) => Err("'negotiateVersion' must be a whole number (0 or 1)"),
+        },
+    }
+}
+
 /// Negotiate: authenticates, then hands out a connection id and a signed,
 /// short-lived connection token for the WebSocket URL, valid on any node. Only WebSockets with
 /// the Text format is offered. `useStatefulReconnect` is answered only when
 /// the client asked for it (the client refuses it otherwise).
+///
+/// Version 0 (no `negotiateVersion`, as third-party clients send) has no
+/// `connectionToken`: the client puts `connectionId` in `id`, so there the
+/// signed token itself is the `connectionId`. Stateful reconnect needs version 1.
 pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
     let query = query(&req);
+    let version = match negotiate_version(query.negotiate_version.as_deref()) {
+        Ok(version) => version,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Bad request", detail),
+    };
     let principal = match authenticate(&ctx, &req, &query) {
         Ok(p) => p,
         Err(err) => return unauthorized(&err),
@@ -123,7 +147,8 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
     if !ctx.limits.allow_negotiate(&principal.subject) {
         return too_many("Too many negotiations for this user; wait a minute.");
     }
-    let stateful = ctx.config.allow_stateful_reconnect && query.use_stateful_reconnect.as_deref() == Some("true");
+    let stateful =
+        version >= 1 && ctx.config.allow_stateful_reconnect && query.use_stateful_reconnect.as_deref() == Some("true");
     let connection_id = random_id();
     // Signed and self-contained: the WebSocket may land on any node.
     let ticket = ConnectionTicket { connection_id: connection_id.clone(), principal, stateful };
@@ -136,12 +161,17 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
             "the bearer token's claims are too large for a hub connection",
         );
     }
-    let mut body = json!({
-        "negotiateVersion": 1,
-        "connectionId": connection_id,
-        "connectionToken": token,
-        "availableTransports": [{ "transport": "WebSockets", "transferFormats": ["Text"] }]
-    });
+    let transports = json!([{ "transport": "WebSockets", "transferFormats": ["Text"] }]);
+    let mut body = if version == 0 {
+        json!({ "negotiateVersion": 0, "connectionId": token, "availableTransports": transports })
+    } else {
+        json!({
+            "negotiateVersion": 1,
+            "connectionId": connection_id,
+            "connectionToken": token,
+            "availableTransports": transports
+        })
+    };
     if stateful {
         body["useStatefulReconnect"] = json!(true);
     }
@@ -278,4 +308,21 @@ pub async fn connect(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpRespon
     };
     response.extensions_mut().insert(takeover);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::negotiate_version;
+
+    #[test]
+    fn negotiate_version_is_0_when_absent_and_at_most_1() {
+        assert_eq!(negotiate_version(None), Ok(0));
+        assert_eq!(negotiate_version(Some("0")), Ok(0));
+        assert_eq!(negotiate_version(Some("1")), Ok(1));
+        assert_eq!(negotiate_version(Some("99999999999999999999")).ok(), None, "past u64 is refused, not wrapped");
+        assert_eq!(negotiate_version(Some("2")), Ok(1));
+        for bad in ["", "-1", "1.0", "one", " 1"] {
+            assert!(negotiate_version(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

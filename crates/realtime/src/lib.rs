@@ -4,10 +4,12 @@
 //!
 //! What it is not: no business rule (who may join which group is the
 //! domain's `Principal::may_join`), no storage (replays read the EventLog
-//! port), no MessagePack, no long polling or server-sent events.
+//! port), no long polling or server-sent events, and MessagePack only as a
+//! codec ([`protocol::messagepack`]) that no connection uses yet.
 //!
 //! # Layout
-//! - [`protocol`]: records, handshake, messages; pure functions.
+//! - [`protocol`]: records, handshake, messages; pure functions
+//!   (`protocol::messagepack`: the MessagePack codec, not served yet).
 //! - [`hub`]: the task that owns connections and groups, and its handle.
 //! - [`connection`]: one WebSocket's loop and the hub methods.
 //! - [`limits`]: negotiations, connections and invocations per user.

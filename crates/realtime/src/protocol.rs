@@ -6,6 +6,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod messagepack;
+
 /// The record separator that ends every record.
 pub const RS: u8 = 0x1e;
 /// The handshake success reply, exactly as ASP.NET writes it.
@@ -74,7 +76,7 @@ impl RecordBuffer {
 pub struct HandshakeRequest {
     /// `json` is the only protocol served.
     pub protocol: String,
-    /// 1, or 2 when the client negotiated stateful reconnect.
+    /// 1 (or 0, served as 1), or 2 when the client negotiated stateful reconnect.
     pub version: u64,
 }
 
@@ -100,7 +102,9 @@ pub fn parse_handshake(record: &[u8]) -> Result<HandshakeRequest, String> {
     if protocol != "json" {
         return Err(format!("The protocol '{protocol}' is not supported."));
     }
-    if version == 0 || version > MAX_VERSION {
+    // ASP.NET accepts any version up to its own (`version <= Version`): Python's
+    // signalrcore sends 0 after a version 0 negotiation, and is served as 1.
+    if version > MAX_VERSION {
         return Err(format!("The server does not support version {version} of the '{protocol}' protocol."));
     }
     Ok(HandshakeRequest { protocol: protocol.to_owned(), version })
@@ -310,6 +314,8 @@ mod tests {
         assert_eq!(parse_handshake(&records[0]).unwrap(), HandshakeRequest { protocol: "json".into(), version: 1 });
         assert_eq!(parse_handshake(b"{\"protocol\":\"json\",\"version\":2}").unwrap().version, 2);
         assert_eq!(parse_handshake(b"{\"version\":1,\"protocol\":\"json\",\"extra\":true}").unwrap().version, 1);
+        // signalrcore's, after a version 0 negotiation; ASP.NET accepts it too.
+        assert_eq!(parse_handshake(b"{\"protocol\":\"json\",\"version\":0}").unwrap().version, 0);
     }
 
     #[test]
