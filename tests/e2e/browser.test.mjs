@@ -436,6 +436,7 @@ test("console: an expired token is not used: no connection, no green banner, it 
     "nothing is sent with an expired token",
   );
   assert.equal(await page.getByTestId("assign-form").isVisible(), false);
+  assert.equal(await page.getByRole("button", { name: "Reconnect" }).isVisible(), false, "no retry with an expired token");
 
   // Not a JWT at all: refused in the page, nothing is sent.
   await page.getByLabel("Bearer token").fill("not-a-token");

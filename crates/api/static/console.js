@@ -2,6 +2,8 @@
 //
 // - A pasted bearer token is kept in localStorage; its claims are decoded here
 //   for display only (the service verifies the signature on every call).
+//   A token whose `exp` has passed is not used at all (no leeway); one the
+//   service refuses (401) has its claims marked as not verified.
 // - Admins and dispatchers pick a region, list its contractors and jobs, assign
 //   a job (POST /api/jobs/{id}/assign) and watch dispatch/{region} live.
 // - A contractor watches contractor/{own id}: its own assignments, replayed from
@@ -138,7 +140,8 @@
     const box = $("hub-status");
     box.dataset.state = kind;
     $("hub-status-text").textContent = text;
-    $("reconnect").hidden = kind !== "closed" || !state.token;
+    // Reconnecting with an expired token would only fail again.
+    $("reconnect").hidden = kind !== "closed" || !state.token || isExpired(state.claims);
   }
 
   // ---------------------------------------------------------------------------
