@@ -218,6 +218,7 @@
     state.seen.clear();
     state.assignees.clear();
     state.refusedRegion = "";
+    setAssignEnabled(true);
     clearFeed();
     renderIdentity();
     if (isExpired(claims)) {
@@ -291,7 +292,6 @@
       const err = new Error(`${res.status} ${title}: ${detail}`);
       err.status = res.status;
       err.problem = json;
-      err.detail = detail;
       if (res.status === 401) tokenRefused(detail);
       throw err;
     }
