@@ -63,7 +63,12 @@ async function newPage(browser) {
   const context = await browser.newContext({ viewport: VIEWPORT });
   const page = await context.newPage();
   page.problems = [];
+  page.requested = [];
   page.on("pageerror", (err) => page.problems.push(`pageerror: ${err.message}`));
+  page.on("request", (r) => page.requested.push(new URL(r.url()).pathname));
+  page.on("response", (r) => {
+    if (r.status() === 404) page.problems.push(`404: ${r.url()}`);
+  });
   page.on("console", (msg) => {
     if (msg.type() === "error" && /Content Security Policy|Uncaught/i.test(msg.text())) {
       page.problems.push(`console: ${msg.text()}`);
@@ -92,6 +97,11 @@ async function waitForState(page, state, timeout = 15_000) {
     throw new Error(`hub status did not become "${state}" within ${timeout} ms (it says: ${text}): ${err.message}`);
   }
 }
+
+/** What the console shows for an id: its last 8 hex digits (UUID v7 ids share their first 8, the time). */
+const shown = (id) => `…${id.replace(/-/g, "").slice(-8)}`;
+
+const jobRow = (page, jobId) => page.locator(`[data-testid="jobs"] tr[data-job-id="${jobId}"]`);
 
 const feedItem = (page, eventId) => page.locator(`[data-testid="feed"] li[data-event-id="${eventId}"]`);
 
@@ -182,6 +192,15 @@ test("console: one dispatcher page assigns, another sees the JobAssigned within 
   await page.locator(`[data-testid="jobs"] tr[data-job-id="${kitchen.id}"]`).waitFor();
   assert.equal(await page.locator('[data-testid="jobs"] tbody tr[data-job-id]').count(), 3);
   assert.equal(await page.locator('[data-testid="contractors"] tbody tr[data-contractor-id]').count(), 3);
+  // Ids made the same minute share their first 8 characters; the rows show a part that differs.
+  const anaShown = await page.locator(`[data-testid="contractors"] tr[data-contractor-id="${ana.id}"] td.mono`).textContent();
+  const benShown = await page.locator(`[data-testid="contractors"] tr[data-contractor-id="${ben.id}"] td.mono`).textContent();
+  assert.equal(anaShown, shown(ana.id));
+  assert.equal(benShown, shown(ben.id));
+  assert.notEqual(anaShown, benShown);
+  // A favicon of its own: the browser asks for no /favicon.ico (a 404 would be in page.problems).
+  assert.match(await page.locator('link[rel="icon"]').getAttribute("href"), /^data:image\/svg\+xml,/);
+  assert.ok(!page.requested.includes("/favicon.ico"), "no request for /favicon.ico");
 
   // Assign through the form.
   const slot = nextSlot();
@@ -212,6 +231,7 @@ test("console: one dispatcher page assigns, another sees the JobAssigned within 
   assert.ok(fromClick < 1000, `the event reached the other page ${fromClick} ms after the click (limit 1000)`);
   assert.match(await item.textContent(), /Kitchen oak floor/);
   assert.match(await item.textContent(), /Ana Flores/);
+  assert.match(await item.locator("time").textContent(), /^\d\d:\d\d UTC$/, "feed times say their time zone");
   assert.equal(await item.getAttribute("data-sequence"), String((await server.waitPublished(assignment.eventId)).sequence));
   // Its job row turned Assigned live, and it left the assign form's choices.
   await watcher.locator(`[data-testid="jobs"] tr[data-job-id="${kitchen.id}"][data-status="Assigned"]`).waitFor();
@@ -223,7 +243,29 @@ test("console: one dispatcher page assigns, another sees the JobAssigned within 
 
   // The assigning page confirms and shows its own event too.
   assert.match(await page.getByTestId("assign-result").textContent(), /Assigned “Kitchen oak floor” to Ana Flores/);
+  assert.ok(
+    (await page.getByTestId("assign-result").textContent()).endsWith(`(event ${shown(assignment.eventId)}).`),
+    "the confirmation names the event by its distinguishing part",
+  );
   await feedItem(page, assignment.eventId).waitFor();
+  // The form is fresh for the next assignment.
+  assert.equal(await page.getByLabel("Start (UTC)").inputValue(), "");
+  assert.equal(await page.getByLabel("End (UTC)").inputValue(), "");
+  // Both dispatcher pages name the assignee in the jobs table; so does one opened afterwards (from the EventLog).
+  for (const p of [page, watcher]) {
+    await waitFor(
+      async () => (await jobRow(p, kitchen.id).getByTestId("job-assignee").textContent()) === "Ana Flores",
+      5000,
+      "the kitchen job's row to name Ana Flores",
+    );
+  }
+  const later = await openConsole(browser, server, token);
+  await waitFor(
+    async () => (await jobRow(later, kitchen.id).getByTestId("job-assignee").textContent()) === "Ana Flores",
+    5000,
+    "a page opened later to name the kitchen job's assignee",
+  );
+  assert.equal(await jobRow(later, bathroom.id).getByTestId("job-assignee").textContent(), "—");
 
   // The contractor who got it sees it; another contractor sees nothing.
   await feedItem(anaPage, assignment.eventId).waitFor({ timeout: 5000 });
@@ -259,7 +301,18 @@ test("console: one dispatcher page assigns, another sees the JobAssigned within 
     new RegExp(`409 Conflict: contractor ${ana.id} already has an overlapping assignment`),
   );
 
-  assertNoProblems(page, watcher, anaPage, benPage, late);
+  // A network failure is not a refusal.
+  await page.route("**/api/jobs/*/assign", (route) => route.abort("internetdisconnected"));
+  await page.getByRole("button", { name: "Dismiss the error" }).click();
+  await page.getByLabel("Job", { exact: true }).selectOption(bathroom.id);
+  await page.getByLabel("Contractor", { exact: true }).selectOption(ben.id);
+  await page.getByRole("button", { name: "Assign", exact: true }).click();
+  await error.waitFor();
+  const networkText = await error.textContent();
+  assert.match(networkText, /Could not reach the service/);
+  assert.doesNotMatch(networkText, /refused/);
+
+  assertNoProblems(page, watcher, anaPage, benPage, late, later);
 });
 
 test("cross-origin: the official browser bundle on an allowed origin connects with access_token and receives; another origin cannot negotiate", T, async (t) => {
@@ -344,7 +397,8 @@ test("console: the banner says so when the service stops, and the feed is live a
     timeout: 10_000,
   });
   const banner = await page.getByTestId("hub-status-text").textContent();
-  assert.match(banner, /reconnecting|disconnected/i);
+  assert.match(banner, /The service stopped: reconnecting/);
+  assert.doesNotMatch(banner, /error on close/i);
   t.diagnostic(`banner while the service is down: ${banner.trim()}`);
 
   // Back on the same port and database: the page reconnects by itself,
@@ -359,28 +413,88 @@ test("console: the banner says so when the service stops, and the feed is live a
   assertNoProblems(page);
 });
 
-test("console: a refused token shows the problem+json detail and a closed banner", T, async (t) => {
+test("console: an expired token is not used: no connection, no green banner, it says so", T, async (t) => {
   const browser = await launch(t);
   if (!browser) return;
   const server = await startServer(t);
   const now = Math.floor(Date.now() / 1000);
-  const expired = signJwt({ sub: "old", role: "Dispatcher", regions: ["north"], exp: now - 3600, iat: now - 7200 });
+  // Expired a second ago: inside the service's leeway, so only the page's own check refuses it.
+  const expired = signJwt({ sub: "old", role: "Dispatcher", regions: ["north"], exp: now - 1, iat: now - 3600 });
   const page = await newPage(browser);
   await page.goto(server.base + "/");
   await page.getByLabel("Bearer token").fill(expired);
   await page.getByRole("button", { name: "Use token" }).click();
   await waitForState(page, "closed");
-  assert.match(await status(page).textContent(), /Could not connect to the hub: .*401/);
-  await waitFor(
-    async () => /401 Authentication is required: the token has expired/.test(await page.getByTestId("error").textContent()),
-    5000,
-    "the 401 problem detail in the error box",
+  assert.match(await page.getByTestId("hub-status-text").textContent(), /Not connected: the token has expired/);
+  assert.match(await page.getByTestId("error-text").textContent(), /This token has expired/);
+  assert.match(await page.getByTestId("identity-exp").textContent(), /expired/);
+  await sleep(500);
+  assert.equal(await status(page).getAttribute("data-state"), "closed", "never live");
+  assert.deepEqual(
+    page.requested.filter((path) => path.startsWith("/hubs/") || path.startsWith("/api/")),
+    [],
+    "nothing is sent with an expired token",
   );
-  assert.equal(await page.getByTestId("identity-exp").textContent().then((s) => /expired/.test(s)), true);
+  assert.equal(await page.getByTestId("assign-form").isVisible(), false);
+  assert.equal(await page.getByRole("button", { name: "Reconnect" }).isVisible(), false, "no retry with an expired token");
 
   // Not a JWT at all: refused in the page, nothing is sent.
   await page.getByLabel("Bearer token").fill("not-a-token");
   await page.getByRole("button", { name: "Use token" }).click();
   assert.match(await page.getByTestId("error").textContent(), /not a JWT/);
+  assertNoProblems(page);
+});
+
+test("console: a token the service refuses (401) reads in plain words and its claims are marked not verified", T, async (t) => {
+  const browser = await launch(t);
+  if (!browser) return;
+  const server = await startServer(t);
+  const now = Math.floor(Date.now() / 1000);
+  const forged = signJwt({ sub: "mallory", role: "Dispatcher", regions: ["north"], exp: now + 3600, iat: now }, "not-the-secret");
+  const page = await newPage(browser);
+  await page.goto(server.base + "/");
+  await page.getByLabel("Bearer token").fill(forged);
+  await page.getByRole("button", { name: "Use token" }).click();
+  await waitForState(page, "closed");
+  assert.match(await page.getByTestId("hub-status-text").textContent(), /the service refused the token/);
+  const errorText = await page.getByTestId("error-text").textContent();
+  assert.match(errorText, /^The service refused this token: the token is not valid: bad signature\. Mint a new one/);
+  assert.doesNotMatch(errorText, /[{}]|Status code|detail/, "no raw JSON");
+  assert.equal(await page.getByTestId("identity-unverified").isVisible(), true);
+  assert.equal(await page.getByTestId("identity").getAttribute("data-verified"), "false");
+  assert.equal(await page.getByTestId("jobs").isVisible(), false, "nothing is offered on the strength of those claims");
+  assertNoProblems(page);
+});
+
+test("console: loading a region the token may not dispatch says so plainly and offers nothing to assign", T, async (t) => {
+  const browser = await launch(t);
+  if (!browser) return;
+  const server = await startServer(t);
+  await server.createContractor("west", { name: "Wes Tran" });
+  const westJob = await server.createJob("west", { title: "Porch deck", jobType: "Decking" });
+  const page = await openConsole(browser, server, await dispatcherToken(["north"]));
+
+  await page.getByTestId("region-input").fill("west");
+  await page.getByRole("button", { name: "Load", exact: true }).click();
+  await waitForState(page, "refused");
+  const banner = await page.getByTestId("hub-status-text").textContent();
+  assert.match(banner, /you may not dispatch region west/);
+  assert.doesNotMatch(banner, /Live/);
+  const errorText = await page.getByTestId("error-text").textContent();
+  assert.match(errorText, /^You may not dispatch region west/);
+  assert.doesNotMatch(errorText, /HubException|unexpected error|JoinDispatchGroup/);
+  // The service lists the region's jobs to any dispatcher, but none can be assigned from here.
+  await jobRow(page, westJob.id).waitFor();
+  await sleep(300);
+  assert.equal(await page.getByRole("button", { name: /^Assign / }).count(), 0, "no Assign… buttons");
+  assert.equal(await page.getByTestId("assign-submit").isDisabled(), true);
+
+  // Back to a region it dispatches: live again, and assigning works.
+  await page.getByRole("button", { name: "Dismiss the error" }).click();
+  await page.getByTestId("region-input").fill("north");
+  await page.getByRole("button", { name: "Load", exact: true }).click();
+  await waitForState(page, "live");
+  assert.match(await status(page).textContent(), /Live on dispatch\/north/);
+  assert.equal(await page.getByTestId("assign-submit").isDisabled(), false);
   assertNoProblems(page);
 });

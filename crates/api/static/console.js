@@ -2,6 +2,8 @@
 //
 // - A pasted bearer token is kept in localStorage; its claims are decoded here
 //   for display only (the service verifies the signature on every call).
+//   A token whose `exp` has passed is not used at all (no leeway); one the
+//   service refuses (401) has its claims marked as not verified.
 // - Admins and dispatchers pick a region, list its contractors and jobs, assign
 //   a job (POST /api/jobs/{id}/assign) and watch dispatch/{region} live.
 // - A contractor watches contractor/{own id}: its own assignments, replayed from
@@ -31,6 +33,8 @@
     joined: new Map(), // group -> { method, arg }
     lastSequence: new Map(), // group -> highest sequence received
     seen: new Set(), // eventIds shown
+    assignees: new Map(), // jobId -> contractorId, from assignments and events
+    refusedRegion: "", // the region the service refused to let this token dispatch
     loadGeneration: 0,
   };
 
@@ -52,7 +56,9 @@
 
   const isBackOffice = () => state.claims && (state.claims.role === "Admin" || state.claims.role === "Dispatcher");
   const isContractor = () => state.claims && state.claims.role === "Contractor";
-  const shortId = (id) => (typeof id === "string" ? id.slice(0, 8) : "");
+  // UUID v7 ids begin with their creation time, so ids made within a minute
+  // share a prefix; their last 8 hex digits are random and tell them apart.
+  const shortId = (id) => (typeof id === "string" ? `…${id.replace(/-/g, "").slice(-8)}` : "");
 
   /** "2026-12-01T09:00:00Z" -> "2026-12-01 09:00" (UTC). */
   function utc(iso) {
@@ -85,6 +91,37 @@
     return m ? `${h} h ${m} min` : `${h} h`;
   }
 
+  /** Whether the claims' `exp` has passed; no leeway, so the page never uses a token the service may refuse. */
+  const isExpired = (claims) => !!claims && typeof claims.exp === "number" && claims.exp * 1000 <= Date.now();
+
+  /**
+   * The words of a hub or HTTP failure without the client library's wrapping:
+   * the problem+json `detail` of a refused negotiate, or the text of a
+   * HubException, instead of the raw JSON and stack of labels.
+   */
+  function plainReason(err) {
+    const message = (err && err.message) || String(err);
+    const hub = /HubException: (.*)$/s.exec(message);
+    if (hub) return hub[1].trim();
+    const start = message.indexOf("{");
+    const end = message.lastIndexOf("}");
+    if (start >= 0 && end > start) {
+      try {
+        const problem = JSON.parse(message.slice(start, end + 1));
+        if (problem && typeof problem.detail === "string") return problem.detail;
+      } catch {
+        // not JSON: the message as it is
+      }
+    }
+    return message;
+  }
+
+  /** The HTTP status a failed negotiate reports ("…: Status code '401'"), or undefined. */
+  function negotiateStatus(err) {
+    const match = /Status code '(\d{3})'/.exec((err && err.message) || "");
+    return match ? Number(match[1]) : undefined;
+  }
+
   // ---------------------------------------------------------------------------
   // Errors and status
 
@@ -98,12 +135,13 @@
     $("error-text").textContent = "";
   }
 
-  /** state: idle | connecting | live | reconnecting | closed */
+  /** state: idle | connecting | live | refused (connected, in no group) | reconnecting | closed */
   function setStatus(kind, text) {
     const box = $("hub-status");
     box.dataset.state = kind;
     $("hub-status-text").textContent = text;
-    $("reconnect").hidden = kind !== "closed" || !state.token;
+    // Reconnecting with an expired token would only fail again.
+    $("reconnect").hidden = kind !== "closed" || !state.token || isExpired(state.claims);
   }
 
   // ---------------------------------------------------------------------------
@@ -138,9 +176,16 @@
     return `${when} (in ${minutes >= 60 ? durationText(minutes) : `${minutes} min`})`;
   }
 
+  /** Claims are only decoded here; once the service refuses the token they are shown as not verified. */
+  function markClaimsUnverified(unverified) {
+    $("identity").dataset.verified = unverified ? "false" : "unknown";
+    $("identity-unverified").hidden = !unverified;
+  }
+
   function renderIdentity() {
     const c = state.claims;
     $("identity").hidden = !c;
+    markClaimsUnverified(false);
     if (!c) return;
     $("identity-role").textContent = c.role;
     $("identity-sub").textContent = c.sub ?? "";
@@ -171,10 +216,19 @@
     state.claims = claims;
     state.lastSequence.clear();
     state.seen.clear();
+    state.assignees.clear();
+    state.refusedRegion = "";
+    setAssignEnabled(true);
     clearFeed();
     renderIdentity();
-    if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
-      showError("This token has expired: the service will refuse it. Mint a new one.");
+    if (isExpired(claims)) {
+      // The service would accept it for a few seconds of leeway at most: using it would only fail later.
+      await disconnectHub();
+      for (const panel of document.querySelectorAll(".back-office")) panel.hidden = true;
+      $("feed-scope").textContent = "Mint a new token to watch assignments arrive.";
+      showError("This token has expired, so the console does not use it. Mint a new one (`smartscheduler token`).");
+      setStatus("closed", "Not connected: the token has expired.");
+      return;
     }
 
     for (const panel of document.querySelectorAll(".back-office")) panel.hidden = !isBackOffice();
@@ -221,7 +275,9 @@
     try {
       res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     } catch (err) {
-      throw new Error(`${method} ${path}: the service did not answer (${err.message}).`);
+      const failure = new Error(`Could not reach the service (${method} ${path}: ${err.message}).`);
+      failure.network = true;
+      throw failure;
     }
     const text = await res.text();
     let json;
@@ -236,6 +292,7 @@
       const err = new Error(`${res.status} ${title}: ${detail}`);
       err.status = res.status;
       err.problem = json;
+      if (res.status === 401) tokenRefused(detail);
       throw err;
     }
     return json;
@@ -256,8 +313,41 @@
       state.jobs = new Map(jobs.map((j) => [j.id, j]));
       renderContractors();
       renderJobs();
+      await loadAssignees(generation);
     } catch (err) {
-      if (generation === state.loadGeneration) showError(`Could not load region ${region}: ${err.message}`);
+      if (generation !== state.loadGeneration || err.status === 401) return; // a 401 has its own message
+      showError(`Could not load region ${region}: ${err.message}`);
+    }
+  }
+
+  /**
+   * The Job resource does not name its assignee, so the assignees of jobs
+   * assigned before this page opened are read from the EventLog's JobAssigned
+   * rows, a few pages at most; events seen live fill in the rest.
+   */
+  async function loadAssignees(generation) {
+    const MAX_PAGES = 20;
+    const missing = () => [...state.jobs.values()].some((j) => j.status === "Assigned" && !state.assignees.has(j.id));
+    let after = 0;
+    for (let page = 0; page < MAX_PAGES && missing(); page++) {
+      const { items, nextAfterSequence } = await api("GET", `/api/events?afterSequence=${after}&limit=1000`);
+      if (generation !== state.loadGeneration) return;
+      for (const entry of items) {
+        const p = entry.payload || {};
+        if (entry.eventType === "JobAssigned" && p.jobId && p.contractorId) state.assignees.set(p.jobId, p.contractorId);
+      }
+      if (!items.length || nextAfterSequence <= after) break;
+      after = nextAfterSequence;
+    }
+    renderJobs();
+  }
+
+  const mayAssignHere = () => isBackOffice() && !!state.region && state.refusedRegion !== state.region;
+
+  /** The assign form works only for a region this token may dispatch. */
+  function setAssignEnabled(enabled) {
+    for (const id of ["assign-job", "assign-contractor", "assign-start", "assign-end", "assign-submit"]) {
+      $(id).disabled = !enabled;
     }
   }
 
@@ -295,7 +385,7 @@
     $("jobs").tBodies[0].replaceChildren(
       ...rows.map((j) => {
         const action =
-          j.status === "Unassigned"
+          j.status === "Unassigned" && mayAssignHere()
             ? el("button", {
                 type: "button",
                 className: "small secondary",
@@ -312,12 +402,13 @@
           el("td", { text: durationText(j.durationMinutes) }),
           el("td", { text: j.desiredStartUtc ? utc(j.desiredStartUtc) : "—" }),
           el("td", {}, el("span", { className: `badge ${j.status === "Assigned" ? "ok" : "wait"}`, text: j.status })),
+          el("td", { "data-testid": "job-assignee", ...assigneeCell(j) }),
           el("td", {}, action),
         );
       }),
     );
     if (!rows.length) {
-      $("jobs").tBodies[0].append(el("tr", {}, el("td", { colSpan: 6, className: "empty", text: "No jobs in this region." })));
+      $("jobs").tBodies[0].append(el("tr", {}, el("td", { colSpan: 7, className: "empty", text: "No jobs in this region." })));
     }
     const open = rows.filter((j) => j.status === "Unassigned");
     $("jobs-count").textContent = `(${open.length} unassigned of ${rows.length})`;
@@ -332,6 +423,16 @@
     );
     if (open.some((j) => j.id === previous)) select.value = previous;
     else if (previous) fillTimes();
+  }
+
+  /** The assignee cell: the contractor's name, else its short id; "—" while unassigned or unknown. */
+  function assigneeCell(job) {
+    const contractorId = state.assignees.get(job.id);
+    if (job.status !== "Assigned" || !contractorId) return { text: "—" };
+    const known = state.contractors.get(contractorId);
+    return known
+      ? { text: known.name, title: contractorId }
+      : { text: shortId(contractorId), className: "mono", title: contractorId };
   }
 
   function pickJob(jobId) {
@@ -388,11 +489,20 @@
         `Assigned “${job ? job.title || job.jobType : shortId(jobId)}” to ${who ? who.name : shortId(contractorId)}, ` +
         `${utcRange(a.startUtc, a.endUtc)} (event ${shortId(a.eventId)}).`;
       result.dataset.eventId = a.eventId;
+      state.assignees.set(jobId, contractorId);
       if (job) state.jobs.set(jobId, { ...job, status: "Assigned" });
+      // The next assignment starts from a clean form, not this one's times.
+      $("assign-job").value = "";
+      $("assign-start").value = "";
+      $("assign-end").value = "";
       renderJobs();
       loadRegion();
     } catch (err) {
-      showError(`Assignment refused: ${err.message}`);
+      if (err.network) {
+        showError(`${err.message} The assignment may or may not have been made: refresh to see.`);
+      } else if (err.status !== 401) {
+        showError(`Assignment refused: ${err.message}`);
+      }
     } finally {
       button.disabled = false;
     }
@@ -407,11 +517,10 @@
       showError("A region is 1 to 64 characters of A-Z a-z 0-9 . _ -");
       return;
     }
-    if (state.claims.role === "Dispatcher" && !(state.claims.regions || []).includes(region)) {
-      showError(`Your token does not dispatch region ${region}; the service will refuse it.`);
-    }
     const previous = state.region;
     state.region = region;
+    if (state.refusedRegion !== region) state.refusedRegion = "";
+    setAssignEnabled(true);
     localStorage.setItem(REGION_KEY, region);
     $("feed-scope").textContent = `Assignments in region ${region} (group dispatch/${region}).`;
     state.contractors = new Map();
@@ -457,6 +566,12 @@
         loadRegion();
         return result && typeof result.replayed === "number" ? result.replayed : 0;
       }
+      if (/HubException:/.test(err.message)) {
+        // The service refused this join: a fact about the token, not a fault.
+        if (spec.method === "JoinDispatchGroup") refuseRegion(spec.arg);
+        else showError(plainReason(err));
+        return 0;
+      }
       throw err;
     }
   }
@@ -468,11 +583,54 @@
     return replayed;
   }
 
-  const groupNames = () => [...state.joined.keys()].join(", ") || "no group";
+  const groupNames = () => [...state.joined.keys()].join(", ");
+
+  /** Live when in a group; otherwise connected but watching nothing, and why. */
+  function setJoinedStatus(live) {
+    if (state.joined.size) setStatus("live", live);
+    else if (state.refusedRegion) setStatus("refused", `Connected, watching nothing: you may not dispatch region ${state.refusedRegion}.`);
+    else setStatus("refused", "Connected, watching nothing.");
+  }
+
+  /**
+   * The service will not let this token dispatch `region`: say so plainly,
+   * and offer nothing to assign there.
+   */
+  function refuseRegion(region) {
+    if (region !== state.region) return;
+    state.refusedRegion = region;
+    showError(`You may not dispatch region ${region}: your token does not name it. Pick another region or mint a token for it.`);
+    $("feed-scope").textContent = `Not watching region ${region}: your token may not dispatch it.`;
+    setAssignEnabled(false);
+    renderJobs();
+  }
+
+  /**
+   * The service refused the token (401): its claims were never valid, so
+   * they are marked as not verified and nothing more is asked with it.
+   */
+  function tokenRefused(detail) {
+    if (!state.token) return;
+    showError(`The service refused this token: ${String(detail).replace(/\.$/, "")}. Mint a new one (\`smartscheduler token\`).`);
+    markClaimsUnverified(true);
+    for (const panel of document.querySelectorAll(".back-office")) panel.hidden = true;
+    setStatus("closed", "Not connected: the service refused the token.");
+  }
+
+  /** Why the connection went away, in words: a stop of the service is not an error of the page. */
+  function lossReason(err) {
+    const message = (err && err.message) || "";
+    if (/shutting down/i.test(message)) return "The service stopped";
+    return message ? "The connection to the service was lost" : "Disconnected from the service";
+  }
 
   async function connectHub() {
     await disconnectHub();
     if (!state.token) return;
+    if (isExpired(state.claims)) {
+      setStatus("closed", "Not connected: the token has expired.");
+      return;
+    }
     if (typeof signalR === "undefined") {
       setStatus("closed", "The SignalR client (/vendor/signalr.min.js) did not load.");
       return;
@@ -490,25 +648,22 @@
     connection.onreconnecting((err) => {
       if (!current()) return;
       state.joined.clear();
-      setStatus(
-        "reconnecting",
-        `Connection lost${err && err.message ? ` (${err.message})` : ""}: reconnecting… Missed events are replayed when it is back.`,
-      );
+      setStatus("reconnecting", `${lossReason(err)}: reconnecting… Missed events are replayed when it is back.`);
     });
     connection.onreconnected(async () => {
       if (!current()) return;
       try {
         const replayed = await joinAll(connection);
-        setStatus("live", `Reconnected: live on ${groupNames()}; ${replayed} missed event${replayed === 1 ? "" : "s"} replayed.`);
+        setJoinedStatus(`Reconnected: live on ${groupNames()}; ${replayed} missed event${replayed === 1 ? "" : "s"} replayed.`);
         loadRegion();
       } catch (err) {
-        setStatus("closed", `Reconnected, but rejoining failed: ${err.message}`);
+        setStatus("closed", `Reconnected, but rejoining failed: ${plainReason(err)}`);
       }
     });
     connection.onclose((err) => {
       if (!current()) return;
       state.joined.clear();
-      setStatus("closed", `Disconnected from the hub${err && err.message ? `: ${err.message}` : ""}. Live events stopped.`);
+      setStatus("closed", `${lossReason(err)}. Live events stopped: press Reconnect when it is back.`);
     });
     state.connection = connection;
     setStatus("connecting", `Connecting to ${HUB_PATH}…`);
@@ -517,14 +672,17 @@
       if (!current()) return;
       const replayed = await joinAll(connection);
       if (!current()) return;
-      setStatus(
-        "live",
+      setJoinedStatus(
         `Live on ${groupNames()}${replayed ? `; ${replayed} earlier event${replayed === 1 ? "" : "s"} replayed` : ""}.`,
       );
     } catch (err) {
       if (!current()) return;
-      setStatus("closed", `Could not connect to the hub: ${err.message}`);
       if (connection.state === signalR.HubConnectionState.Connected) connection.stop();
+      if (negotiateStatus(err) === 401) {
+        tokenRefused(plainReason(err));
+        return;
+      }
+      setStatus("closed", `Could not connect to the hub: ${plainReason(err)}`);
     }
   }
 
@@ -550,11 +708,10 @@
         state.joined.delete(`dispatch/${previous}`);
       }
       await joinGroup(connection, `dispatch/${region}`, { method: "JoinDispatchGroup", arg: region });
-      setStatus("live", `Live on ${groupNames()}.`);
     } catch (err) {
-      showError(`Could not watch region ${region}: ${err.message}`);
-      setStatus("live", `Live on ${groupNames()}.`);
+      showError(`Could not watch region ${region}: ${plainReason(err)}`);
     }
+    setJoinedStatus(`Live on ${groupNames()}.`);
   }
 
   // ---------------------------------------------------------------------------
@@ -583,7 +740,9 @@
 
     const job = e.job || {};
     const known = state.jobs.get(e.jobId);
-    if (known && known.status !== "Assigned") {
+    const newAssignee = state.assignees.get(e.jobId) !== e.contractorId;
+    state.assignees.set(e.jobId, e.contractorId);
+    if (known && (known.status !== "Assigned" || newAssignee)) {
       state.jobs.set(e.jobId, { ...known, status: "Assigned" });
       renderJobs();
     }
@@ -610,7 +769,7 @@
         el("span", { className: "seq", text: `#${e.sequence}` }),
         el("strong", { className: "event-title", text: title }),
         el("span", { className: "badge region", text: e.region }),
-        el("time", { dateTime: e.occurredAtUtc, className: "muted", text: utc(e.occurredAtUtc).slice(11) }),
+        el("time", { dateTime: e.occurredAtUtc, className: "muted", text: `${utc(e.occurredAtUtc).slice(11)} UTC` }),
       ),
       el(
         "div",
