@@ -16,7 +16,7 @@
 //! costs a system call; waking one on the same thread does not, so an event
 //! costs one cross-thread wake per thread instead of one per member, and the
 //! hub's own work per event does not grow with the groups (see
-//! docs/benchmarks.md, "Improvements").
+//! `docs/architecture.md`, "Fan-out per socket thread").
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

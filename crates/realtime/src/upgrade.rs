@@ -14,7 +14,7 @@
 //! Why not actix-ws: it leaves the socket inside actix-http's HTTP/1
 //! dispatcher, which keeps an 8 KiB read and an 8 KiB write buffer per
 //! connection and puts a second queue and task between a hub connection and
-//! its socket (see `docs/benchmarks.md`, Improvement 5).
+//! its socket (see `docs/architecture.md`, "WebSockets on the bare socket").
 
 use std::fmt;
 use std::rc::Rc;
@@ -183,7 +183,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// assignment's request, its commit and the relay go first, and the
 /// deliveries take what is left. Deliveries then fall behind instead of the
 /// assignments, and the frames queued meanwhile leave in fewer, larger
-/// writes (see docs/benchmarks.md, Improvement 8). A core that is not
+/// writes (see `docs/architecture.md`, "Socket threads and their priority"). A core that is not
 /// saturated serves a socket thread at once whatever its priority.
 #[derive(Clone)]
 pub struct SocketThreads {
