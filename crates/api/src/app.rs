@@ -16,7 +16,7 @@ use smartscheduler_application::publishing::outbox;
 use smartscheduler_application::tailer::{EventTailer, FollowedPosition};
 use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
-use smartscheduler_domain::EventType;
+use smartscheduler_domain::{EventType, Sequence};
 use smartscheduler_infrastructure::postgres_lease::PostgresLease;
 use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::tokens::JwksVerifier;
@@ -94,8 +94,10 @@ impl Application {
             ..HubConfig::default()
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
-        // With several nodes, replays stop where this node's follower is.
-        let followed = Arc::new(FollowedPosition::new());
+        // With several nodes, replays stop where this node's follower is; it
+        // starts from here, read before any client can join.
+        let follow_from = if clustered { highest_published(event_log.as_ref()).await? } else { Sequence(0) };
+        let followed = Arc::new(FollowedPosition::starting_at(follow_from));
         let mut hub =
             HubContext::start(event_log.clone(), verifier.clone(), tickets, db.used_connection_tokens(), hub_config);
         if clustered {
@@ -132,7 +134,9 @@ impl Application {
                 background.push(tokio::spawn(bus.clone().announce(published_rx)));
                 background.push(tokio::spawn(bus.clone().listen(wake.clone())));
             }
-            let tailer = EventTailer::new(event_log.clone(), hub_delivery, wake, poll).with_followed_position(followed);
+            let tailer = EventTailer::new(event_log.clone(), hub_delivery, wake, poll)
+                .starting_after(follow_from)
+                .with_followed_position(followed);
             background.push(tokio::spawn(tailer.run()));
         }
         let stop_relay = Arc::new(Notify::new());
@@ -285,6 +289,23 @@ impl Application {
         self.db.close().await;
         tracing::info!("stopped");
         Ok(result?)
+    }
+}
+
+/// The highest published sequence, retried for a while: the database has
+/// just answered the migrations, but may be flapping.
+async fn highest_published(event_log: &dyn EventLog) -> anyhow::Result<Sequence> {
+    let mut attempt = 0;
+    loop {
+        match event_log.highest_published().await {
+            Ok(highest) => return Ok(highest),
+            Err(err) if attempt < 20 => {
+                attempt += 1;
+                tracing::warn!(error = %err, "cannot read where the EventLog stands yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err).context("cannot read where the EventLog stands"),
+        }
     }
 }
 

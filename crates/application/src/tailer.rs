@@ -47,6 +47,10 @@ impl FollowedPosition {
     pub fn new() -> Self {
         Self(AtomicI64::new(i64::MAX))
     }
+    /// A follower that starts after `sequence`: replays reach up to it.
+    pub fn starting_at(sequence: Sequence) -> Self {
+        Self(AtomicI64::new(sequence.0))
+    }
     /// The highest sequence a replay may send; live delivery brings the rest.
     pub fn replay_bound(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
@@ -71,6 +75,7 @@ pub struct EventTailer {
     batch: u32,
     hole_wait: Duration,
     followed: Arc<FollowedPosition>,
+    start: Option<Sequence>,
 }
 
 /// Where the follower is.
@@ -92,7 +97,24 @@ enum Hole {
 impl EventTailer {
     /// Follows `log` into `handler`; wakes on `wake`, and every `poll` anyway.
     pub fn new(log: Arc<dyn EventLog>, handler: Arc<dyn EventHandler>, wake: Arc<Notify>, poll: Duration) -> Self {
-        Self { log, handler, wake, poll, batch: 1000, hole_wait: DEFAULT_HOLE_WAIT, followed: Arc::default() }
+        Self {
+            log,
+            handler,
+            wake,
+            poll,
+            batch: 1000,
+            hole_wait: DEFAULT_HOLE_WAIT,
+            followed: Arc::default(),
+            start: None,
+        }
+    }
+
+    /// Starts after `sequence` instead of reading the highest published one
+    /// when it runs: the composition reads it before it serves any client,
+    /// so that no join falls between a replay and the follower's start.
+    pub fn starting_after(mut self, sequence: Sequence) -> Self {
+        self.start = Some(sequence);
+        self
     }
 
     /// Announces its position in `followed` (see the module docs).
@@ -107,17 +129,20 @@ impl EventTailer {
         self
     }
 
-    /// Starts after the highest published sequence (history is for joins
-    /// with `afterSequence`) and follows forever.
+    /// Starts after the highest published sequence, or where it was told
+    /// (history is for joins with `afterSequence`), and follows forever.
     pub async fn run(self) {
-        let delivered = loop {
-            match self.log.highest_published().await {
-                Ok(highest) => break highest.0,
-                Err(err) => {
-                    tracing::warn!(error = %err, "tailer: the EventLog is unavailable; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        let delivered = match self.start {
+            Some(start) => start.0,
+            None => loop {
+                match self.log.highest_published().await {
+                    Ok(highest) => break highest.0,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "tailer: the EventLog is unavailable; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
-            }
+            },
         };
         self.followed.announce(delivered);
         let mut position = Position { delivered, hole_since: None };
