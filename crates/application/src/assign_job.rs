@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use smartscheduler_domain::ports::{
     AssignmentStore, CommitAssignmentError, ContractorRepository, EventPublisher, IdempotencyKey, JobRepository,
-    StoreError,
+    StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
 use smartscheduler_domain::{
     AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, Job, JobId, NewAssignment,
@@ -39,9 +39,6 @@ pub struct IdempotencyRequest {
     /// The job and body, canonical: a repeat has the same, a reuse another.
     pub fingerprint: String,
 }
-
-/// How long an idempotency key is honoured.
-pub const IDEMPOTENCY_TTL_MILLIS: i64 = 24 * 60 * 60 * 1000;
 
 /// A successful assign.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,7 +231,7 @@ impl AssignJob {
         principal: &Principal,
         idempotency: &IdempotencyRequest,
     ) -> Result<Option<Assigned>, AssignJobError> {
-        let not_before = Timestamp::now().plus_millis(-IDEMPOTENCY_TTL_MILLIS);
+        let not_before = Timestamp::now().plus_millis(-IDEMPOTENCY_WINDOW_MILLIS);
         match self.store.find_idempotent(principal.subject.clone(), idempotency.key.clone(), not_before).await? {
             Some((fingerprint, assignment)) if fingerprint == idempotency.fingerprint => {
                 Ok(Some(Assigned { assignment, replayed: true }))

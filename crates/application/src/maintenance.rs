@@ -7,7 +7,7 @@ use std::time::Duration;
 use smartscheduler_domain::ports::{AssignmentStore, EventLog};
 use smartscheduler_domain::Timestamp;
 
-use crate::assign_job::IDEMPOTENCY_TTL_MILLIS;
+use smartscheduler_domain::ports::IDEMPOTENCY_WINDOW_MILLIS;
 
 /// Runs forever (spawn it; abort it at shutdown).
 pub async fn run_retention(
@@ -26,7 +26,7 @@ pub async fn run_retention(
             Ok(n) => tracing::info!(deleted = n, "purged events past their retention"),
             Err(err) => tracing::warn!(error = %err, "could not purge old events"),
         }
-        match store.purge_idempotency(now.plus_millis(-IDEMPOTENCY_TTL_MILLIS)).await {
+        match store.purge_idempotency(now.plus_millis(-IDEMPOTENCY_WINDOW_MILLIS)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
             Err(err) => tracing::warn!(error = %err, "could not purge idempotency keys"),

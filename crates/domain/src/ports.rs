@@ -157,6 +157,11 @@ pub trait AssignmentStore: Send + Sync {
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// How long an `Idempotency-Key` is honoured: 24 hours. The use case asks
+/// for keys no older, the stores refuse to reuse a live one, and retention
+/// forgets older ones.
+pub const IDEMPOTENCY_WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
+
 /// An `Idempotency-Key` to store with an assignment, in the same
 /// transaction, so that a repeat returns the first answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use smartscheduler_domain::ports::{
     AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
     EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
-    StoreError,
+    StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -39,7 +39,6 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::errors::{corrupt, store_error};
-use crate::sqlite::IDEMPOTENCY_TTL_MILLIS;
 
 /// `application_name` of the pool's sessions.
 pub const POOL_APPLICATION_NAME: &str = "smartscheduler";
@@ -363,7 +362,7 @@ impl AssignmentStore for PostgresStore {
             .bind(&key.fingerprint)
             .bind(assignment.id().as_uuid())
             .bind(assignment.created_at_utc().unix_millis())
-            .bind(assignment.created_at_utc().unix_millis() - IDEMPOTENCY_TTL_MILLIS)
+            .bind(assignment.created_at_utc().unix_millis() - IDEMPOTENCY_WINDOW_MILLIS)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use smartscheduler_domain::ports::{
     AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
     EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
-    StoreError,
+    StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -38,9 +38,6 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
 use crate::errors::{corrupt, store_error};
-
-/// How long an idempotency key is honoured: 24 hours.
-pub const IDEMPOTENCY_TTL_MILLIS: i64 = 24 * 60 * 60 * 1000;
 
 /// Most assignments committed in one transaction.
 pub const MAX_GROUP: usize = 256;
@@ -553,7 +550,7 @@ async fn check_group(
             let (scope, key) = row.idempotency.as_ref().map(|k| (k.scope.as_str(), k.key.as_str())).unzip();
             serde_json::json!({
                 "job": row.job_id, "contractor": row.contractor_id, "start": row.start_at, "end": row.end_at,
-                "scope": scope, "key": key, "live": row.created_at - IDEMPOTENCY_TTL_MILLIS,
+                "scope": scope, "key": key, "live": row.created_at - IDEMPOTENCY_WINDOW_MILLIS,
             })
         })
         .collect();
