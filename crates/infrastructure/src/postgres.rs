@@ -499,7 +499,7 @@ async fn sequence_all(
 
 #[async_trait]
 impl EventLog for PostgresStore {
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "warn"))]
     async fn claim_due(&self, now: Timestamp, limit: u32, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         check_fence(&mut tx, fence).await?;
@@ -523,7 +523,7 @@ impl EventLog for PostgresStore {
         Ok(claimed)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "warn"))]
     async fn claim(&self, events: Vec<DomainEvent>, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -553,7 +553,7 @@ impl EventLog for PostgresStore {
         Ok(claimed)
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "warn"))]
     async fn mark_published(
         &self,
         published: Vec<PublishedRow>,
@@ -590,7 +590,7 @@ impl EventLog for PostgresStore {
         Ok(())
     }
 
-    #[instrument(skip_all, err)]
+    #[instrument(skip_all, err(level = "warn"))]
     async fn record_failure(
         &self,
         event_id: EventId,
