@@ -20,6 +20,9 @@ async fn list_assignments(app: &TestApp, token: Option<&str>, contractor_id: &st
         .expect("the request is sent")
 }
 
+/// (what it checks, token, contractor id, query, status, a part of the detail)
+type RefusalCase<'a> = (&'a str, Option<String>, String, &'a str, StatusCode, &'a str);
+
 fn uuid(id: &str) -> Uuid {
     Uuid::parse_str(id).expect("a UUID")
 }
@@ -118,7 +121,7 @@ async fn listing_assignments_is_refused_with_a_problem_for_every_bad_request() {
     let bo = app.contractor_id("north").await;
     let anas_token = app.contractor(uuid(&ana));
 
-    let cases: Vec<(&str, Option<String>, String, &str, StatusCode, &str)> = vec![
+    let cases: Vec<RefusalCase> = vec![
         ("no token", None, ana.clone(), "", StatusCode::UNAUTHORIZED, "a bearer token is required"),
         (
             "another contractor's list",
