@@ -156,9 +156,22 @@ test("joins outside the token's regions or contractor are refused, the connectio
     403,
     "a north dispatcher assigning a south job",
   );
-  for (const path of ["/api/events", "/api/jobs", `/api/contractors/${b.id}`]) {
+  for (const path of [
+    "/api/events",
+    "/api/jobs",
+    `/api/contractors/${b.id}`,
+    `/api/contractors/${b.id}/assignments`,
+    `/api/jobs/${toB.assignment.jobId}`,
+  ]) {
     assertProblem(await server.request("GET", path, { token: aToken }), 403, `a contractor reading ${path}`);
   }
+  // What is its own, it reads: the job it got and its assignments.
+  const ownJob = await server.request("GET", `/api/jobs/${toA.assignment.jobId}`, { token: aToken });
+  assert.equal(ownJob.status, 200, "contractor A reads the job assigned to it");
+  assert.equal(ownJob.json.id, toA.assignment.jobId);
+  const own = await server.request("GET", `/api/contractors/${a.id}/assignments`, { token: aToken });
+  assert.equal(own.status, 200, "contractor A lists its assignments");
+  assert.deepEqual(own.json.items.map((i) => [i.assignmentId, i.job.id]), [[toA.assignment.assignmentId, toA.assignment.jobId]]);
 });
 
 // ---------------------------------------------------------------------------

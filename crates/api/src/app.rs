@@ -150,7 +150,7 @@ impl Application {
             Duration::from_secs(3600),
         )));
         let shutdown_timeout = Duration::from_secs(delivery.shutdown_timeout_seconds);
-        let catalog = Catalog::new(db.contractors(), db.jobs());
+        let catalog = Catalog::new(db.contractors(), db.jobs(), db.assignment_reads());
         let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
 
         let listener = TcpListener::bind(&config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;

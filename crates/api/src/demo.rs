@@ -135,7 +135,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
 /// Creates what is missing; see the module documentation.
 async fn seed(db: &Database) -> anyhow::Result<Seeded> {
-    let catalog = Catalog::new(db.contractors(), db.jobs());
+    let catalog = Catalog::new(db.contractors(), db.jobs(), db.assignment_reads());
     let admin = Principal { subject: "demo".into(), role: Role::Admin, regions: Vec::new(), contractor_id: None };
     let mut seeded = Seeded::default();
     let tomorrow = time::OffsetDateTime::now_utc().date().next_day().context("the calendar ended")?;

@@ -46,6 +46,7 @@ macro_rules! routes {
 routes! {
     "/api/contractors" => { POST => contractors::create, GET => contractors::list },
     "/api/contractors/{id}" => { GET => contractors::get },
+    "/api/contractors/{id}/assignments" => { GET => contractors::assignments },
     "/api/jobs" => { POST => jobs::create, GET => jobs::list },
     "/api/jobs/{id}" => { GET => jobs::get },
     "/api/jobs/{id}/assign" => { POST => jobs::assign },

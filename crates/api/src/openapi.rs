@@ -34,6 +34,7 @@ use crate::http;
         http::contractors::create,
         http::contractors::list,
         http::contractors::get,
+        http::contractors::assignments,
         http::jobs::create,
         http::jobs::list,
         http::jobs::get,
@@ -284,6 +285,20 @@ pub struct Assignment {
     /// The JobAssigned event this assignment published.
     #[schema(format = Uuid)]
     event_id: String,
+}
+
+/// An assignment with the job it gives.
+#[derive(Serialize, ToSchema)]
+pub struct AssignmentWithJob {
+    #[serde(flatten)]
+    assignment: Assignment,
+    job: Job,
+}
+
+/// A contractor's assignments, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct ContractorAssignments {
+    items: Vec<AssignmentWithJob>,
 }
 
 /// The job as it stands in a JobAssigned payload.

@@ -1,13 +1,14 @@
 //! Contractors and jobs: create, get and list, with the contract's access
-//! rules (Admin and Dispatcher; jobs only in a dispatcher's own regions).
+//! rules (Admin and Dispatcher; jobs only in a dispatcher's own regions;
+//! a contractor reads only the jobs and assignments that are its own).
 
 use std::sync::Arc;
 
-use smartscheduler_domain::ports::{ContractorRepository, JobFilter, JobRepository, StoreError};
+use smartscheduler_domain::ports::{AssignmentRepository, ContractorRepository, JobFilter, JobRepository, StoreError};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName, Principal, Region, Skill,
-    Timestamp, Title, ValidationError,
+    Assignment, Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName, Principal,
+    Region, Skill, Timestamp, Title, ValidationError,
 };
 use tracing::instrument;
 
@@ -23,6 +24,9 @@ pub enum CatalogError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// What was asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// A validated new contractor.
@@ -58,6 +62,7 @@ pub struct CreateJobRequest {
 pub struct Catalog {
     contractors: Arc<dyn ContractorRepository>,
     jobs: Arc<dyn JobRepository>,
+    assignments: Arc<dyn AssignmentRepository>,
 }
 
 fn back_office(principal: &Principal) -> Result<(), CatalogError> {
@@ -70,8 +75,12 @@ fn back_office(principal: &Principal) -> Result<(), CatalogError> {
 
 impl Catalog {
     /// Wires the catalog to its repositories.
-    pub fn new(contractors: Arc<dyn ContractorRepository>, jobs: Arc<dyn JobRepository>) -> Self {
-        Self { contractors, jobs }
+    pub fn new(
+        contractors: Arc<dyn ContractorRepository>,
+        jobs: Arc<dyn JobRepository>,
+        assignments: Arc<dyn AssignmentRepository>,
+    ) -> Self {
+        Self { contractors, jobs, assignments }
     }
 
     /// Creates a contractor.
@@ -145,8 +154,47 @@ impl Catalog {
     /// # Errors
     /// [`CatalogError`].
     pub async fn job(&self, principal: &Principal, id: JobId) -> Result<Option<Job>, CatalogError> {
-        back_office(principal)?;
-        Ok(self.jobs.get(id).await?)
+        if principal.is_back_office() {
+            return Ok(self.jobs.get(id).await?);
+        }
+        let Some(job) = self.jobs.get(id).await? else { return Ok(None) };
+        let assigned_to = self.assignments.of_job(id).await?.map(|a| a.contractor_id());
+        match (principal.contractor_id, assigned_to) {
+            (Some(me), Some(assignee)) if me == assignee => Ok(Some(job)),
+            _ => Err(CatalogError::Forbidden("a contractor may read only the jobs assigned to it".into())),
+        }
+    }
+
+    /// The assignments of a contractor with their jobs, newest first: for an
+    /// admin, a dispatcher of the contractor's region, or that contractor.
+    ///
+    /// # Errors
+    /// [`CatalogError::NotFound`] when no contractor has this id (for the back
+    /// office; a contractor asking for another's id is `Forbidden`), else [`CatalogError`].
+    pub async fn assignments_of(
+        &self,
+        principal: &Principal,
+        id: ContractorId,
+        limit: u32,
+    ) -> Result<Vec<(Assignment, Job)>, CatalogError> {
+        if !principal.is_back_office() {
+            if principal.contractor_id != Some(id) {
+                return Err(CatalogError::Forbidden("a contractor may list only its own assignments".into()));
+            }
+        } else {
+            let contractor = self
+                .contractors
+                .get(id)
+                .await?
+                .ok_or_else(|| CatalogError::NotFound(format!("contractor {id} does not exist")))?;
+            if !principal.dispatches(contractor.region()) {
+                return Err(CatalogError::Forbidden(format!(
+                    "you may not read the assignments of region '{}'",
+                    contractor.region()
+                )));
+            }
+        }
+        Ok(self.assignments.of_contractor(id, limit).await?)
     }
 
     /// Jobs, optionally of one region and status.

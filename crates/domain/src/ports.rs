@@ -95,6 +95,24 @@ pub trait JobRepository: Send + Sync {
     async fn list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
 }
 
+/// Assignments as they were committed, for reading (the commit itself is
+/// [`AssignmentStore`]'s).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait AssignmentRepository: Send + Sync {
+    /// The assignment of `job`, or `None` while it is unassigned (or does not exist).
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn of_job(&self, job: JobId) -> Result<Option<Assignment>, StoreError>;
+    /// The assignments of `contractor` with their jobs, newest first
+    /// (by creation, then id), at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn of_contractor(&self, contractor: ContractorId, limit: u32) -> Result<Vec<(Assignment, Job)>, StoreError>;
+}
+
 /// Why the store refused to commit an assignment. The store re-checks inside
 /// its transaction, so these hold even when requests race.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

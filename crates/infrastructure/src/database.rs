@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use smartscheduler_domain::ports::{
-    AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError, UsedConnectionTokens,
+    AssignmentRepository, AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError,
+    UsedConnectionTokens,
 };
 
 use crate::postgres::PostgresStore;
@@ -67,6 +68,13 @@ impl Database {
     }
     /// The assignment unit of work.
     pub fn assignments(&self) -> Arc<dyn AssignmentStore> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+    /// Committed assignments, for reading.
+    pub fn assignment_reads(&self) -> Arc<dyn AssignmentRepository> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),

@@ -12,6 +12,7 @@
 //! - [`used_connection_tokens`]: hub connection tokens already used, per node
 //!   or shared by a cluster.
 
+mod assignment_reads;
 pub mod connection_tokens;
 pub mod database;
 mod errors;

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
-    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
-    StoreError, IDEMPOTENCY_WINDOW_MILLIS,
+    AssignmentRepository, AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
+    EventLogEntry, EventQuery, EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload,
+    PublishedRow, RetryOutcome, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -38,6 +38,7 @@ use sqlx::{PgPool, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::assignment_reads::pair_with_job;
 use crate::errors::{corrupt, store_error};
 
 /// `application_name` of the pool's sessions.
@@ -269,6 +270,44 @@ impl JobRepository for PostgresStore {
         .await
         .map_err(store_error)?;
         rows.iter().map(job_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl AssignmentRepository for PostgresStore {
+    async fn of_job(&self, job: JobId) -> Result<Option<Assignment>, StoreError> {
+        sqlx::query("SELECT * FROM assignments WHERE job_id = $1")
+            .bind(job.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?
+            .as_ref()
+            .map(assignment_from_row)
+            .transpose()
+    }
+
+    async fn of_contractor(&self, contractor: ContractorId, limit: u32) -> Result<Vec<(Assignment, Job)>, StoreError> {
+        // Two reads that reuse the row mappers (the tables share column names);
+        // assignments are never changed or deleted, so the second read finds every job.
+        let assignments = sqlx::query(
+            "SELECT * FROM assignments WHERE contractor_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+        )
+        .bind(contractor.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let jobs = sqlx::query(
+            "SELECT * FROM jobs WHERE id IN (SELECT job_id FROM assignments WHERE contractor_id = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2)",
+        )
+        .bind(contractor.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let jobs = jobs.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        assignments.iter().map(|row| pair_with_job(assignment_from_row(row)?, &jobs)).collect()
     }
 }
 

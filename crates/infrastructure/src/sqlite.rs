@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
-    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload, PublishedRow, RetryOutcome,
-    StoreError, IDEMPOTENCY_WINDOW_MILLIS,
+    AssignmentRepository, AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
+    EventLogEntry, EventQuery, EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload,
+    PublishedRow, RetryOutcome, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
@@ -37,6 +37,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
+use crate::assignment_reads::pair_with_job;
 use crate::errors::{corrupt, store_error};
 
 /// Most assignments committed in one transaction.
@@ -386,6 +387,44 @@ impl JobRepository for SqliteStore {
         .await
         .map_err(store_error)?;
         rows.iter().map(job_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl AssignmentRepository for SqliteStore {
+    async fn of_job(&self, job: JobId) -> Result<Option<Assignment>, StoreError> {
+        sqlx::query("SELECT * FROM assignments WHERE job_id = ?")
+            .bind(job.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?
+            .as_ref()
+            .map(assignment_from_row)
+            .transpose()
+    }
+
+    async fn of_contractor(&self, contractor: ContractorId, limit: u32) -> Result<Vec<(Assignment, Job)>, StoreError> {
+        // Two reads that reuse the row mappers (the tables share column names);
+        // assignments are never changed or deleted, so the second read finds every job.
+        let assignments = sqlx::query(
+            "SELECT * FROM assignments WHERE contractor_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2",
+        )
+        .bind(contractor.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let jobs = sqlx::query(
+            "SELECT * FROM jobs WHERE id IN (SELECT job_id FROM assignments WHERE contractor_id = ?1
+             ORDER BY created_at DESC, id DESC LIMIT ?2)",
+        )
+        .bind(contractor.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let jobs = jobs.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        assignments.iter().map(|row| pair_with_job(assignment_from_row(row)?, &jobs)).collect()
     }
 }
 

@@ -1,9 +1,10 @@
-//! `POST /api/contractors`, `GET /api/contractors/{id}`, `GET /api/contractors?region=R`.
+//! `POST /api/contractors`, `GET /api/contractors/{id}`, `GET /api/contractors?region=R`,
+//! and `GET /api/contractors/{id}/assignments`.
 
 use actix_web::{http::header, web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use smartscheduler_application::{Catalog, CreateContractorRequest};
-use smartscheduler_domain::{ContractorId, PersonName, Region, Skill};
+use smartscheduler_domain::{Assignment, ContractorId, Job, PersonName, Region, Skill};
 
 use super::auth::Authenticated;
 use super::ApiError;
@@ -95,4 +96,46 @@ pub async fn list(
     let region = query.region.as_deref().map(Region::new).transpose()?;
     let limit = super::limit(query.limit)?;
     Ok(HttpResponse::Ok().json(catalog.contractors(&principal, region, limit).await?))
+}
+
+/// The query of `GET /api/contractors/{id}/assignments`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AssignmentsQuery {
+    /// Page size: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// One item of a contractor's assignments: the contract's Assignment with its job.
+#[derive(Serialize)]
+struct AssignmentWithJob {
+    #[serde(flatten)]
+    assignment: Assignment,
+    job: Job,
+}
+
+/// A contractor's assignments with their jobs, newest first.
+#[utoipa::path(get, path = "/api/contractors/{id}/assignments", tag = "contractors",
+    params(("id" = String, Path, description = "The contractor's id (a UUID)."), AssignmentsQuery),
+    responses(
+        (status = 200, description = "The assignments, newest first.", body = crate::openapi::ContractorAssignments),
+        (status = 404, description = "No contractor has this id.", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn assignments(
+    Authenticated(principal): Authenticated,
+    catalog: web::Data<Catalog>,
+    id: web::Path<String>,
+    query: web::Query<AssignmentsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id: ContractorId = id.parse().map_err(|_| ApiError::not_found("no contractor has this id"))?;
+    let limit = super::limit(query.limit)?;
+    let items: Vec<AssignmentWithJob> = catalog
+        .assignments_of(&principal, id, limit)
+        .await?
+        .into_iter()
+        .map(|(assignment, job)| AssignmentWithJob { assignment, job })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
 }

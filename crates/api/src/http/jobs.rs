@@ -71,7 +71,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found("no job has this id"))
 }
 
-/// One job.
+/// One job: for the back office, or for the contractor it is assigned to.
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "The job's id (a UUID).")),
     responses(

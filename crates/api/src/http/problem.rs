@@ -181,6 +181,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::Forbidden(e) => Self::Forbidden(e),
             CatalogError::Invalid(e) => e.into(),
             CatalogError::Store(e) => e.into(),
+            CatalogError::NotFound(e) => Self::not_found(e),
         }
     }
 }

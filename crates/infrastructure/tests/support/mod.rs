@@ -8,8 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use smartscheduler_domain::ports::{
-    AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog, EventLogEntry, EventQuery,
-    EventStatus, Fence, JobFilter, JobRepository, PublishedRow, RetryOutcome,
+    AssignmentRepository, AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
+    EventLogEntry, EventQuery, EventStatus, Fence, JobFilter, JobRepository, PublishedRow, RetryOutcome,
 };
 use smartscheduler_domain::{
     Address, Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job,
@@ -22,9 +22,15 @@ use tokio::sync::Barrier;
 // ---------------------------------------------------------------------------
 
 /// Every storage port, as one adapter implements them.
-pub trait Store: ContractorRepository + JobRepository + AssignmentStore + EventLog + Clone + 'static {}
+pub trait Store:
+    ContractorRepository + JobRepository + AssignmentStore + AssignmentRepository + EventLog + Clone + 'static
+{
+}
 
-impl<T> Store for T where T: ContractorRepository + JobRepository + AssignmentStore + EventLog + Clone + 'static {}
+impl<T> Store for T where
+    T: ContractorRepository + JobRepository + AssignmentStore + AssignmentRepository + EventLog + Clone + 'static
+{
+}
 
 /// One database engine under test.
 pub trait Backend: Sized + 'static {
@@ -60,6 +66,8 @@ macro_rules! store_suite {
             assigning_to_a_contractor_that_is_not_stored_is_refused_and_rolls_the_job_back,
             an_overlapping_assignment_of_the_same_contractor_is_contractor_busy_and_writes_nothing,
             touching_assignments_of_the_same_contractor_are_allowed,
+            a_jobs_assignment_is_found_by_the_job_and_an_unassigned_job_has_none,
+            a_contractors_assignments_are_listed_newest_first_with_their_jobs_up_to_the_limit,
             claim_due_hands_out_pending_rows_in_commit_order_with_increasing_sequences_up_to_the_limit,
             claiming_again_gives_the_same_rows_new_higher_sequences_never_reused,
             claim_due_only_takes_rows_whose_time_has_come,
@@ -424,6 +432,60 @@ pub async fn committing_an_assignment_marks_the_job_assigned_and_logs_one_pendin
     assert_eq!(entry.payload.event, event);
     assert_eq!(entry.payload.sequence, None);
     assert_eq!(&db.entry(event.event_id()).await, entry);
+}
+
+// ---------------------------------------------------------------------------
+// Reading assignments
+// ---------------------------------------------------------------------------
+
+pub async fn a_jobs_assignment_is_found_by_the_job_and_an_unassigned_job_has_none<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let ana = db.add_contractor("Ana", "north").await;
+    let assigned = db.add_job("north").await;
+    let unassigned = db.add_job("north").await;
+    let (job, assignment, event) = plan(&assigned, &ana, range(0, 60));
+    db.store.commit_assignment(&job, &assignment, &event, None).await.unwrap();
+
+    assert_eq!(AssignmentRepository::of_job(&db.store, assigned.id()).await.unwrap(), Some(assignment));
+    assert_eq!(AssignmentRepository::of_job(&db.store, unassigned.id()).await.unwrap(), None);
+    assert_eq!(AssignmentRepository::of_job(&db.store, JobId::new()).await.unwrap(), None);
+}
+
+pub async fn a_contractors_assignments_are_listed_newest_first_with_their_jobs_up_to_the_limit<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let ana = db.add_contractor("Ana", "north").await;
+    let bo = db.add_contractor("Bo", "north").await;
+    // Committed out of creation order, so the listing cannot pass by following commit order.
+    let mut committed = Vec::new();
+    for (created, hour) in [(20, 1), (10, 0), (30, 2)] {
+        let mut job = db.add_job("north").await;
+        let request = NewAssignment {
+            contractor_id: ana.id(),
+            range: range(hour * 60, hour * 60 + 60),
+            source: AssignmentSource::Manual,
+            audit_id: None,
+        };
+        let (assignment, event) = job.assign(&ana, request, at(created)).unwrap();
+        db.store.commit_assignment(&job, &assignment, &DomainEvent::from(event), None).await.unwrap();
+        committed.push((created, assignment, job));
+    }
+    let bos_job = db.add_job("north").await;
+    db.assign(&bos_job, &bo, range(0, 60)).await;
+    committed.sort_by_key(|(created, _, _)| -created);
+    let newest_first: Vec<(Assignment, Job)> = committed.into_iter().map(|(_, a, j)| (a, j)).collect();
+
+    let all = AssignmentRepository::of_contractor(&db.store, ana.id(), 10).await.unwrap();
+    let first_two = AssignmentRepository::of_contractor(&db.store, ana.id(), 2).await.unwrap();
+    let nobodys = AssignmentRepository::of_contractor(&db.store, ContractorId::new(), 10).await.unwrap();
+
+    assert_eq!(all, newest_first);
+    assert!(all.iter().all(|(_, job)| job.status() == JobStatus::Assigned));
+    assert_eq!(first_two, newest_first[..2].to_vec());
+    assert!(nobodys.is_empty());
 }
 
 pub async fn a_second_assignment_of_the_same_job_is_refused_and_writes_nothing<B: Backend>() {
