@@ -382,7 +382,7 @@ impl OutboxRelay {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use smartscheduler_domain::ports::MockEventLog;
     use smartscheduler_domain::{
@@ -392,7 +392,8 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;
 
-    fn event() -> DomainEvent {
+    /// A `JobAssigned` of a fresh job and contractor (also for the tailer's tests).
+    pub(crate) fn event() -> DomainEvent {
         let now = Timestamp::now();
         let mut job = Job::create(
             JobType::new("Flooring").unwrap(),

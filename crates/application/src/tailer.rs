@@ -237,34 +237,10 @@ mod tests {
 
     use async_trait::async_trait;
     use smartscheduler_domain::ports::{EventLogEntry, EventStatus, LoggedPayload, MockEventLog};
-    use smartscheduler_domain::{
-        Contractor, DomainEvent, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, TimeRange, Timestamp,
-    };
 
     use super::*;
+    use crate::publishing::tests::event;
     use crate::publishing::HandlerError;
-
-    fn event() -> DomainEvent {
-        let now = Timestamp::now();
-        let north = || Region::new("north").unwrap();
-        let mut job = Job::create(
-            JobType::new("Flooring").unwrap(),
-            None,
-            north(),
-            DurationMinutes::new(60).unwrap(),
-            None,
-            None,
-            now,
-        );
-        let c = Contractor::create(PersonName::new("Ana").unwrap(), north(), vec![], now).unwrap();
-        let request = NewAssignment {
-            contractor_id: c.id(),
-            range: TimeRange::new(now, now.plus_millis(1000)).unwrap(),
-            source: smartscheduler_domain::AssignmentSource::Manual,
-            audit_id: None,
-        };
-        job.assign(&c, request, now).unwrap().1.into()
-    }
 
     fn entry(sequence: i64) -> EventLogEntry {
         let event = event();
