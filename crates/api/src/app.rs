@@ -6,9 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_http::HttpService;
-use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
-use actix_web::dev::{AppConfig, Server, Service};
+use actix_web::dev::{Server, Service};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use anyhow::Context;
@@ -21,11 +19,11 @@ use smartscheduler_infrastructure::postgres_lease::PostgresLease;
 use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::tokens::JwksVerifier;
 use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
-use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery};
+use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery, WebSocketAdapter};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::config::ServeConfig;
+use crate::config::{HubWebSocket, ServeConfig};
 use crate::http;
 
 /// A built, not yet running, service.
@@ -91,6 +89,12 @@ impl Application {
             connections_per_user: delivery.hub_connections_per_user,
             invocations_per_second: delivery.hub_invocations_per_second,
             max_message_bytes: delivery.hub_max_message_bytes,
+            poll_timeout: Duration::from_secs(delivery.hub_poll_seconds),
+            disconnect_timeout: Duration::from_secs(delivery.hub_disconnect_seconds),
+            websocket: match delivery.hub_websocket {
+                HubWebSocket::ActixWs => WebSocketAdapter::ActixWs,
+                HubWebSocket::Dedicated => WebSocketAdapter::Dedicated,
+            },
             ..HubConfig::default()
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
@@ -211,39 +215,8 @@ impl Application {
                 .configure(smartscheduler_realtime::http::configure)
                 .default_service(web::to(http::problem::not_found))
         };
-        // Hub sockets run on threads of their own, one per core (see
-        // `SocketThreads`): deliveries do not queue the API's requests.
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let socket_threads = smartscheduler_realtime::upgrade::SocketThreads::start(cores)
-            .context("cannot start the hub's socket threads")?;
-        // actix-web's `HttpServer`, assembled from its parts (with its
-        // defaults) so that WebSocket upgrades can be handed over with their
-        // socket: the application answers them, and the upgrade service
-        // gives the socket of a `101` to the hub (see
-        // `smartscheduler_realtime::upgrade`).
-        let builder = Server::build();
-        let graceful = builder.graceful_shutdown_signal();
-        let server = builder
-            .listen("smartscheduler-http", listener, move || {
-                let app = || {
-                    let app = make_app().into_factory().map_err(|err| err.error_response());
-                    map_config(app, |()| AppConfig::default())
-                };
-                let graceful = graceful.clone();
-                HttpService::build()
-                    .graceful_shutdown_signal(move || {
-                        let graceful = graceful.clone();
-                        async move { graceful.notified().await }
-                    })
-                    .client_disconnect_timeout(Duration::from_secs(1))
-                    .local_addr(address)
-                    .upgrade(smartscheduler_realtime::upgrade::service(app(), socket_threads.clone()))
-                    .finish(app())
-                    .tcp()
-            })?
-            .shutdown_timeout(delivery.shutdown_timeout_seconds)
-            .disable_signals()
-            .run();
+        let server = smartscheduler_realtime::http_server(&hub, listener, make_app, shutdown_timeout)
+            .context("cannot serve HTTP")?;
 
         Ok(Self {
             port: address.port(),

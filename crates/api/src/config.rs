@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use smartscheduler_infrastructure::tokens::{load_or_create_secret, SecretFileOrigin};
 
 /// SmartScheduler events: when a dispatcher assigns a flooring job, the
@@ -90,6 +90,21 @@ pub struct DeliveryArgs {
     /// Largest hub message accepted from a client, in bytes.
     #[arg(long, env = "SMARTSCHEDULER_HUB_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024)]
     pub hub_max_message_bytes: usize,
+    /// Seconds a Long Polling poll waits for records before an empty answer.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_POLL_SECONDS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub hub_poll_seconds: u64,
+    /// Seconds without a poll after which a Long Polling connection is closed.
+    #[arg(long, env = "SMARTSCHEDULER_HUB_DISCONNECT_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub hub_disconnect_seconds: u64,
+    /// Which adapter serves hub WebSockets: actix-ws (on the HTTP workers) or
+    /// dedicated (tungstenite on socket threads of their own).
+    #[arg(long, env = "SMARTSCHEDULER_HUB_WEBSOCKET", value_enum, default_value_t = HubWebSocket::ActixWs)]
+    pub hub_websocket: HubWebSocket,
+    /// Several nodes: this node's URL as the other nodes reach it, to which
+    /// they forward its Long Polling and SSE requests (default: http:// and
+    /// the bound address).
+    #[arg(long, env = "SMARTSCHEDULER_NODE_URL")]
+    pub node_url: Option<String>,
     /// Seconds a graceful stop waits for connections and the relay.
     #[arg(long, env = "SMARTSCHEDULER_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
@@ -112,6 +127,10 @@ impl Default for DeliveryArgs {
             hub_connections_per_user: 100,
             hub_invocations_per_second: 20,
             hub_max_message_bytes: 32 * 1024,
+            hub_poll_seconds: 90,
+            hub_disconnect_seconds: 15,
+            hub_websocket: HubWebSocket::ActixWs,
+            node_url: None,
             shutdown_timeout_seconds: 10,
             publisher_lease_ms: 5000,
         }
@@ -264,4 +283,14 @@ impl SecretArgs {
         );
         Ok(stored.secret)
     }
+}
+
+/// The hub's WebSocket adapters (`SMARTSCHEDULER_HUB_WEBSOCKET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HubWebSocket {
+    /// actix-ws, on the HTTP workers.
+    #[value(name = "actix-ws")]
+    ActixWs,
+    /// tungstenite on the bare socket, on socket threads of their own.
+    Dedicated,
 }

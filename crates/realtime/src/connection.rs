@@ -1,4 +1,7 @@
-//! One logical hub connection and the WebSocket that carries it.
+//! One logical hub connection, on whatever [`Transport`] carries it: the
+//! state machine every transport shares (handshake, invocations,
+//! keep-alive, stateful reconnect, close, de-duplication), in the hub
+//! protocol ([`Codec`]) its handshake chose.
 //!
 //! After the handshake, one `select!` loop runs over the client's messages,
 //! the outbound queue the hub fills, the hub's close signal and one timer
@@ -22,18 +25,14 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::hub::{CloseReason, ConnKey, Frame, Outbox};
+use crate::hub::{CloseReason, ConnKey, Fanout, Frame, Outbox};
 use crate::limits::{ConnectionPermit, RateLimiter};
-use crate::protocol::{self, HubMessage, RecordBuffer};
-use crate::upgrade::Ws;
+use crate::protocol::{self, Codec, Encoded, HubMessage, Splitter};
+use crate::transport::{Incoming, Lost, Transport};
 use crate::HubContext;
 
 /// Why the socket loop ends; decides the Close record and whether to park.
@@ -55,78 +54,36 @@ const ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// At most this many queued frames go out in one write.
 const MAX_BATCH: usize = 64;
 
-/// What the client sent, as the connection loop sees it.
-enum Incoming {
-    Text(Utf8Bytes),
-    Binary,
-    /// A WebSocket Ping: tungstenite has queued the Pong, a flush sends it.
-    Ping,
-    /// A Close frame, or the socket was lost (reset, EOF without a Close frame).
-    Closed,
-    /// The client broke the WebSocket protocol or a size limit.
-    Broken(tungstenite::Error),
-}
-
-/// Whether a read error means the connection was lost (the socket was reset
-/// or hit EOF without a close frame: how a network drop looks) rather than
-/// the client breaking the protocol.
-fn is_transport_loss(err: &tungstenite::Error) -> bool {
-    use tungstenite::error::ProtocolError;
-    matches!(
-        err,
-        tungstenite::Error::ConnectionClosed
-            | tungstenite::Error::AlreadyClosed
-            | tungstenite::Error::Io(_)
-            | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
-    )
-}
-
-/// The socket: reads, and writes with a timeout racing the hub's close signal.
-struct Writer {
-    ws: Ws,
+/// The transport, with when it last sent and the write timeout, racing
+/// each write against the hub's close signal.
+struct Writer<T> {
+    transport: T,
     last_sent: Instant,
     write_timeout: Duration,
 }
 
-impl Writer {
-    fn new(ws: Ws, write_timeout: Duration) -> Self {
-        Self { ws, last_sent: Instant::now(), write_timeout }
+impl<T: Transport> Writer<T> {
+    fn new(transport: T, write_timeout: Duration) -> Self {
+        Self { transport, last_sent: Instant::now(), write_timeout }
     }
 
-    /// The next message from the client. Cancel-safe.
+    /// The next thing the client sent. Cancel-safe.
     async fn recv(&mut self) -> Incoming {
-        loop {
-            return match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => Incoming::Text(text),
-                Some(Ok(Message::Binary(_))) => Incoming::Binary,
-                Some(Ok(Message::Ping(_))) => Incoming::Ping,
-                Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => Incoming::Closed,
-                Some(Err(err)) if is_transport_loss(&err) => Incoming::Closed,
-                Some(Err(err)) => Incoming::Broken(err),
-            };
-        }
+        self.transport.recv().await
     }
 
-    async fn send(&mut self, close: &mut Option<oneshot::Receiver<CloseReason>>, text: Utf8Bytes) -> Result<(), Stop> {
-        self.send_all(close, std::iter::once(text)).await
+    async fn send(&mut self, close: &mut Option<oneshot::Receiver<CloseReason>>, record: Encoded) -> Result<(), Stop> {
+        self.send_all(close, std::iter::once(record)).await
     }
 
-    /// Writes each text as one text message, then flushes once: whatever is
-    /// queued leaves in one `send`. With nothing to write, it flushes what
-    /// tungstenite queued by itself (a Pong).
+    /// Writes the records as one write. With nothing to write, it writes
+    /// what the transport owes by itself (a Pong).
     async fn send_all(
         &mut self,
         close: &mut Option<oneshot::Receiver<CloseReason>>,
-        texts: impl IntoIterator<Item = Utf8Bytes>,
+        records: impl IntoIterator<Item = Encoded>,
     ) -> Result<(), Stop> {
-        let ws = &mut self.ws;
-        let write = tokio::time::timeout(self.write_timeout, async move {
-            for text in texts {
-                ws.feed(Message::Text(text)).await?;
-            }
-            ws.flush().await
-        });
+        let write = tokio::time::timeout(self.write_timeout, self.transport.send(records));
         let result = match close.as_mut() {
             Some(signal) => tokio::select! {
                 r = write => r,
@@ -142,7 +99,7 @@ impl Writer {
                 self.last_sent = Instant::now();
                 Ok(())
             }
-            Ok(Err(_)) => Err(Stop::Dropped),
+            Ok(Err(Lost)) => Err(Stop::Dropped),
             Err(_) => Err(Stop::Close { error: "The client stopped reading.".into(), allow_reconnect: true }),
         }
     }
@@ -207,13 +164,13 @@ impl Membership {
     }
 }
 
-/// Stateful reconnect bookkeeping (handshake version 2).
+/// Stateful reconnect bookkeeping (handshake version 2, WebSockets only).
 #[derive(Default)]
 struct Stateful {
     /// Trackable records sent so far; the last one's number.
     sent: u64,
     /// Sent, not yet acknowledged: (number, record).
-    unacked: VecDeque<(u64, Utf8Bytes)>,
+    unacked: VecDeque<(u64, Encoded)>,
     unacked_bytes: usize,
     /// The number the next trackable record from the client takes.
     next_expected: u64,
@@ -254,12 +211,14 @@ pub struct Conn {
     key: ConnKey,
     /// The connection token (absent with skipNegotiation).
     token: Option<String>,
+    /// The hub protocol its handshake chose.
+    codec: Codec,
     membership: Membership,
     outbound: Outbox,
     close: Option<oneshot::Receiver<CloseReason>>,
     stateful: Option<Stateful>,
     /// The frames of one write (see `send_frames`), empty between writes.
-    batch: Vec<Utf8Bytes>,
+    batch: Vec<Encoded>,
 }
 
 impl Conn {
@@ -278,39 +237,58 @@ impl Conn {
     }
 }
 
-/// Runs a new connection: handshake, then the socket loop.
-pub(crate) async fn run(
-    ctx: HubContext,
-    principal: Principal,
-    ws: Ws,
-    token: Option<String>,
-    stateful_negotiated: bool,
-    permit: ConnectionPermit,
-) {
-    let max = ctx.config.max_message_bytes;
+/// Who a new connection is and how it was negotiated.
+pub(crate) struct Opening {
+    /// Who it speaks for.
+    pub principal: Principal,
+    /// The connection token (absent with skipNegotiation).
+    pub token: Option<String>,
+    /// Whether negotiate switched stateful reconnect on.
+    pub stateful_negotiated: bool,
+    /// The user's slot among its open connections.
+    pub permit: ConnectionPermit,
+}
+
+/// Runs a new connection on `transport`: handshake, then the loop.
+/// `fanout` is the fan-out task of the thread it runs on.
+pub(crate) async fn run<T: Transport>(ctx: HubContext, fanout: Fanout, opening: Opening, transport: T) {
+    let Opening { principal, token, stateful_negotiated, permit } = opening;
     // The connection's state is boxed, as are its rare steps (handshake,
     // hub calls, the close): the future of an idle connection stays small
     // (measured: 9.9 KiB with everything inline).
-    let mut writer = Box::new(Writer::new(ws, ctx.config.client_timeout));
-    let mut records = RecordBuffer::new(max);
+    let mut writer = Box::new(Writer::new(transport, ctx.config.client_timeout));
 
     // Handshake: nothing may be sent before its reply.
-    let (version, leftover) = match Box::pin(handshake(&ctx, &mut writer, &mut records)).await {
+    let (version, codec, leftover) = match Box::pin(handshake(&ctx, &mut writer)).await {
         Ok(ok) => ok,
         Err(stop) => {
-            Box::pin(finish(writer, stop)).await;
+            Box::pin(finish(writer, Codec::Json, stop)).await;
+            return;
+        }
+    };
+    let mut records = codec.splitter(ctx.config.max_message_bytes);
+    let leftover = match records.push(&leftover) {
+        Ok(leftover) => leftover,
+        Err(err) => {
+            Box::pin(finish(writer, codec, Stop::Close { error: err.to_string(), allow_reconnect: false })).await;
             return;
         }
     };
 
-    let stateful = (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect).then(Stateful::new);
+    let stateful =
+        (stateful_negotiated && version >= 2 && ctx.config.allow_stateful_reconnect && writer.transport.resumable())
+            .then(Stateful::new);
     let key = ctx.hub.next_key();
     let (close_tx, close_rx) = oneshot::channel();
     let resumable_by = stateful.as_ref().and(token.clone());
-    let Ok(outbound) = ctx.hub.register(key, ctx.config.outbound_capacity, close_tx, resumable_by).await else {
-        Box::pin(finish(writer, Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true })).await;
+    let Ok(outbound) = ctx.hub.register(&fanout, key, ctx.config.outbound_capacity, close_tx, resumable_by).await
+    else {
+        let stop = Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true };
+        Box::pin(finish(writer, codec, stop)).await;
         return;
     };
+    metrics::counter!("smartscheduler_hub_connections_total", "transport" => writer.transport.name(), "protocol" => codec.name())
+        .increment(1);
     let calls = RateLimiter::new(ctx.config.invocations_per_second, ctx.config.invocations_per_second * 2);
     let conn = Box::new(Conn {
         _permit: permit,
@@ -319,6 +297,7 @@ pub(crate) async fn run(
         principal,
         key,
         token,
+        codec,
         membership: Membership::default(),
         outbound,
         close: Some(close_rx),
@@ -331,35 +310,41 @@ pub(crate) async fn run(
 /// Resumes a parked stateful connection on a new socket: no handshake; the
 /// server's Sequence first, then every unacknowledged record, then live.
 /// Without a socket (the `101` could not be written) it parks again.
-pub(crate) async fn resume(mut conn: Box<Conn>, ws: Option<Ws>) {
-    let Some(ws) = ws else {
+pub(crate) async fn resume<T: Transport>(mut conn: Box<Conn>, transport: Option<T>) {
+    let Some(transport) = transport else {
         park_or_unregister(conn).await;
         return;
     };
-    let max = conn.ctx.config.max_message_bytes;
-    let mut writer = Box::new(Writer::new(ws, conn.ctx.config.client_timeout));
+    let mut writer = Box::new(Writer::new(transport, conn.ctx.config.client_timeout));
     tracing::info!(conn = conn.key, "stateful reconnect: resuming");
     let resent = {
         let state = conn.stateful.as_ref().expect("only stateful connections are parked");
-        let mut records = vec![Utf8Bytes::from(protocol::sequence(state.resend_from()))];
-        records.extend(state.unacked.iter().map(|(_, text)| text.clone()));
+        let mut records = vec![conn.codec.sequence(state.resend_from())];
+        records.extend(state.unacked.iter().map(|(_, record)| record.clone()));
         records
     };
     if let Err(stop) = writer.send_all(&mut conn.close, resent).await {
         end(conn, writer, stop).await;
         return;
     }
-    drive(conn, writer, RecordBuffer::new(max), Vec::new()).await;
+    let records = conn.codec.splitter(conn.ctx.config.max_message_bytes);
+    drive(conn, writer, records, Vec::new()).await;
 }
 
-async fn drive(mut conn: Box<Conn>, mut writer: Box<Writer>, mut records: RecordBuffer, leftover: Vec<Vec<u8>>) {
+async fn drive<T: Transport>(
+    mut conn: Box<Conn>,
+    mut writer: Box<Writer<T>>,
+    mut records: Splitter,
+    leftover: Vec<Vec<u8>>,
+) {
     let stop = conn.serve(&mut writer, &mut records, leftover).await;
     end(conn, writer, stop).await;
 }
 
 /// Parks a stateful connection whose socket dropped; otherwise unregisters
 /// and closes.
-async fn end(conn: Box<Conn>, writer: Box<Writer>, stop: Stop) {
+async fn end<T: Transport>(conn: Box<Conn>, writer: Box<Writer<T>>, stop: Stop) {
+    let codec = conn.codec;
     if matches!(stop, Stop::Dropped) && conn.stateful.is_some() && conn.token.is_some() {
         park_or_unregister(conn).await;
         return;
@@ -367,11 +352,11 @@ async fn end(conn: Box<Conn>, writer: Box<Writer>, stop: Stop) {
     if matches!(stop, Stop::Replaced) {
         // Handed over first: the reattach is waiting for it.
         park_or_unregister(conn).await;
-        Box::pin(finish(writer, Stop::ClientClosed)).await;
+        Box::pin(finish(writer, codec, Stop::ClientClosed)).await;
         return;
     }
     let _ = conn.ctx.hub.unregister(conn.key).await;
-    Box::pin(finish(writer, stop)).await;
+    Box::pin(finish(writer, codec, stop)).await;
 }
 
 /// Parks a stateful connection for its reconnect window (unregisters it when
@@ -388,38 +373,54 @@ async fn park_or_unregister(conn: Box<Conn>) {
     let _ = hub.unregister(key).await;
 }
 
-async fn handshake(
-    ctx: &HubContext,
-    writer: &mut Writer,
-    records: &mut RecordBuffer,
-) -> Result<(u64, Vec<Vec<u8>>), Stop> {
+/// The handshake error for a binary protocol on a text-only transport, as ASP.NET words it.
+fn binary_refused(codec: Codec) -> String {
+    format!(
+        "Cannot use the '{}' protocol on the current transport. The transport does not support 'Binary' transfer format.",
+        codec.name()
+    )
+}
+
+/// Reads the handshake (JSON up to its 0x1E, whatever the protocol) and
+/// answers it: the hub protocol version, the protocol, and the bytes that
+/// followed the handshake in the same message (the protocol's first records).
+async fn handshake<T: Transport>(ctx: &HubContext, writer: &mut Writer<T>) -> Result<(u64, Codec, Vec<u8>), Stop> {
     let deadline = tokio::time::sleep(ctx.config.handshake_timeout);
     tokio::pin!(deadline);
     let mut no_close = None;
+    let mut received: Vec<u8> = Vec::new();
     loop {
         tokio::select! {
             () = &mut deadline => return Err(cancel_handshake(writer).await),
             message = writer.recv() => {
                 let bytes = match message {
-                    Incoming::Text(text) => text,
-                    Incoming::Binary | Incoming::Broken(_) => return Err(cancel_handshake(writer).await),
+                    Incoming::Text(bytes) | Incoming::Binary(bytes) | Incoming::Data(bytes) => bytes,
+                    Incoming::Broken(_) => return Err(cancel_handshake(writer).await),
                     Incoming::Ping => { writer.send_all(&mut no_close, []).await?; continue; }
                     Incoming::Closed => return Err(Stop::ClientClosed),
                 };
-                let Ok(mut complete) = records.push(bytes.as_bytes()) else {
-                    return Err(cancel_handshake(writer).await);
-                };
-                if complete.is_empty() {
+                received.extend_from_slice(&bytes);
+                let Some(end) = received.iter().position(|&b| b == protocol::RS) else {
+                    if received.len() > ctx.config.max_message_bytes {
+                        return Err(cancel_handshake(writer).await);
+                    }
                     continue;
-                }
-                let first = complete.remove(0);
-                return match protocol::parse_handshake(&first) {
-                    Ok(request) => {
-                        writer.send(&mut no_close, protocol::HANDSHAKE_OK.into()).await?;
-                        Ok((request.version, complete))
+                };
+                let rest = received.split_off(end + 1);
+                let request = protocol::parse_handshake(&received[..end]).and_then(|request| {
+                    let codec = Codec::named(&request.protocol).expect("parse_handshake accepts served protocols only");
+                    if codec.is_binary() && !writer.transport.carries_binary() {
+                        return Err(binary_refused(codec));
+                    }
+                    Ok((request.version, codec))
+                });
+                return match request {
+                    Ok((version, codec)) => {
+                        writer.send(&mut no_close, codec.handshake_reply(None)).await?;
+                        Ok((version, codec, rest))
                     }
                     Err(error) => {
-                        let _ = writer.send(&mut no_close, protocol::handshake_error(&error).into()).await;
+                        let _ = writer.send(&mut no_close, Codec::Json.handshake_reply(Some(&error))).await;
                         Err(Stop::ClientClosed)
                     }
                 };
@@ -430,40 +431,19 @@ async fn handshake(
 
 /// Ends a handshake that cannot succeed: ASP.NET's handshake error, then
 /// the close.
-async fn cancel_handshake(writer: &mut Writer) -> Stop {
-    let _ = writer.send(&mut None, protocol::handshake_error("Handshake was canceled.").into()).await;
+async fn cancel_handshake<T: Transport>(writer: &mut Writer<T>) -> Stop {
+    let _ = writer.send(&mut None, Codec::Json.handshake_reply(Some("Handshake was canceled."))).await;
     Stop::ClientClosed
 }
 
-/// Sends the Close record when there is one and a Close frame (1000), then
-/// ends the socket's sending side and reads (and drops) what the client
-/// still sends until it closes, a second at most: closing a socket with
-/// unread input resets it, and a reset can destroy the Close record before
-/// the client has read it.
-async fn finish(mut writer: Box<Writer>, stop: Stop) {
-    let ws = &mut writer.ws;
-    let goodbye = async {
-        if let Stop::Close { error, allow_reconnect } = stop {
-            ws.feed(Message::Text(protocol::close(Some(&error), allow_reconnect).into())).await?;
-        }
-        ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::default() })).await
+/// Sends the Close record when there is one, and closes the transport.
+async fn finish<T: Transport>(writer: Box<Writer<T>>, codec: Codec, stop: Stop) {
+    let last = match stop {
+        Stop::Close { error, allow_reconnect } => Some(codec.close(Some(&error), allow_reconnect)),
+        _ => None,
     };
-    if tokio::time::timeout(Duration::from_secs(1), goodbye).await.is_err() {
-        return; // not reading: nothing more to say
-    }
-    let socket = ws.get_mut();
-    let drained = async {
-        let _ = tokio::io::AsyncWriteExt::shutdown(socket).await;
-        let mut sink = [0u8; 4096];
-        while socket.readable().await.is_ok() {
-            match socket.try_read(&mut sink) {
-                Ok(0) => break,
-                Err(err) if err.kind() != std::io::ErrorKind::WouldBlock => break,
-                _ => {}
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;
+    let Writer { transport, .. } = *writer;
+    transport.close(last).await;
 }
 
 /// A refused or failed hub call: the text the client's `invoke` rejects with.
@@ -475,17 +455,17 @@ fn is_trackable(message: &HubMessage) -> bool {
 
 impl Conn {
     /// Sends a trackable record, numbering and buffering it when stateful.
-    async fn send_tracked(&mut self, writer: &mut Writer, text: Utf8Bytes) -> Result<(), Stop> {
-        self.track(&text)?;
-        writer.send(&mut self.close, text).await
+    async fn send_tracked<T: Transport>(&mut self, writer: &mut Writer<T>, record: Encoded) -> Result<(), Stop> {
+        self.track(&record)?;
+        writer.send(&mut self.close, record).await
     }
 
     /// Numbers and keeps a trackable record when stateful.
-    fn track(&mut self, text: &Utf8Bytes) -> Result<(), Stop> {
+    fn track(&mut self, record: &Encoded) -> Result<(), Stop> {
         if let Some(state) = self.stateful.as_mut() {
             state.sent += 1;
-            state.unacked_bytes += text.len();
-            state.unacked.push_back((state.sent, text.clone()));
+            state.unacked_bytes += record.len();
+            state.unacked.push_back((state.sent, record.clone()));
             if state.unacked_bytes > self.ctx.config.stateful_buffer_bytes {
                 return Err(Stop::Close {
                     error: "Too many unacknowledged messages; reconnect and rejoin with afterSequence.".into(),
@@ -498,14 +478,15 @@ impl Conn {
 
     /// Sends `first` and whatever else the hub has queued (up to
     /// [`MAX_BATCH`]) that this connection wants, in one write.
-    async fn send_frames(&mut self, writer: &mut Writer, first: Arc<Frame>) -> Result<(), Stop> {
+    async fn send_frames<T: Transport>(&mut self, writer: &mut Writer<T>, first: Arc<Frame>) -> Result<(), Stop> {
         // The batch's buffer is kept between calls: no allocation per wake-up.
         let mut batch = std::mem::take(&mut self.batch);
         let mut next = Some(first);
         while let Some(frame) = next {
             if self.membership.wants(&frame) {
-                self.track(&frame.text)?;
-                batch.push(frame.text.clone());
+                let record = frame.encoded(self.codec);
+                self.track(&record)?;
+                batch.push(record);
             }
             next = if batch.len() < MAX_BATCH { self.outbound.try_recv() } else { None };
         }
@@ -514,7 +495,12 @@ impl Conn {
         sent
     }
 
-    async fn serve(&mut self, writer: &mut Writer, records: &mut RecordBuffer, leftover: Vec<Vec<u8>>) -> Stop {
+    async fn serve<T: Transport>(
+        &mut self,
+        writer: &mut Writer<T>,
+        records: &mut Splitter,
+        leftover: Vec<Vec<u8>>,
+    ) -> Stop {
         let mut last_received = Instant::now();
         for record in leftover {
             if let Err(stop) = Box::pin(self.on_record(&record, writer)).await {
@@ -535,9 +521,11 @@ impl Conn {
                 message = writer.recv() => {
                     last_received = Instant::now();
                     let bytes = match message {
-                        Incoming::Text(text) => text,
-                        Incoming::Binary => {
-                            return Stop::Close { error: "Binary messages are not supported: this hub speaks the JSON protocol.".into(), allow_reconnect: false };
+                        Incoming::Data(bytes) => bytes,
+                        Incoming::Text(bytes) if !self.codec.is_binary() => bytes,
+                        Incoming::Binary(bytes) if self.codec.is_binary() => bytes,
+                        Incoming::Text(_) | Incoming::Binary(_) => {
+                            return Stop::Close { error: wrong_format(self.codec), allow_reconnect: false };
                         }
                         Incoming::Ping => {
                             if let Err(stop) = writer.send_all(&mut self.close, []).await {
@@ -551,7 +539,7 @@ impl Conn {
                             return Stop::Close { error: format!("Connection closed with an error: {err}"), allow_reconnect: false };
                         }
                     };
-                    let complete = match records.push(bytes.as_bytes()) {
+                    let complete = match records.push(&bytes) {
                         Ok(complete) => complete,
                         Err(err) => return Stop::Close { error: err.to_string(), allow_reconnect: false },
                     };
@@ -594,14 +582,14 @@ impl Conn {
                     if let Some(state) = self.stateful.as_mut() {
                         if state.processed > state.acked_to_client {
                             state.acked_to_client = state.processed;
-                            let ack = protocol::ack(state.processed);
-                            if let Err(stop) = writer.send(&mut self.close, ack.into()).await {
+                            let ack = self.codec.ack(state.processed);
+                            if let Err(stop) = writer.send(&mut self.close, ack).await {
                                 return stop;
                             }
                         }
                     }
                     if writer.last_sent.elapsed() >= keep_alive {
-                        if let Err(stop) = writer.send(&mut self.close, protocol::PING.into()).await {
+                        if let Err(stop) = writer.send(&mut self.close, self.codec.ping()).await {
                             return stop;
                         }
                     }
@@ -622,9 +610,9 @@ impl Conn {
         self.stateful.as_ref().is_some_and(|state| state.processed > state.acked_to_client)
     }
 
-    async fn on_record(&mut self, record: &[u8], writer: &mut Writer) -> Result<(), Stop> {
-        let message = protocol::parse_message(record)
-            .map_err(|err| Stop::Close { error: err.to_string(), allow_reconnect: false })?;
+    async fn on_record<T: Transport>(&mut self, record: &[u8], writer: &mut Writer<T>) -> Result<(), Stop> {
+        let message =
+            self.codec.parse(record).map_err(|err| Stop::Close { error: err.to_string(), allow_reconnect: false })?;
         if let Some(state) = self.stateful.as_mut() {
             match message {
                 HubMessage::Ack { sequence_id } => {
@@ -664,17 +652,17 @@ impl Conn {
                 };
                 if let Some(id) = invocation_id {
                     let reply = match outcome {
-                        Ok(result) => protocol::completion_result(&id, &result),
-                        Err(CallError(error)) => protocol::completion_error(&id, &error),
+                        Ok(result) => self.codec.completion_result(&id, &result),
+                        Err(CallError(error)) => self.codec.completion_error(&id, &error),
                     };
-                    self.send_tracked(writer, reply.into()).await?;
+                    self.send_tracked(writer, reply).await?;
                 }
                 Ok(())
             }
             HubMessage::StreamInvocation { invocation_id, target } => {
                 let reply =
-                    protocol::completion_error(&invocation_id, &format!("Streaming is not supported for '{target}'."));
-                self.send_tracked(writer, reply.into()).await
+                    self.codec.completion_error(&invocation_id, &format!("Streaming is not supported for '{target}'."));
+                self.send_tracked(writer, reply).await
             }
             HubMessage::Close { .. } => Err(Stop::ClientClosed),
             HubMessage::Ping
@@ -687,11 +675,11 @@ impl Conn {
 
     /// Runs a hub method. The outer `Result` stops the connection (a socket
     /// failure during a replay); the inner one is the call's own outcome.
-    async fn invoke(
+    async fn invoke<T: Transport>(
         &mut self,
         target: &str,
         args: &[Value],
-        writer: &mut Writer,
+        writer: &mut Writer<T>,
     ) -> Result<Result<Value, CallError>, Stop> {
         let method = target.to_ascii_lowercase();
         let parsed = match method.as_str() {
@@ -724,12 +712,12 @@ impl Conn {
         Ok(json!({ "group": group }))
     }
 
-    async fn join(
+    async fn join<T: Transport>(
         &mut self,
         target: &str,
         group: Group,
         after: Option<i64>,
-        writer: &mut Writer,
+        writer: &mut Writer<T>,
     ) -> Result<Result<Value, CallError>, Stop> {
         if !self.principal.may_join(&group) {
             tracing::info!(subject = %self.principal.subject, %group, "join refused");
@@ -796,11 +784,22 @@ impl Conn {
             floor = floor.max(sequence.0);
             let target = event.event_type().as_str();
             let published = PublishedEvent { event, sequence };
-            self.send_tracked(writer, protocol::invocation(target, &published).into()).await?;
+            let record = self.codec.invocation(target, &published);
+            self.send_tracked(writer, record).await?;
             self.membership.replayed.insert(sequence.0);
         }
         self.membership.floors.insert(group.clone(), floor);
         Ok(Ok(json!({ "group": group, "replayed": replayed })))
+    }
+}
+
+/// The Close error for a WebSocket message of the other format than the protocol's.
+fn wrong_format(codec: Codec) -> String {
+    match codec {
+        Codec::Json => "Binary messages are not supported: this connection speaks the JSON protocol.".into(),
+        Codec::MessagePack => {
+            "Text messages are not supported: this connection speaks the MessagePack protocol.".into()
+        }
     }
 }
 
@@ -853,31 +852,11 @@ fn contractor_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>)
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-
-    use tungstenite::error::{CapacityError, ProtocolError};
-
     use super::*;
-
-    #[test]
-    fn a_reset_or_eof_is_a_dropped_socket_and_a_protocol_violation_is_not() {
-        // How tungstenite reports a socket reset or an EOF without a close frame.
-        assert!(is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)));
-        assert!(is_transport_loss(&tungstenite::Error::Io(io::Error::from(io::ErrorKind::ConnectionReset))));
-        assert!(is_transport_loss(&tungstenite::Error::ConnectionClosed));
-        // The client's fault: close with an error, no stateful resume.
-        assert!(!is_transport_loss(&tungstenite::Error::Capacity(CapacityError::MessageTooLong {
-            size: 40_000,
-            max_size: 32_768
-        })));
-        assert!(!is_transport_loss(&tungstenite::Error::Utf8("invalid utf-8".into())));
-        assert!(!is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient)));
-        assert!(!is_transport_loss(&tungstenite::Error::Protocol(ProtocolError::FragmentedControlFrame)));
-    }
 
     fn frame(sequence: i64, groups: &[&Group]) -> Frame {
         let groups: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
-        Frame::new(Utf8Bytes::from_static("x\u{1e}"), sequence, groups.into())
+        Frame::new(bytestring::ByteString::from_static("x\u{1e}"), sequence, groups.into())
     }
 
     fn member_of(groups: &[&Group]) -> Membership {

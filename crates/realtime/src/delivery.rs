@@ -1,5 +1,5 @@
 //! The adapter from published events to hub groups: registered on the
-//! in-process publisher, it serializes each event ONCE into a shared frame
+//! in-process publisher, it serializes each event once per hub protocol in use into a shared frame
 //! and queues it to the event's audience.
 //!
 //! It also holds the relay back when the hub falls behind. The relay runs
@@ -17,10 +17,8 @@ use async_trait::async_trait;
 use smartscheduler_application::{EventHandler, HandlerError};
 use smartscheduler_domain::PublishedEvent;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::{Frame, HubHandle};
-use crate::protocol;
 
 /// At most this many events on their way to their members at once: still
 /// in the queues of more than a few of them (more than eight, and more
@@ -103,8 +101,7 @@ impl EventHandler for HubDelivery {
     }
 
     async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError> {
-        let text = protocol::invocation(event.event.event_type().as_str(), event);
-        let frame = Arc::new(Frame::new(Utf8Bytes::from(text), event.sequence.0, event.event.audience().into()));
+        let frame = Arc::new(Frame::of_event(event));
         self.hub.broadcast(frame.clone()).await.map_err(|e| HandlerError(e.to_string()))?;
         self.in_flight.admit(frame).await;
         Ok(())
@@ -120,7 +117,11 @@ mod tests {
     use crate::hub::{self, Outbox};
 
     fn frame(sequence: i64, group: &Group) -> Arc<Frame> {
-        Arc::new(Frame::new(Utf8Bytes::from(format!("{sequence}\u{1e}")), sequence, vec![group.clone()].into()))
+        Arc::new(Frame::new(
+            bytestring::ByteString::from(format!("{sequence}\u{1e}")),
+            sequence,
+            vec![group.clone()].into(),
+        ))
     }
 
     async fn members(
@@ -129,10 +130,11 @@ mod tests {
         count: usize,
     ) -> Vec<(Outbox, oneshot::Receiver<hub::CloseReason>)> {
         let mut members = Vec::new();
+        let fanout = hub.start_fanout();
         for _ in 0..count {
             let key = hub.next_key();
             let (close, closed) = oneshot::channel();
-            let outbox = hub.register(key, 1024, close, None).await.unwrap();
+            let outbox = hub.register(&fanout, key, 1024, close, None).await.unwrap();
             assert!(hub.join(key, group.clone()).await.unwrap());
             members.push((outbox, closed));
         }

@@ -18,26 +18,34 @@
 //! hub's own work per event does not grow with the groups (see
 //! `docs/architecture.md`, "Fan-out per socket thread").
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use bytestring::ByteString;
 use smartscheduler_domain::Group;
+use smartscheduler_domain::PublishedEvent;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::connection::Conn;
+use crate::protocol::{self, Codec, Encoded};
 
 /// A connection's key inside this process.
 pub type ConnKey = u64;
 
-/// A serialized event frame, shared by every connection it goes to.
+/// An event ready to send, shared by every connection it goes to: its
+/// records are written once per hub protocol in use, not once per
+/// connection (MessagePack the first time a MessagePack connection asks).
 #[derive(Debug)]
 pub struct Frame {
-    /// The whole record(s), ending in 0x1E, ready for a text message.
-    pub text: Utf8Bytes,
+    /// The JSON record(s), ending in 0x1E.
+    json: ByteString,
+    /// The MessagePack record, written on first use.
+    messagepack: OnceLock<Bytes>,
+    /// What the MessagePack record is written from (absent for a frame made from text).
+    event: Option<PublishedEvent>,
     /// The event's sequence.
     pub sequence: i64,
     /// The groups the event was sent to.
@@ -47,9 +55,44 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A frame of `text` (whole records) for the members of `groups`.
-    pub fn new(text: Utf8Bytes, sequence: i64, groups: Arc<[Group]>) -> Self {
-        Self { text, sequence, groups, queued_to: AtomicUsize::new(0) }
+    /// The frame of a published event, for the members of its audience.
+    pub fn of_event(event: &PublishedEvent) -> Self {
+        let json = protocol::invocation(event.event.event_type().as_str(), event);
+        Self {
+            json: ByteString::from(json),
+            messagepack: OnceLock::new(),
+            event: Some(event.clone()),
+            sequence: event.sequence.0,
+            groups: event.event.audience().into(),
+            queued_to: AtomicUsize::new(0),
+        }
+    }
+
+    /// A frame of whole JSON records `json` for the members of `groups`
+    /// (tests and benchmarks); a MessagePack connection gets the same bytes.
+    pub fn new(json: ByteString, sequence: i64, groups: Arc<[Group]>) -> Self {
+        Self { json, messagepack: OnceLock::new(), event: None, sequence, groups, queued_to: AtomicUsize::new(0) }
+    }
+
+    /// Its records in `codec`'s form.
+    pub fn encoded(&self, codec: Codec) -> Encoded {
+        match (codec, &self.event) {
+            (Codec::MessagePack, Some(event)) => Encoded::Binary(
+                self.messagepack
+                    .get_or_init(|| {
+                        Bytes::from(protocol::messagepack::invocation(event.event.event_type().as_str(), event))
+                    })
+                    .clone(),
+            ),
+            (Codec::MessagePack, None) => Encoded::Binary(self.json.as_bytes().clone()),
+            (Codec::Json, _) => Encoded::Text(self.json.clone()),
+        }
+    }
+
+    /// What it counts for in a connection's queue bound: its JSON size
+    /// (MessagePack's is smaller).
+    pub fn size(&self) -> usize {
+        self.json.len()
     }
 
     /// Whether the connections it was queued to have taken it from their
@@ -122,7 +165,7 @@ impl Outlet {
     /// Queues `frame` unless the queue's bounds refuse it; `Err(true)` when
     /// they did (a slow client), `Err(false)` when the connection is gone.
     fn queue(&self, frame: &Arc<Frame>) -> Result<(), bool> {
-        let size = frame.text.len();
+        let size = frame.size();
         // Counted before the frame can be taken (and subtracted), so the
         // counts never go below zero.
         let queued = &self.queued;
@@ -161,7 +204,7 @@ impl Outbox {
 
     fn taken(&self, frame: Arc<Frame>) -> Arc<Frame> {
         self.queued.frames.fetch_sub(1, Ordering::Relaxed);
-        self.queued.bytes.fetch_sub(frame.text.len(), Ordering::Relaxed);
+        self.queued.bytes.fetch_sub(frame.size(), Ordering::Relaxed);
         frame
     }
 
@@ -186,53 +229,22 @@ type Undelivered = Vec<(ConnKey, bool)>;
 
 /// What a hub shares with its fan-out tasks.
 struct Shared {
-    id: u64,
     /// Where the fan-out tasks report the connections they could not queue to.
     undelivered: mpsc::UnboundedSender<Undelivered>,
     /// Frames queued to connections, counted by the fan-out tasks.
     frames_sent: AtomicU64,
+    /// The id of the next fan-out task.
+    next_fanout: AtomicU64,
 }
 
-/// The way in to one hub's fan-out task on one thread.
+/// The way in to one of the hub's fan-out tasks, which runs on the thread
+/// that started it ([`HubHandle::start_fanout`]). The connections of that
+/// thread register with it; whoever starts connections there keeps it
+/// (a socket thread, an HTTP worker's app data).
 #[derive(Clone)]
-struct LocalFanout {
+pub struct Fanout {
     id: u64,
     inbox: mpsc::UnboundedSender<ToThread>,
-}
-
-thread_local! {
-    /// Per hub (by its id): that hub's fan-out task on this thread.
-    static LOCAL_FANOUTS: RefCell<Vec<(u64, LocalFanout)>> = const { RefCell::new(Vec::new()) };
-}
-static NEXT_FANOUT: AtomicU64 = AtomicU64::new(1);
-static NEXT_HUB: AtomicU64 = AtomicU64::new(1);
-
-/// The hub's fan-out task on the calling thread, started on first use (and
-/// again if the runtime that ran the previous one has gone).
-fn local_fanout(shared: &Arc<Shared>) -> LocalFanout {
-    LOCAL_FANOUTS.with(|cell| {
-        let mut fanouts = cell.borrow_mut();
-        fanouts.retain(|(_, fanout)| !fanout.inbox.is_closed());
-        if let Some((_, fanout)) = fanouts.iter().find(|(hub, _)| *hub == shared.id) {
-            return fanout.clone();
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        // On an actix thread (a socket thread) the connections are tasks of
-        // its LocalSet; a fan-out task of the same LocalSet wakes them
-        // through its local queue, while any other task goes through its
-        // locked shared one.
-        match actix_rt::Arbiter::try_current() {
-            Some(arbiter) => {
-                arbiter.spawn(fan_out(rx, shared.clone()));
-            }
-            None => {
-                tokio::spawn(fan_out(rx, shared.clone()));
-            }
-        }
-        let fanout = LocalFanout { id: NEXT_FANOUT.fetch_add(1, Ordering::Relaxed), inbox: tx };
-        fanouts.push((shared.id, fanout.clone()));
-        fanout
-    })
 }
 
 /// The members of one group living on one thread. Removal is O(1): each
@@ -314,7 +326,7 @@ struct Parked {
 }
 
 enum Command {
-    Register { outlet: Arc<Outlet>, fanout: LocalFanout, close: oneshot::Sender<CloseReason>, token: Option<String> },
+    Register { outlet: Arc<Outlet>, fanout: Fanout, close: oneshot::Sender<CloseReason>, token: Option<String> },
     Unregister { key: ConnKey },
     Park { token: String, conn: Box<Conn> },
     Reattach { token: String, reply: oneshot::Sender<Option<Box<Conn>>> },
@@ -351,6 +363,24 @@ impl HubHandle {
         rx.await.map_err(|_| HubStopped)
     }
 
+    /// Starts a fan-out task on the calling thread, for the connections that
+    /// will run on it. On an actix thread (a socket thread, an HTTP worker)
+    /// the connections are tasks of its LocalSet; a fan-out task of the same
+    /// LocalSet wakes them through its local queue, while any other task
+    /// goes through its locked shared one.
+    pub fn start_fanout(&self) -> Fanout {
+        let (inbox, rx) = mpsc::unbounded_channel();
+        match actix_rt::Arbiter::try_current() {
+            Some(arbiter) => {
+                arbiter.spawn(fan_out(rx, self.shared.clone()));
+            }
+            None => {
+                tokio::spawn(fan_out(rx, self.shared.clone()));
+            }
+        }
+        Fanout { id: self.shared.next_fanout.fetch_add(1, Ordering::Relaxed), inbox }
+    }
+
     /// A fresh key for a new connection.
     pub fn next_key(&self) -> ConnKey {
         self.next_key.fetch_add(1, Ordering::Relaxed)
@@ -359,13 +389,15 @@ impl HubHandle {
     /// Adds a connection, with its close signal, and gives it its outbound
     /// queue, which holds at most `max_frames` frames (and the hub's byte
     /// bound). A stateful connection gives its connection token as
-    /// `resumable_by`: a reattach with it takes the connection over. Call it
-    /// on the thread that runs the connection: its frames are queued there.
+    /// `resumable_by`: a reattach with it takes the connection over.
+    /// `fanout` is the fan-out task of the thread that runs the connection:
+    /// its frames are queued there.
     ///
     /// # Errors
     /// [`HubStopped`].
     pub async fn register(
         &self,
+        fanout: &Fanout,
         key: ConnKey,
         max_frames: usize,
         close: oneshot::Sender<CloseReason>,
@@ -382,7 +414,7 @@ impl HubHandle {
             last_frame: AtomicU64::new(0),
         });
         let token = resumable_by;
-        self.send(Command::Register { outlet, fanout: local_fanout(&self.shared), close, token }).await?;
+        self.send(Command::Register { outlet, fanout: fanout.clone(), close, token }).await?;
         Ok(Outbox { frames, queued })
     }
 
@@ -459,7 +491,7 @@ impl HubHandle {
 
 struct Connection {
     outlet: Arc<Outlet>,
-    fanout: LocalFanout,
+    fanout: Fanout,
     close: Option<oneshot::Sender<CloseReason>>,
     groups: HashSet<Group>,
     /// The connection token a reattach takes it over with (stateful only).
@@ -474,7 +506,7 @@ struct Takeover {
 }
 
 /// Where a group's members live: per thread (its fan-out task), how many.
-type Threads = Vec<(LocalFanout, usize)>;
+type Threads = Vec<(Fanout, usize)>;
 
 struct Hub {
     connections: HashMap<ConnKey, Connection>,
@@ -495,8 +527,7 @@ struct Hub {
 pub fn spawn(reconnect_window: Duration, max_queued_bytes: usize) -> HubHandle {
     let (tx, rx) = mpsc::channel(4096);
     let (undelivered, undelivered_rx) = mpsc::unbounded_channel();
-    let shared =
-        Arc::new(Shared { id: NEXT_HUB.fetch_add(1, Ordering::Relaxed), undelivered, frames_sent: AtomicU64::new(0) });
+    let shared = Arc::new(Shared { undelivered, frames_sent: AtomicU64::new(0), next_fanout: AtomicU64::new(1) });
     let hub = Hub {
         connections: HashMap::new(),
         groups: HashMap::new(),
@@ -656,7 +687,7 @@ impl Hub {
     /// one of its groups lives: one message per thread, whatever the size of
     /// the groups.
     fn broadcast(&mut self, frame: Arc<Frame>) {
-        let mut threads: Vec<&LocalFanout> = Vec::new();
+        let mut threads: Vec<&Fanout> = Vec::new();
         for group in frame.groups.iter() {
             for (fanout, _) in self.groups.get(group).into_iter().flatten() {
                 if !threads.iter().any(|known| known.id == fanout.id) {
@@ -718,7 +749,7 @@ impl Hub {
     }
 
     /// Takes `key`, which lives on `fanout`'s thread, out of `group`.
-    fn remove_member(&mut self, group: Group, key: ConnKey, fanout: &LocalFanout) {
+    fn remove_member(&mut self, group: Group, key: ConnKey, fanout: &Fanout) {
         if let Some(threads) = self.groups.get_mut(&group) {
             if let Some(index) = threads.iter().position(|(known, _)| known.id == fanout.id) {
                 threads[index].1 -= 1;
@@ -740,25 +771,30 @@ mod tests {
     use smartscheduler_domain::{ContractorId, Region};
 
     fn frame(seq: i64, groups: Vec<Group>) -> Arc<Frame> {
-        Arc::new(Frame::new(Utf8Bytes::from(format!("{seq}\u{1e}")), seq, groups.into()))
+        Arc::new(Frame::new(ByteString::from(format!("{seq}\u{1e}")), seq, groups.into()))
     }
 
-    async fn connect(hub: &HubHandle, capacity: usize) -> (ConnKey, Outbox, oneshot::Receiver<CloseReason>) {
+    async fn connect(
+        hub: &HubHandle,
+        fanout: &Fanout,
+        capacity: usize,
+    ) -> (ConnKey, Outbox, oneshot::Receiver<CloseReason>) {
         let key = hub.next_key();
         let (ctx, crx) = oneshot::channel();
-        let outbox = hub.register(key, capacity, ctx, None).await.unwrap();
+        let outbox = hub.register(fanout, key, capacity, ctx, None).await.unwrap();
         (key, outbox, crx)
     }
 
     #[tokio::test]
     async fn members_of_either_group_get_the_frame_once_and_others_get_nothing() {
         let hub = spawn(Duration::from_secs(15), 1 << 20);
+        let fanout = hub.start_fanout();
         let north = Group::dispatch(&Region::new("north").unwrap());
         let south = Group::dispatch(&Region::new("south").unwrap());
         let me = Group::contractor(ContractorId::new());
-        let (a, mut a_rx, _a_close) = connect(&hub, 8).await;
-        let (b, mut b_rx, _b_close) = connect(&hub, 8).await;
-        let (c, c_rx, _c_close) = connect(&hub, 8).await;
+        let (a, mut a_rx, _a_close) = connect(&hub, &fanout, 8).await;
+        let (b, mut b_rx, _b_close) = connect(&hub, &fanout, 8).await;
+        let (c, c_rx, _c_close) = connect(&hub, &fanout, 8).await;
         assert!(hub.join(a, north.clone()).await.unwrap());
         assert!(hub.join(a, me.clone()).await.unwrap());
         assert!(hub.join(b, me.clone()).await.unwrap());
@@ -790,10 +826,11 @@ mod tests {
     #[tokio::test]
     async fn a_frame_reaches_exactly_the_members_when_it_was_broadcast() {
         let hub = spawn(Duration::from_secs(15), 1 << 20);
+        let fanout = hub.start_fanout();
         let north = Group::dispatch(&Region::new("north").unwrap());
         let mut conns = Vec::new();
         for _ in 0..50 {
-            let (key, rx, close) = connect(&hub, 64).await;
+            let (key, rx, close) = connect(&hub, &fanout, 64).await;
             hub.join(key, north.clone()).await.unwrap();
             conns.push((key, rx, close));
         }
@@ -804,7 +841,7 @@ mod tests {
             hub.leave(conns[i].0, north.clone()).await.unwrap();
         }
         hub.join(conns[3].0, north.clone()).await.unwrap();
-        let (late, late_rx, late_close) = connect(&hub, 64).await;
+        let (late, late_rx, late_close) = connect(&hub, &fanout, 64).await;
         hub.join(late, north.clone()).await.unwrap();
         conns.push((late, late_rx, late_close));
         hub.broadcast(frame(7, vec![north.clone()])).await.unwrap();
@@ -830,8 +867,9 @@ mod tests {
     #[tokio::test]
     async fn leaving_and_unregistering_clean_up_membership() {
         let hub = spawn(Duration::from_secs(15), 1 << 20);
+        let fanout = hub.start_fanout();
         let north = Group::dispatch(&Region::new("north").unwrap());
-        let (a, a_rx, _close) = connect(&hub, 8).await;
+        let (a, a_rx, _close) = connect(&hub, &fanout, 8).await;
         hub.join(a, north.clone()).await.unwrap();
         assert_eq!(hub.stats().await.unwrap().groups, 1);
         hub.leave(a, north.clone()).await.unwrap();
@@ -850,9 +888,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_closes_only_that_connection() {
         let hub = spawn(Duration::from_secs(15), 1 << 20);
+        let fanout = hub.start_fanout();
         let north = Group::dispatch(&Region::new("north").unwrap());
-        let (slow, _slow_rx, slow_close) = connect(&hub, 2).await;
-        let (fast, mut fast_rx, mut fast_close) = connect(&hub, 64).await;
+        let (slow, _slow_rx, slow_close) = connect(&hub, &fanout, 2).await;
+        let (fast, mut fast_rx, mut fast_close) = connect(&hub, &fanout, 64).await;
         hub.join(slow, north.clone()).await.unwrap();
         hub.join(fast, north.clone()).await.unwrap();
         for seq in 1..=10 {
@@ -875,8 +914,9 @@ mod tests {
     #[tokio::test]
     async fn connections_on_other_threads_get_frames_through_their_threads_fan_out() {
         let hub = spawn(Duration::from_secs(15), 1 << 20);
+        let fanout = hub.start_fanout();
         let north = Group::dispatch(&Region::new("north").unwrap());
-        let (here, mut here_rx, _here_close) = connect(&hub, 8).await;
+        let (here, mut here_rx, _here_close) = connect(&hub, &fanout, 8).await;
         hub.join(here, north.clone()).await.unwrap();
 
         // A worker thread with its own runtime: it registers, joins, then
@@ -889,7 +929,7 @@ mod tests {
         let worker = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                let (key, mut rx, _close) = connect(&worker_hub, 8).await;
+                let (key, mut rx, _close) = connect(&worker_hub, &worker_hub.start_fanout(), 8).await;
                 worker_hub.join(key, worker_group).await.unwrap();
                 ready_tx.send(key).unwrap();
                 tokio::select! {
@@ -921,11 +961,16 @@ mod tests {
     async fn a_queue_over_its_byte_bound_closes_the_connection_and_the_count_comes_back() {
         // Room for two 600-byte frames, not three.
         let hub = spawn(Duration::from_secs(15), 1_300);
+        let fanout = hub.start_fanout();
         let north = Group::dispatch(&Region::new("north").unwrap());
         let big = |seq: i64| {
-            Arc::new(Frame::new(Utf8Bytes::from(format!("{}\u{1e}", "x".repeat(599))), seq, vec![north.clone()].into()))
+            Arc::new(Frame::new(
+                ByteString::from(format!("{}\u{1e}", "x".repeat(599))),
+                seq,
+                vec![north.clone()].into(),
+            ))
         };
-        let (key, mut rx, crx) = connect(&hub, 64).await;
+        let (key, mut rx, crx) = connect(&hub, &fanout, 64).await;
         hub.join(key, north.clone()).await.unwrap();
         hub.broadcast(big(1)).await.unwrap();
         hub.broadcast(big(2)).await.unwrap();

@@ -1,30 +1,32 @@
-//! Real-time delivery: the ASP.NET Core SignalR protocol (JSON hub protocol
-//! v1 over WebSockets) and the `JobsHub`, so that the official
-//! `@microsoft/signalr` clients connect unchanged.
+//! Real-time delivery: the ASP.NET Core SignalR protocols and the
+//! `JobsHub`, so that the official `@microsoft/signalr` clients connect
+//! unchanged, whatever transport and hub protocol they are set to.
 //!
 //! What it is not: no business rule (who may join which group is the
 //! domain's `Principal::may_join`), no storage (replays read the EventLog
-//! port), no long polling or server-sent events, and MessagePack only as a
-//! codec ([`protocol::messagepack`]) that no connection uses yet.
+//! port).
 //!
 //! # Layout
-//! - [`protocol`]: records, handshake, messages; pure functions
-//!   (`protocol::messagepack`: the MessagePack codec, not served yet).
-//! - [`hub`]: the task that owns connections and groups, and its handle.
-//! - [`connection`]: one WebSocket's loop and the hub methods.
+//! - [`protocol`]: records, handshake, messages, in JSON and MessagePack
+//!   ([`protocol::Codec`]); pure functions.
+//! - [`hub`]: the task that owns connections, groups and parked
+//!   connections, its handle, and its per-thread fan-out tasks.
+//! - [`connection`]: one logical connection's state machine and the hub
+//!   methods, on any transport.
+//! - [`transport`]: the seam, and one adapter per transport (WebSockets
+//!   through actix-ws or on dedicated sockets, Long Polling, Server-Sent Events).
 //! - [`limits`]: negotiations, connections and invocations per user.
-//! - [`http`]: `POST /hubs/jobs/negotiate` and the WebSocket endpoint.
-//! - [`upgrade`]: the server's upgrade service, which hands an accepted
-//!   WebSocket's socket to its connection (tungstenite on the bare socket).
+//! - [`http`]: negotiate and the hub endpoint, which picks the transport.
 //! - [`delivery`]: the event handler that sends published events to groups.
 
 pub mod connection;
 pub mod delivery;
+
 pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod protocol;
-pub mod upgrade;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +71,26 @@ pub struct HubConfig {
     pub connections_per_user: usize,
     /// Invocations per second per connection (bursts up to twice that).
     pub invocations_per_second: u32,
+    /// How long a Long Polling poll waits for records (90 s, as ASP.NET).
+    pub poll_timeout: Duration,
+    /// A Long Polling connection with no poll for this long is closed (15 s).
+    pub disconnect_timeout: Duration,
+    /// Which adapter serves WebSockets.
+    pub websocket: WebSocketAdapter,
+    /// This node's own URL, which its connection tokens name, so that
+    /// another node can forward a Long Polling or SSE request here. `None`
+    /// on a single node.
+    pub node_url: Option<String>,
+}
+
+/// Which adapter serves WebSockets (`SMARTSCHEDULER_HUB_WEBSOCKET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebSocketAdapter {
+    /// actix-ws, on the HTTP workers (the default).
+    #[default]
+    ActixWs,
+    /// tungstenite on the bare socket, on socket threads of their own.
+    Dedicated,
 }
 
 impl Default for HubConfig {
@@ -89,6 +111,10 @@ impl Default for HubConfig {
             negotiate_per_minute: 600,
             connections_per_user: 100,
             invocations_per_second: 20,
+            poll_timeout: Duration::from_secs(90),
+            disconnect_timeout: Duration::from_secs(15),
+            websocket: WebSocketAdapter::ActixWs,
+            node_url: None,
         }
     }
 }
@@ -110,6 +136,8 @@ pub struct HubContext {
     pub config: Arc<HubConfig>,
     /// Per-user counters.
     pub limits: Arc<limits::Limits>,
+    /// This node's Long Polling and SSE connections, by connection token.
+    pub sessions: Arc<transport::http_session::HttpSessions>,
     /// With several nodes: how far this node's follower has gone. A replay
     /// stops there; the follower brings the rest live (see
     /// [`smartscheduler_application::tailer`]).
@@ -127,12 +155,68 @@ impl HubContext {
     ) -> Self {
         let hub = hub::spawn(config.reconnect_window, config.outbound_max_bytes);
         let limits = limits::Limits::new(config.negotiate_per_minute, config.connections_per_user);
-        Self { hub, event_log, verifier, tickets, used_tokens, config: Arc::new(config), limits, followed: None }
+        let sessions = Arc::default();
+        Self {
+            hub,
+            event_log,
+            verifier,
+            tickets,
+            used_tokens,
+            config: Arc::new(config),
+            limits,
+            sessions,
+            followed: None,
+        }
     }
 
     /// Bounds replays by this node's follower (several nodes).
     pub fn with_followed_position(mut self, followed: Arc<FollowedPosition>) -> Self {
         self.followed = Some(followed);
         self
+    }
+}
+
+/// The HTTP server for `make_app`'s application, with WebSockets served by
+/// the adapter `ctx`'s configuration names: actix-web's `HttpServer` for
+/// actix-ws, or the assembly the dedicated adapter needs (see
+/// [`transport::dedicated::server`]). Signals are left to the caller; a
+/// graceful stop waits `shutdown_timeout`.
+///
+/// # Errors
+/// When the listener cannot be served or the socket threads cannot start.
+pub fn http_server<F, I, S, B>(
+    ctx: &HubContext,
+    listener: std::net::TcpListener,
+    make_app: F,
+    shutdown_timeout: Duration,
+) -> std::io::Result<actix_web::dev::Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_service::ServiceFactory<
+            actix_http::Request,
+            Config = actix_web::dev::AppConfig,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    S::Response: Into<actix_http::Response<B>> + 'static,
+    <S::Service as actix_service::Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    match ctx.config.websocket {
+        WebSocketAdapter::ActixWs => Ok(actix_web::HttpServer::new(make_app)
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .shutdown_timeout(shutdown_timeout.as_secs())
+            .disable_signals()
+            .listen(listener)?
+            .run()),
+        WebSocketAdapter::Dedicated => {
+            // Hub sockets run on threads of their own, one per core:
+            // deliveries do not queue the API's requests.
+            let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+            let threads = transport::dedicated::SocketThreads::start(cores, &ctx.hub)?;
+            transport::dedicated::server(listener, make_app, threads, shutdown_timeout)
+        }
     }
 }

@@ -1,12 +1,17 @@
-//! The ASP.NET Core SignalR JSON hub protocol (version 1), as the official
-//! `@microsoft/signalr` clients speak it: records are JSON objects ending in
-//! the record separator 0x1E; several may share one WebSocket message, and a
-//! record never spans two. Pure functions, no I/O.
+//! The ASP.NET Core SignalR hub protocols, as the official
+//! `@microsoft/signalr` clients speak them. Here the JSON protocol (version
+//! 1, and 2 with stateful reconnect): records are JSON objects ending in the
+//! record separator 0x1E; several may share one message, and a record never
+//! spans two. [`messagepack`] is the binary one, and [`Codec`] is the one a
+//! connection's handshake chose. Pure functions, no I/O.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub mod codec;
 pub mod messagepack;
+
+pub use codec::{Codec, Encoded, Splitter};
 
 /// The record separator that ends every record.
 pub const RS: u8 = 0x1e;
@@ -74,7 +79,7 @@ impl RecordBuffer {
 /// The client's first record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeRequest {
-    /// `json` is the only protocol served.
+    /// `json` or `messagepack`.
     pub protocol: String,
     /// 1 (or 0, served as 1), or 2 when the client negotiated stateful reconnect.
     pub version: u64,
@@ -99,7 +104,7 @@ pub fn parse_handshake(record: &[u8]) -> Result<HandshakeRequest, String> {
         .get("version")
         .and_then(Value::as_u64)
         .ok_or_else(|| "Handshake request is missing the 'version' number.".to_owned())?;
-    if protocol != "json" {
+    if Codec::named(protocol).is_none() {
         return Err(format!("The protocol '{protocol}' is not supported."));
     }
     // ASP.NET accepts any version up to its own (`version <= Version`): Python's
