@@ -237,7 +237,7 @@ test("garbage on a raw WebSocket ends only that call or connection; a client con
 
   // A bad handshake ends that socket with ASP.NET's handshake error.
   const handshakes = {
-    "an unknown protocol": [`{"protocol":"messagepack","version":1}${RS}`, /The protocol 'messagepack' is not supported/],
+    "an unknown protocol": [`{"protocol":"protobuf","version":1}${RS}`, /The protocol 'protobuf' is not supported/],
     "a protocol name with a separator": [`{"protocol":"x\\u001ey","version":1}${RS}`, /is not supported/],
     "version 99": [`{"protocol":"json","version":99}${RS}`, /does not support version 99/],
     "not JSON": [`hello${RS}`, /not valid JSON/],

@@ -80,7 +80,21 @@ impl Application {
         );
         let bus = config.redis_url.as_deref().map(RedisBus::new).transpose().map_err(anyhow::Error::msg)?;
 
+        let listener = TcpListener::bind(&config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
+        let address = listener.local_addr()?;
         let delivery = &config.delivery;
+        // With several nodes, each names itself in the connection tokens it
+        // hands out, so that the others forward Long Polling and SSE here.
+        let node_url = match &delivery.node_url {
+            Some(url) => Some(url.clone()),
+            None if clustered => {
+                if address.ip().is_unspecified() {
+                    tracing::warn!(%address, "bound to every address: set SMARTSCHEDULER_NODE_URL so other nodes can forward Long Polling and SSE here");
+                }
+                Some(format!("http://{address}"))
+            }
+            None => None,
+        };
         let hub_config = HubConfig {
             outbound_capacity: delivery.hub_queue_messages as usize,
             outbound_max_bytes: delivery.hub_queue_bytes,
@@ -91,6 +105,7 @@ impl Application {
             max_message_bytes: delivery.hub_max_message_bytes,
             poll_timeout: Duration::from_secs(delivery.hub_poll_seconds),
             disconnect_timeout: Duration::from_secs(delivery.hub_disconnect_seconds),
+            node_url,
             websocket: match delivery.hub_websocket {
                 HubWebSocket::ActixWs => WebSocketAdapter::ActixWs,
                 HubWebSocket::Dedicated => WebSocketAdapter::Dedicated,
@@ -157,8 +172,6 @@ impl Application {
         let catalog = Catalog::new(db.contractors(), db.jobs(), db.assignment_reads());
         let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
 
-        let listener = TcpListener::bind(&config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
-        let address = listener.local_addr()?;
         let catalog = web::Data::new(catalog);
         let assign = web::Data::new(assign);
         let event_log = web::Data::new(event_log);

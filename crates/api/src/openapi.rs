@@ -52,6 +52,8 @@ use crate::http;
         document,
         hub_negotiate,
         hub_connect,
+        hub_send,
+        hub_delete,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth, &CommonProblems),
@@ -172,19 +174,23 @@ pub async fn document() -> HttpResponse {
 #[allow(dead_code)]
 fn hub_negotiate() {}
 
-/// `GET /hubs/jobs`: the WebSocket (JSON hub protocol 1); documented here,
-/// served by the realtime crate. Anything but a WebSocket upgrade is refused.
+/// `GET /hubs/jobs`: the WebSocket, the Server-Sent Events stream or a Long
+/// Polling poll; documented here, served by the realtime crate.
 #[utoipa::path(
     get,
     path = "/hubs/jobs",
     tag = "hub",
     params(
-        ("id" = Option<String>, Query, description = "The connection token from negotiate (absent with skipNegotiation)."),
+        ("id" = Option<String>, Query, description = "The connection token from negotiate (absent with skipNegotiation, WebSockets only)."),
         ("access_token" = Option<String>, Query, description = "The bearer token, for browsers."),
     ),
     responses(
         (status = 101, description = "Switched to the WebSocket: the SignalR handshake follows."),
-        (status = 400, description = "Not a WebSocket upgrade.", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Long Polling: the records queued (empty: poll again). With `Accept: text/event-stream`: the event stream.",
+            content_type = "text/plain"),
+        (status = 204, description = "Long Polling: the connection is over."),
+        (status = 400, description = "A broken WebSocket upgrade, or no `id` without a WebSocket.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The connection's event stream is already open.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token is not the one that negotiated this connection.", body = Problem, content_type = "application/problem+json"),
@@ -196,6 +202,53 @@ fn hub_negotiate() {}
 )]
 #[allow(dead_code)]
 fn hub_connect() {}
+
+/// `POST /hubs/jobs?id=TOKEN`: what a Long Polling or SSE client sends.
+#[utoipa::path(
+    post,
+    path = "/hubs/jobs",
+    tag = "hub",
+    params(
+        ("id" = Option<String>, Query, description = "The connection token from negotiate."),
+        ("access_token" = Option<String>, Query, description = "The bearer token, for browsers."),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "Whole hub protocol records."),
+    responses(
+        (status = 200, description = "Taken."),
+        (status = 400, description = "No `id`.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token is not the one that negotiated this connection.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection (ended, or never opened).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another send of this connection is in progress.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "More than the largest message accepted.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[allow(dead_code)]
+fn hub_send() {}
+
+/// `DELETE /hubs/jobs?id=TOKEN`: ends a Long Polling connection.
+#[utoipa::path(
+    delete,
+    path = "/hubs/jobs",
+    tag = "hub",
+    params(
+        ("id" = Option<String>, Query, description = "The connection token from negotiate."),
+        ("access_token" = Option<String>, Query, description = "The bearer token, for browsers."),
+    ),
+    responses(
+        (status = 202, description = "Ended; a waiting poll gets 204."),
+        (status = 400, description = "No `id`, or not a Long Polling connection.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token is not the one that negotiated this connection.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[allow(dead_code)]
+fn hub_delete() {}
 
 /// An error: RFC 9457 problem details.
 #[derive(Serialize, ToSchema)]

@@ -36,6 +36,9 @@ pub struct ConnectionTicket {
     pub principal: Principal,
     /// Whether stateful reconnect was negotiated.
     pub stateful: bool,
+    /// The URL of the node that negotiated it, with several nodes: its Long
+    /// Polling and SSE requests are served there (another node forwards them).
+    pub home: Option<String>,
 }
 
 /// Longest hub connection token, in characters (docs/security.md). A token
@@ -50,4 +53,8 @@ pub trait ConnectionTokens: Send + Sync {
     /// The ticket, or `None` when the token is forged, malformed, expired or
     /// longer than [`MAX_CONNECTION_TOKEN_LEN`].
     fn redeem(&self, token: &str) -> Option<ConnectionTicket>;
+    /// The home node of a genuine token, expired or not (its connection
+    /// outlives the token's expiry); `None` for a forged or malformed one,
+    /// or one without a home.
+    fn home(&self, token: &str) -> Option<String>;
 }

@@ -43,6 +43,9 @@ struct Wire {
     regions: Vec<String>,
     #[serde(default)]
     cid: Option<String>,
+    /// The home node's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    h: Option<String>,
 }
 
 fn now_millis() -> u64 {
@@ -60,6 +63,22 @@ impl SignedConnectionTokens {
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
     }
+
+    /// The wire form of a token whose signature holds, expired or not.
+    fn open(&self, token: &str) -> Option<Wire> {
+        if token.len() > MAX_CONNECTION_TOKEN_LEN {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+        if bytes.len() <= 32 {
+            return None;
+        }
+        let (tag, json) = bytes.split_at(32);
+        let mut mac = self.mac();
+        mac.update(json);
+        mac.verify_slice(tag).ok()?;
+        serde_json::from_slice(json).ok()
+    }
 }
 
 impl ConnectionTokens for SignedConnectionTokens {
@@ -72,6 +91,7 @@ impl ConnectionTokens for SignedConnectionTokens {
             role: ticket.principal.role.as_str().to_owned(),
             regions: ticket.principal.regions.clone(),
             cid: ticket.principal.contractor_id.map(|id| id.to_string()),
+            h: ticket.home.clone(),
         };
         let json = serde_json::to_vec(&wire).expect("a ticket serializes");
         let mut mac = self.mac();
@@ -82,18 +102,7 @@ impl ConnectionTokens for SignedConnectionTokens {
     }
 
     fn redeem(&self, token: &str) -> Option<ConnectionTicket> {
-        if token.len() > MAX_CONNECTION_TOKEN_LEN {
-            return None;
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
-        if bytes.len() <= 32 {
-            return None;
-        }
-        let (tag, json) = bytes.split_at(32);
-        let mut mac = self.mac();
-        mac.update(json);
-        mac.verify_slice(tag).ok()?;
-        let wire: Wire = serde_json::from_slice(json).ok()?;
+        let wire = self.open(token)?;
         if wire.e < now_millis() {
             return None;
         }
@@ -110,7 +119,12 @@ impl ConnectionTokens for SignedConnectionTokens {
                 contractor_id,
             },
             stateful: wire.s,
+            home: wire.h,
         })
+    }
+
+    fn home(&self, token: &str) -> Option<String> {
+        self.open(token)?.h
     }
 }
 
@@ -128,7 +142,21 @@ mod tests {
                 contractor_id: None,
             },
             stateful: true,
+            home: Some("http://10.0.0.1:8080".into()),
         }
+    }
+
+    #[test]
+    fn the_home_of_a_genuine_token_is_read_even_after_it_expired_and_never_of_a_forged_one() {
+        let tokens = SignedConnectionTokens::new(b"secret");
+        let expired = tokens.issue(&ticket(), Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(tokens.redeem(&expired), None);
+        assert_eq!(tokens.home(&expired).as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(SignedConnectionTokens::new(b"other").home(&expired), None, "forged");
+        let homeless = tokens.issue(&ConnectionTicket { home: None, ..ticket() }, Duration::from_secs(15));
+        assert_eq!(tokens.home(&homeless), None);
+        assert_eq!(tokens.redeem(&homeless).unwrap().home, None);
     }
 
     #[test]

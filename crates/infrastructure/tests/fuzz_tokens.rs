@@ -410,6 +410,7 @@ fn ticket() -> impl Strategy<Value = ConnectionTicket> {
             connection_id,
             principal: Principal { subject, role, regions, contractor_id },
             stateful,
+            home: None,
         })
 }
 

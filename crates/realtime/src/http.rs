@@ -19,6 +19,7 @@ use smartscheduler_application::{AuthError, ConnectionTicket, MAX_CONNECTION_TOK
 use smartscheduler_domain::{Principal, Timestamp};
 
 use crate::connection::{self, Opening};
+use crate::forward;
 use crate::hub::Fanout;
 use crate::transport::actix_ws::ActixWebSocket;
 use crate::transport::dedicated::{DedicatedSocket, Takeover};
@@ -84,7 +85,7 @@ struct HubQuery {
     negotiate_version: Option<String>,
 }
 
-fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
     if status == StatusCode::UNAUTHORIZED {
@@ -181,7 +182,12 @@ pub async fn negotiate(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResp
         version >= 1 && ctx.config.allow_stateful_reconnect && query.use_stateful_reconnect.as_deref() == Some("true");
     let connection_id = random_id();
     // Signed and self-contained: the WebSocket may land on any node.
-    let ticket = ConnectionTicket { connection_id: connection_id.clone(), principal, stateful };
+    let ticket = ConnectionTicket {
+        connection_id: connection_id.clone(),
+        principal,
+        stateful,
+        home: ctx.config.node_url.clone(),
+    };
     let token = ctx.tickets.issue(&ticket, ctx.config.negotiate_ttl);
     if token.len() > MAX_CONNECTION_TOKEN_LEN {
         // The WebSocket would refuse it: say so now rather than loop.
@@ -329,6 +335,9 @@ pub async fn connect(
             None => problem(StatusCode::CONFLICT, "Conflict", "This connection's event stream is already open."),
         };
     }
+    if let Some(home) = forward::elsewhere(&ctx, &req, &id) {
+        return ctx.forwarder.forward(&home, &req, Bytes::new()).await;
+    }
     let opening = match redeem(&ctx, &req, &query, &id).await {
         Ok(opening) => opening,
         Err(response) => return response,
@@ -379,42 +388,52 @@ fn poll_answer(answer: PollAnswer, ctx: &HubContext, id: &str) -> HttpResponse {
     }
 }
 
-/// The Long Polling or SSE connection a request's `id` names, with the
-/// id, when the caller may use it; else the refusal.
-fn live_session(req: &HttpRequest, ctx: &HubContext) -> Result<(String, Arc<HttpSession>), Box<HttpResponse>> {
+/// Where the Long Polling or SSE connection a request's `id` names lives.
+enum Found {
+    /// Here, and the caller may use it.
+    Here(String, Arc<HttpSession>),
+    /// On another node: this URL.
+    Elsewhere(String),
+}
+
+/// The Long Polling or SSE connection a request's `id` names; else the refusal.
+fn live_session(req: &HttpRequest, ctx: &HubContext) -> Result<Found, Box<HttpResponse>> {
     let query = query(req);
     let Some(id) = query.id.clone() else {
         return Err(Box::new(missing_id()));
     };
     let Some(session) = ctx.sessions.get(&id) else {
-        return Err(Box::new(not_found()));
+        return match forward::elsewhere(ctx, req, &id) {
+            Some(home) => Ok(Found::Elsewhere(home)),
+            None => Err(Box::new(not_found())),
+        };
     };
     same_subject(ctx, req, &query, session.principal())?;
-    Ok((id, session))
+    Ok(Found::Here(id, session))
 }
 
 /// `POST /hubs/jobs?id=TOKEN`: what a Long Polling or SSE client sends.
 pub async fn send(req: HttpRequest, payload: web::Payload, ctx: web::Data<HubContext>) -> HttpResponse {
-    let session = match live_session(&req, &ctx) {
-        Ok((_, session)) => session,
+    let found = match live_session(&req, &ctx) {
+        Ok(found) => found,
         Err(response) => return *response,
+    };
+    let max = ctx.config.max_message_bytes;
+    let session = match found {
+        Found::Here(_, session) => session,
+        Found::Elsewhere(home) => {
+            return match read_send(payload, max).await {
+                Ok(body) => ctx.forwarder.forward(&home, &req, body).await,
+                Err(response) => response,
+            }
+        }
     };
     let Some(claim) = session.start_send() else {
         return problem(StatusCode::CONFLICT, "Conflict", "Another send of this connection is in progress.");
     };
-    let max = ctx.config.max_message_bytes;
-    let body = match payload.to_bytes_limited(max).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Payload too large",
-                &format!("A send carries at most {max} bytes."),
-            )
-        }
-        Err(err) => {
-            return problem(StatusCode::BAD_REQUEST, "Bad request", &format!("the body could not be read: {err}"))
-        }
+    let body = match read_send(payload, max).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     match claim.send(body).await {
         Ok(()) => HttpResponse::Ok().insert_header((header::CONTENT_TYPE, "text/plain")).finish(),
@@ -422,10 +441,24 @@ pub async fn send(req: HttpRequest, payload: web::Payload, ctx: web::Data<HubCon
     }
 }
 
+/// A send's body, at most `max` bytes.
+async fn read_send(payload: web::Payload, max: usize) -> Result<Bytes, HttpResponse> {
+    match payload.to_bytes_limited(max).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            &format!("A send carries at most {max} bytes."),
+        )),
+        Err(err) => Err(problem(StatusCode::BAD_REQUEST, "Bad request", &format!("the body could not be read: {err}"))),
+    }
+}
+
 /// `DELETE /hubs/jobs?id=TOKEN`: ends a Long Polling connection.
 pub async fn delete(req: HttpRequest, ctx: web::Data<HubContext>) -> HttpResponse {
     let (id, session) = match live_session(&req, &ctx) {
-        Ok(found) => found,
+        Ok(Found::Here(id, session)) => (id, session),
+        Ok(Found::Elsewhere(home)) => return ctx.forwarder.forward(&home, &req, Bytes::new()).await,
         Err(response) => return *response,
     };
     let Some(polls) = session.polls.as_ref() else {

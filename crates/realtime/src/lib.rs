@@ -17,10 +17,13 @@
 //!   through actix-ws or on dedicated sockets, Long Polling, Server-Sent Events).
 //! - [`limits`]: negotiations, connections and invocations per user.
 //! - [`http`]: negotiate and the hub endpoint, which picks the transport.
+//! - [`forward`]: Long Polling and SSE requests that reach another node
+//!   than their connection's are sent on to it (no sticky sessions).
 //! - [`delivery`]: the event handler that sends published events to groups.
 
 pub mod connection;
 pub mod delivery;
+pub mod forward;
 
 pub mod http;
 pub mod hub;
@@ -138,6 +141,8 @@ pub struct HubContext {
     pub limits: Arc<limits::Limits>,
     /// This node's Long Polling and SSE connections, by connection token.
     pub sessions: Arc<transport::http_session::HttpSessions>,
+    /// Sends Long Polling and SSE requests on to their connection's node.
+    pub forwarder: forward::Forwarder,
     /// With several nodes: how far this node's follower has gone. A replay
     /// stops there; the follower brings the rest live (see
     /// [`smartscheduler_application::tailer`]).
@@ -165,6 +170,7 @@ impl HubContext {
             config: Arc::new(config),
             limits,
             sessions,
+            forwarder: forward::Forwarder::default(),
             followed: None,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use bytes::Bytes;
 
 use super::{Incoming, Lost, Transport};
@@ -28,6 +28,20 @@ impl ActixWebSocket {
             .aggregate_continuations()
             .max_continuation_size(max_message_bytes);
         Self { session, messages, pong_owed: None }
+    }
+}
+
+/// Whether a read error means the connection was lost rather than the
+/// client breaking the protocol. actix-ws reports both as I/O errors: a
+/// reset or EOF of the request's payload wraps actix-http's `PayloadError`;
+/// invalid UTF-8 and a fragmented message past the limit wrap other errors.
+fn is_transport_loss(err: &ProtocolError) -> bool {
+    match err {
+        ProtocolError::Io(io) => match io.get_ref() {
+            Some(inner) => inner.is::<actix_http::error::PayloadError>(),
+            None => io.kind() != std::io::ErrorKind::InvalidData,
+        },
+        _ => false,
     }
 }
 
@@ -55,6 +69,7 @@ impl Transport for ActixWebSocket {
                 }
                 Some(Ok(AggregatedMessage::Pong(_))) => continue,
                 Some(Ok(AggregatedMessage::Close(_))) | None => Incoming::Closed,
+                Some(Err(err)) if is_transport_loss(&err) => Incoming::Closed,
                 Some(Err(err)) => Incoming::Broken(err.to_string()),
             };
         }
@@ -83,5 +98,24 @@ impl Transport for ActixWebSocket {
         };
         // Not reading: nothing more to say.
         let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_payload_is_a_dropped_socket_and_bad_frames_or_text_are_the_clients_fault() {
+        let lost = actix_http::error::PayloadError::Incomplete(None);
+        assert!(is_transport_loss(&ProtocolError::Io(std::io::Error::other(lost))));
+        assert!(!is_transport_loss(&ProtocolError::Io(std::io::Error::other("Exceeded maximum continuation size"))));
+        assert!(is_transport_loss(&ProtocolError::Io(std::io::ErrorKind::ConnectionReset.into())));
+        assert!(!is_transport_loss(&ProtocolError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid utf-8"
+        ))));
+        assert!(!is_transport_loss(&ProtocolError::Overflow));
+        assert!(!is_transport_loss(&ProtocolError::UnmaskedFrame));
     }
 }
