@@ -8,10 +8,11 @@
 //! is dropped from every group and told to close (with `allowReconnect`), so
 //! one slow client never slows the others or the publisher.
 //!
-//! The queues are filled on the connections' own threads: each thread (a
-//! socket thread, see `crate::upgrade::SocketThreads`) has a fan-out task
-//! that keeps the members of each group living there, as the hub tells it
-//! on join and leave, and the hub hands each event's frame once to each
+//! The queues are filled on the connections' own threads: each thread (an
+//! HTTP worker, or a socket thread of the dedicated WebSocket adapter) has a
+//! fan-out task, an explicit [`Fanout`] its owner started and passes to
+//! [`HubHandle::register`], that keeps the members of each group living
+//! there, as the hub tells it on join and leave, and the hub hands each event's frame once to each
 //! thread where its groups have members. Waking a task on another thread
 //! costs a system call; waking one on the same thread does not, so an event
 //! costs one cross-thread wake per thread instead of one per member, and the
