@@ -187,13 +187,14 @@ for (const [transport, protocol] of PAIRS) {
     await waitForState(page, "idle");
     assert.equal(await badge(page).isVisible(), false, "no transport named while not connected");
     if (transport === "LongPolling") {
+      // The official client stops with a Close record (POST), then a DELETE: 202, or 404 when the
+      // server already ended the connection on the Close (the client takes a 404 as done).
       await waitFor(() => hub.answers.some((a) => a.method === "DELETE"), 5000, "the client's DELETE");
       const deletes = hub.answers.filter((a) => a.method === "DELETE");
-      assert.deepEqual(
-        deletes.map((d) => [d.id, d.status]),
-        [[id, 202]],
-        "DELETE /hubs/jobs?id= answered 202",
-      );
+      assert.equal(deletes.length, 1);
+      assert.equal(deletes[0].id, id);
+      assert.ok([202, 404].includes(deletes[0].status), `DELETE /hubs/jobs?id= answered ${deletes[0].status}`);
+      t.diagnostic(`DELETE after the client's Close record: ${deletes[0].status}`);
     }
     if (transport !== "WebSockets") {
       // A poll (or a second stream) on the ended connection's token: 404, once the server has seen it end.

@@ -58,7 +58,13 @@ export async function launch(t) {
     return undefined;
   }
   const { chromium } = await import("playwright-core");
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: LAUNCH_ARGS });
+  // A page whose document the test fulfilled has no IP address, so Chromium's Local Network
+  // Access checks count it as public and block its WebSocket to 127.0.0.1 (the fetches
+  // and EventSource go through): with the worktree's files, those checks are off.
+  const args = CONSOLE_FROM_WORKTREE
+    ? [...LAUNCH_ARGS, "--disable-features=LocalNetworkAccessChecks,LocalNetworkAccessChecksWebSockets"]
+    : LAUNCH_ARGS;
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args });
   t.after(() => browser.close());
   return browser;
 }
