@@ -1,13 +1,10 @@
 // The console at `/` and the official browser bundle of @microsoft/signalr, in
-// a real browser: Debian's Chromium driven by playwright-core.
-//
-// Without /usr/bin/chromium (apt-get install chromium) every test here skips
-// with a message, except under CI=true, where that is a failure. E2E_CHROMIUM
-// names another Chromium binary.
+// a real browser: Debian's Chromium driven by playwright-core (lib/browser.mjs:
+// skipped without /usr/bin/chromium unless CI=true; E2E_CHROMIUM,
+// E2E_CONSOLE_STATIC=worktree).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { createServer } from "node:http";
 import { join } from "node:path";
@@ -20,94 +17,21 @@ import {
   nextSlot,
   sleep,
   waitFor,
-  E2E_DIR,
   REPO_DIR,
   T,
 } from "./lib/harness.mjs";
-
-const CHROMIUM = process.env.E2E_CHROMIUM || "/usr/bin/chromium";
-const LAUNCH_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
-const SIGNALR_BUNDLE = join(E2E_DIR, "node_modules", "@microsoft", "signalr", "dist", "browser", "signalr.min.js");
-const VIEWPORT = { width: 1180, height: 820 };
-
-/**
- * A browser for test `t`, closed after it; `undefined` (the test is marked
- * skipped) when Chromium is not installed, unless CI=true.
- */
-async function launch(t) {
-  if (!existsSync(CHROMIUM)) {
-    const message = "chromium not installed: apt-get install chromium";
-    if (process.env.CI === "true") throw new Error(`${message} (CI=true: the browser tests must run)`);
-    t.skip(message);
-    return undefined;
-  }
-  const { chromium } = await import("playwright-core");
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: LAUNCH_ARGS });
-  t.after(() => browser.close());
-  return browser;
-}
-
-/**
- * A page in its own context (its own localStorage), recording uncaught
- * errors and Content-Security-Policy violations in `page.problems`.
- */
-async function newPage(browser) {
-  const context = await browser.newContext({ viewport: VIEWPORT });
-  const page = await context.newPage();
-  page.problems = [];
-  page.requested = [];
-  page.on("pageerror", (err) => page.problems.push(`pageerror: ${err.message}`));
-  page.on("request", (r) => page.requested.push(new URL(r.url()).pathname));
-  page.on("response", (r) => {
-    if (r.status() === 404) page.problems.push(`404: ${r.url()}`);
-  });
-  page.on("console", (msg) => {
-    if (msg.type() === "error" && /Content Security Policy|Uncaught/i.test(msg.text())) {
-      page.problems.push(`console: ${msg.text()}`);
-    }
-  });
-  return page;
-}
-
-/** Opens the console, pastes `token` and waits until the hub is live. */
-async function openConsole(browser, server, token) {
-  const page = await newPage(browser);
-  await page.goto(server.base + "/");
-  await page.getByLabel("Bearer token").fill(token);
-  await page.getByRole("button", { name: "Use token" }).click();
-  await waitForState(page, "live");
-  return page;
-}
-
-const status = (page) => page.getByTestId("hub-status");
-
-async function waitForState(page, state, timeout = 15_000) {
-  try {
-    await page.waitForSelector(`[data-testid="hub-status"][data-state="${state}"]`, { timeout });
-  } catch (err) {
-    const text = await status(page).textContent().catch(() => "?");
-    throw new Error(`hub status did not become "${state}" within ${timeout} ms (it says: ${text}): ${err.message}`);
-  }
-}
-
-/** What the console shows for an id: its last 8 hex digits (UUID v7 ids share their first 8, the time). */
-const shown = (id) => `…${id.replace(/-/g, "").slice(-8)}`;
-
-const jobRow = (page, jobId) => page.locator(`[data-testid="jobs"] tr[data-job-id="${jobId}"]`);
-
-const feedItem = (page, eventId) => page.locator(`[data-testid="feed"] li[data-event-id="${eventId}"]`);
-
-function assertNoProblems(...pages) {
-  for (const page of pages) assert.deepEqual(page.problems, [], `page errors on ${page.url()}`);
-}
+import {
+  launch,
+  newPage,
+  openConsole,
+  status,
+  waitForState,
+  shown,
+  jobRow,
+  feedItem,
+  assertNoProblems,
+  SIGNALR_BUNDLE,
+} from "./lib/browser.mjs";
 
 /** A static site on its own port (another origin): `/` is `html`, `/signalr.min.js` the official bundle. */
 async function staticSite(t, html) {
@@ -420,7 +344,7 @@ test("console: an expired token is not used: no connection, no green banner, it 
   const now = Math.floor(Date.now() / 1000);
   // Expired a second ago: inside the service's leeway, so only the page's own check refuses it.
   const expired = signJwt({ sub: "old", role: "Dispatcher", regions: ["north"], exp: now - 1, iat: now - 3600 });
-  const page = await newPage(browser);
+  const page = await newPage(browser, server);
   await page.goto(server.base + "/");
   await page.getByLabel("Bearer token").fill(expired);
   await page.getByRole("button", { name: "Use token" }).click();
@@ -451,7 +375,7 @@ test("console: a token the service refuses (401) reads in plain words and its cl
   const server = await startServer(t);
   const now = Math.floor(Date.now() / 1000);
   const forged = signJwt({ sub: "mallory", role: "Dispatcher", regions: ["north"], exp: now + 3600, iat: now }, "not-the-secret");
-  const page = await newPage(browser);
+  const page = await newPage(browser, server);
   await page.goto(server.base + "/");
   await page.getByLabel("Bearer token").fill(forged);
   await page.getByRole("button", { name: "Use token" }).click();

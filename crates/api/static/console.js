@@ -12,14 +12,24 @@
 //   (/vendor/signalr.min.js). The last sequence seen per group is tracked and
 //   every group is rejoined with it after a reconnect, so nothing is missed;
 //   events are de-duplicated by eventId.
+// - The transport (Automatic, WebSockets, Server-Sent Events, Long Polling) and
+//   the hub protocol (JSON, or MessagePack with /vendor/signalr-protocol-msgpack.min.js)
+//   are chosen in the page and kept in localStorage; the banner names the
+//   transport the client actually uses. MessagePack is binary and Server-Sent
+//   Events carry text only, so that pair is refused in the page, not tried.
 "use strict";
 
 (() => {
   const TOKEN_KEY = "smartscheduler.console.token";
   const REGION_KEY = "smartscheduler.console.region";
+  const TRANSPORT_KEY = "smartscheduler.console.transport";
+  const PROTOCOL_KEY = "smartscheduler.console.protocol";
   const HUB_PATH = "/hubs/jobs";
   const FEED_LIMIT = 200;
   const DEFAULT_REGIONS = ["north", "south", "east"];
+  /** signalR.HttpTransportType names, as the page says them. */
+  const TRANSPORT_NAMES = { WebSockets: "WebSockets", ServerSentEvents: "Server-Sent Events", LongPolling: "Long Polling" };
+  const PROTOCOL_NAMES = { json: "JSON", messagepack: "MessagePack" };
 
   const $ = (id) => document.getElementById(id);
 
@@ -30,6 +40,8 @@
     contractors: new Map(), // id -> contractor of the region
     jobs: new Map(), // id -> job of the region
     connection: null,
+    transport: "", // the HttpTransportType name the current connection uses, once connected
+    protocol: "", // the hub protocol of the current connection: json | messagepack
     joined: new Map(), // group -> { method, arg }
     lastSequence: new Map(), // group -> highest sequence received
     seen: new Set(), // eventIds shown
@@ -140,8 +152,77 @@
     const box = $("hub-status");
     box.dataset.state = kind;
     $("hub-status-text").textContent = text;
-    // Reconnecting with an expired token would only fail again.
-    $("reconnect").hidden = kind !== "closed" || !state.token || isExpired(state.claims);
+    // Reconnecting with an expired token, or over a pair that cannot work, would only fail again.
+    $("reconnect").hidden = kind !== "closed" || !state.token || isExpired(state.claims) || !!pairProblem(chosenConnection());
+    // While connected, the transport and protocol in use.
+    const badge = $("hub-transport");
+    const connected = (kind === "live" || kind === "refused") && !!state.transport;
+    badge.hidden = !connected;
+    if (connected) {
+      const transport = TRANSPORT_NAMES[state.transport] || state.transport;
+      const protocol = PROTOCOL_NAMES[state.protocol] || state.protocol;
+      badge.textContent = `${transport} · ${protocol}`;
+      badge.title = `Transport in use: ${transport}; hub protocol: ${protocol}`;
+      badge.dataset.transport = state.transport;
+      badge.dataset.protocol = state.protocol;
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Transport and protocol
+
+  /** The chosen transport ("auto" or a signalR.HttpTransportType name) and hub protocol (json | messagepack). */
+  function chosenConnection() {
+    return { transport: $("transport").value, protocol: $("protocol").value };
+  }
+
+  /** Why a transport and protocol cannot work together, or "" when they can. */
+  function pairProblem({ transport, protocol }) {
+    if (transport === "ServerSentEvents" && protocol === "messagepack") {
+      return "MessagePack cannot be used over Server-Sent Events: MessagePack is binary and Server-Sent Events carry text only. Choose JSON, or another transport.";
+    }
+    return "";
+  }
+
+  function renderConnectionChoice() {
+    const problem = pairProblem(chosenConnection());
+    $("connection-note").textContent = problem;
+    $("connection-note").hidden = !problem;
+    for (const id of ["transport", "protocol"]) $(id).setAttribute("aria-invalid", problem ? "true" : "false");
+  }
+
+  /** A remembered choice, when it is still one of the select's options. */
+  function restoreChoice(id, key) {
+    const saved = localStorage.getItem(key);
+    if (saved && [...$(id).options].some((option) => option.value === saved)) $(id).value = saved;
+  }
+
+  /** Keeps the choice and reconnects with it at once. */
+  async function changeConnection() {
+    const choice = chosenConnection();
+    localStorage.setItem(TRANSPORT_KEY, choice.transport);
+    localStorage.setItem(PROTOCOL_KEY, choice.protocol);
+    renderConnectionChoice();
+    if (state.token && state.claims && !isExpired(state.claims)) await connectHub();
+  }
+
+  /**
+   * The hub client's logger: warnings and errors go to the browser console as
+   * with the default logger; the transport the client selects (its debug line
+   * "Selecting transport 'LongPolling'.") is passed to `onTransport`, so the
+   * banner names the transport in use, a fallback of Automatic included.
+   */
+  function hubLogger(onTransport) {
+    return {
+      log(level, message) {
+        const selected = /^Selecting transport '(\w+)'/.exec(message);
+        if (selected) onTransport(selected[1]);
+        if (level < signalR.LogLevel.Warning) return;
+        const line = `[${new Date().toISOString()}] ${signalR.LogLevel[level]}: ${message}`;
+        if (level >= signalR.LogLevel.Error) console.error(line);
+        else console.warn(line);
+      },
+    };
   }
 
   // ---------------------------------------------------------------------------
@@ -631,16 +712,35 @@
       setStatus("closed", "Not connected: the token has expired.");
       return;
     }
+    const choice = chosenConnection();
+    if (pairProblem(choice)) {
+      // Said next to the choice (renderConnectionChoice); nothing is sent.
+      setStatus("closed", "Not connected: MessagePack cannot be used over Server-Sent Events.");
+      return;
+    }
     if (typeof signalR === "undefined") {
       setStatus("closed", "The SignalR client (/vendor/signalr.min.js) did not load.");
       return;
     }
-    const connection = new signalR.HubConnectionBuilder()
-      .withUrl(HUB_PATH, { accessTokenFactory: () => state.token })
+    const msgpack = signalR.protocols && signalR.protocols.msgpack;
+    if (choice.protocol === "messagepack" && !msgpack) {
+      setStatus("closed", "The MessagePack protocol (/vendor/signalr-protocol-msgpack.min.js) did not load.");
+      return;
+    }
+    const options = { accessTokenFactory: () => state.token };
+    if (choice.transport !== "auto") options.transport = signalR.HttpTransportType[choice.transport];
+    let picked = ""; // the transport the client last selected for this connection
+    let builder = new signalR.HubConnectionBuilder()
+      .withUrl(HUB_PATH, options)
       .withAutomaticReconnect()
-      .withStatefulReconnect()
-      .configureLogging(signalR.LogLevel.Warning)
-      .build();
+      .withStatefulReconnect() // the client uses it on WebSockets only
+      .configureLogging(
+        hubLogger((transport) => {
+          picked = transport;
+        }),
+      );
+    if (choice.protocol === "messagepack") builder = builder.withHubProtocol(new msgpack.MessagePackHubProtocol());
+    const connection = builder.build();
     const current = () => state.connection === connection;
     connection.on("JobAssigned", (payload) => {
       if (current()) onJobAssigned(payload);
@@ -648,10 +748,12 @@
     connection.onreconnecting((err) => {
       if (!current()) return;
       state.joined.clear();
+      state.transport = "";
       setStatus("reconnecting", `${lossReason(err)}: reconnecting… Missed events are replayed when it is back.`);
     });
     connection.onreconnected(async () => {
       if (!current()) return;
+      state.transport = picked;
       try {
         const replayed = await joinAll(connection);
         setJoinedStatus(`Reconnected: live on ${groupNames()}; ${replayed} missed event${replayed === 1 ? "" : "s"} replayed.`);
@@ -663,13 +765,17 @@
     connection.onclose((err) => {
       if (!current()) return;
       state.joined.clear();
+      state.transport = "";
       setStatus("closed", `${lossReason(err)}. Live events stopped: press Reconnect when it is back.`);
     });
     state.connection = connection;
-    setStatus("connecting", `Connecting to ${HUB_PATH}…`);
+    state.protocol = choice.protocol;
+    const over = choice.transport === "auto" ? "" : ` over ${TRANSPORT_NAMES[choice.transport]}`;
+    setStatus("connecting", `Connecting to ${HUB_PATH}${over}…`);
     try {
       await connection.start();
       if (!current()) return;
+      state.transport = picked;
       const replayed = await joinAll(connection);
       if (!current()) return;
       setJoinedStatus(
@@ -690,6 +796,7 @@
     const connection = state.connection;
     state.connection = null;
     state.joined.clear();
+    state.transport = "";
     if (connection) {
       try {
         await connection.stop();
@@ -732,7 +839,12 @@
         }
       }
     }
-    if (state.seen.has(e.eventId)) return; // at-least-once delivery: de-duplicate
+    if (state.seen.has(e.eventId)) {
+      // At-least-once delivery: de-duplicate, counting the copies on the item shown.
+      const item = [...$("feed").children].find((li) => li.dataset.eventId === e.eventId);
+      if (item) item.dataset.deliveries = String(Number(item.dataset.deliveries) + 1);
+      return;
+    }
     // A contractor sees only its own assignments; a dispatcher its current region.
     if (isContractor() && e.contractorId !== state.claims.contractorId) return;
     if (isBackOffice() && e.region !== state.region) return;
@@ -762,6 +874,7 @@
         "data-job-id": e.jobId,
         "data-contractor-id": e.contractorId,
         "data-received-at": String(Date.now()),
+        "data-deliveries": "1",
       },
       el(
         "div",
@@ -808,6 +921,12 @@
       clearError();
       connectHub();
     });
+    restoreChoice("transport", TRANSPORT_KEY);
+    restoreChoice("protocol", PROTOCOL_KEY);
+    renderConnectionChoice();
+    $("connection-form").addEventListener("submit", (event) => event.preventDefault());
+    $("transport").addEventListener("change", changeConnection);
+    $("protocol").addEventListener("change", changeConnection);
     const saved = localStorage.getItem(TOKEN_KEY);
     if (saved) {
       $("token").value = saved;
