@@ -49,6 +49,7 @@ use crate::http;
         http::console::console_js,
         http::console::console_css,
         http::console::signalr_js,
+        http::console::signalr_msgpack_js,
         document,
         hub_negotiate,
         hub_connect,

@@ -1119,7 +1119,7 @@ async fn a_known_path_with_an_unsupported_method_is_a_405_problem_with_allow() {
         (Method::POST, "/api/openapi.json".to_owned(), "GET, HEAD"),
         (Method::POST, "/".to_owned(), "GET, HEAD"),
         (Method::GET, "/hubs/jobs/negotiate".to_owned(), "POST"),
-        (Method::POST, "/hubs/jobs".to_owned(), "GET"),
+        (Method::PUT, "/hubs/jobs".to_owned(), "GET, POST, DELETE"),
     ];
     for (method, path, allow) in cases {
         let response = app.request(method.clone(), &path, Some(&app.admin())).send().await.unwrap();

@@ -390,10 +390,10 @@ fn record_shaped_objects_parse_consistently() {
 }
 
 #[test]
-fn handshakes_are_accepted_only_for_json_version_0_to_2() {
+fn handshakes_are_accepted_only_for_json_or_messagepack_version_0_to_2() {
     let protocol = prop_oneof![
-        3 => Just(Value::from("json")),
-        1 => prop::sample::select(vec!["JSON", "json ", "messagepack", "", "j\u{1e}son"]).prop_map(Value::from),
+        3 => prop::sample::select(vec!["json", "messagepack"]).prop_map(Value::from),
+        1 => prop::sample::select(vec!["JSON", "json ", "MessagePack", "msgpack", "", "j\u{1e}son"]).prop_map(Value::from),
         1 => any::<String>().prop_map(Value::from),
         1 => json_value(),
     ];
@@ -413,12 +413,13 @@ fn handshakes_are_accepted_only_for_json_version_0_to_2() {
         }
         let bytes = serde_json::to_vec(&Value::Object(object.clone())).expect("a Value serializes");
         check_handshake_reply(&bytes)?;
-        let acceptable = object.get("protocol").and_then(Value::as_str) == Some("json")
+        let named = object.get("protocol").and_then(Value::as_str);
+        let acceptable = matches!(named, Some("json" | "messagepack"))
             && object.get("version").and_then(Value::as_u64).is_some_and(|v| (0..=MAX_VERSION).contains(&v));
         match parse_handshake(&bytes) {
             Ok(request) => {
                 prop_assert!(acceptable, "accepted {:?}", object);
-                prop_assert_eq!(request.protocol, "json");
+                prop_assert_eq!(Some(request.protocol.as_str()), named);
                 prop_assert_eq!(Some(request.version), object.get("version").and_then(Value::as_u64));
             }
             Err(_) => prop_assert!(!acceptable, "refused {:?}", object),

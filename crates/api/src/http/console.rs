@@ -5,7 +5,9 @@
 //!
 //! Files live in `crates/api/static/`. `vendor/signalr.min.js` is the official
 //! browser bundle of `@microsoft/signalr` (MIT, see
-//! `vendor/LICENSE.signalr.txt`), unmodified.
+//! `vendor/LICENSE.signalr.txt`), unmodified; `vendor/signalr-protocol-msgpack.min.js`
+//! that of `@microsoft/signalr-protocol-msgpack` (MIT, bundling `@msgpack/msgpack`,
+//! ISC; see `vendor/LICENSE.signalr-protocol-msgpack.txt`), unmodified.
 
 use std::sync::OnceLock;
 
@@ -43,6 +45,10 @@ static CONSOLE_JS: Asset = Asset::new(include_bytes!("../../static/console.js"),
 static CONSOLE_CSS: Asset = Asset::new(include_bytes!("../../static/console.css"), "text/css; charset=utf-8");
 static SIGNALR_JS: Asset =
     Asset::new(include_bytes!("../../static/vendor/signalr.min.js"), "text/javascript; charset=utf-8");
+static SIGNALR_MSGPACK_JS: Asset = Asset::new(
+    include_bytes!("../../static/vendor/signalr-protocol-msgpack.min.js"),
+    "text/javascript; charset=utf-8",
+);
 
 /// Same-origin only: the page loads nothing from elsewhere and connects to
 /// its own origin (`'self'` covers `ws:`/`wss:` to the same host).
@@ -50,11 +56,12 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The console's files by path: `configure` registers these, and only these.
-static ASSETS: [(&str, &Asset); 4] = [
+static ASSETS: [(&str, &Asset); 5] = [
     ("/", &INDEX_HTML),
     ("/console.js", &CONSOLE_JS),
     ("/console.css", &CONSOLE_CSS),
     ("/vendor/signalr.min.js", &SIGNALR_JS),
+    ("/vendor/signalr-protocol-msgpack.min.js", &SIGNALR_MSGPACK_JS),
 ];
 
 /// The routes `configure` registers, as (method, path); HEAD is answered too.
@@ -120,6 +127,16 @@ pub fn console_css() {}
     ))]
 #[allow(dead_code)]
 pub fn signalr_js() {}
+
+/// The official `@microsoft/signalr-protocol-msgpack` browser bundle: the
+/// console's MessagePack hub protocol.
+#[utoipa::path(get, path = "/vendor/signalr-protocol-msgpack.min.js", tag = "operations",
+    responses(
+        (status = 200, description = "The SignalR MessagePack hub protocol for the browser (MIT).", content_type = "text/javascript"),
+        (status = 304, description = "The client's copy (If-None-Match) is current."),
+    ))]
+#[allow(dead_code)]
+pub fn signalr_msgpack_js() {}
 
 /// The file, or 304 when the client's copy is current. `no-cache`: browsers
 /// revalidate every time, so a new binary's console is picked up at once.

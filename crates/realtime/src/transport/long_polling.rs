@@ -148,13 +148,6 @@ impl Polls {
         }
     }
 
-    /// Whether there is nothing more for a poll: the connection ended and
-    /// its last records were taken, or the client deleted it.
-    pub fn is_over(&self) -> bool {
-        let state = self.lock();
-        state.deleted || (state.ended && state.queued.is_empty())
-    }
-
     /// The client's `DELETE`: the connection ends, and a waiting poll gets `204`.
     pub fn delete(&self) {
         self.lock().deleted = true;
