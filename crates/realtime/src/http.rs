@@ -356,7 +356,12 @@ pub async fn connect(
             .insert_header(("X-Accel-Buffering", "no"))
             .streaming(events);
     }
-    let polls = Polls::new(ctx.config.poll_timeout, ctx.config.disconnect_timeout, ctx.config.outbound_max_bytes);
+    let polls = Polls::new(
+        ctx.config.poll_timeout,
+        ctx.config.disconnect_timeout,
+        ctx.config.outbound_capacity,
+        ctx.config.outbound_max_bytes,
+    );
     let (session, bodies) = HttpSession::new(SessionKind::LongPolling, principal, Some(polls));
     ctx.sessions.insert(id.clone(), session.clone());
     let transport = LongPolling::new(session, bodies, ctx.sessions.clone(), id);
@@ -441,12 +446,15 @@ pub async fn send(req: HttpRequest, payload: web::Payload, ctx: web::Data<HubCon
 async fn read_send(payload: web::Payload, max: usize) -> Result<Bytes, HttpResponse> {
     match payload.to_bytes_limited(max).await {
         Ok(Ok(body)) => Ok(body),
-        Ok(Err(_)) => Err(problem(
+        Ok(Err(err)) => {
+            Err(problem(StatusCode::BAD_REQUEST, "Bad request", &format!("the body could not be read: {err}")))
+        }
+        // The limit: the outer error.
+        Err(_) => Err(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Payload too large",
             &format!("A send carries at most {max} bytes."),
         )),
-        Err(err) => Err(problem(StatusCode::BAD_REQUEST, "Bad request", &format!("the body could not be read: {err}"))),
     }
 }
 

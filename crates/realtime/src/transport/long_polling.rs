@@ -60,6 +60,8 @@ pub struct Polls {
     changed: Notify,
     poll_timeout: Duration,
     disconnect_timeout: Duration,
+    /// Records queued past which the loop waits for a poll to take them.
+    max_queued_records: usize,
     /// Bytes queued past which the loop waits for a poll to take them.
     max_queued_bytes: usize,
 }
@@ -85,14 +87,23 @@ impl Drop for PendingPoll<'_> {
 
 impl Polls {
     /// The polls of a new connection, counted as polled just now (its first
-    /// poll is answered at once).
-    pub fn new(poll_timeout: Duration, disconnect_timeout: Duration, max_queued_bytes: usize) -> Arc<Self> {
+    /// poll is answered at once). What waits for a poll is bounded as a
+    /// connection's queue is (in records and in bytes): past that the
+    /// connection's writes wait, its queue in the hub fills, and it is
+    /// closed as a slow client.
+    pub fn new(
+        poll_timeout: Duration,
+        disconnect_timeout: Duration,
+        max_queued_records: usize,
+        max_queued_bytes: usize,
+    ) -> Arc<Self> {
         let state = PollState { idle_since: Some(Instant::now()), ..PollState::default() };
         Arc::new(Self {
             state: Mutex::new(state),
             changed: Notify::new(),
             poll_timeout,
             disconnect_timeout,
+            max_queued_records,
             max_queued_bytes,
         })
     }
@@ -243,7 +254,9 @@ impl Transport for LongPolling {
                 if state.deleted {
                     return Err(Lost);
                 }
-                if state.queued_bytes < self.polls.max_queued_bytes {
+                let full = state.queued_bytes >= self.polls.max_queued_bytes
+                    || state.queued.len() >= self.polls.max_queued_records;
+                if !full {
                     for record in records {
                         state.binary = matches!(record, Encoded::Binary(_));
                         state.queued_bytes += record.len();
@@ -285,7 +298,7 @@ mod tests {
     use super::*;
 
     fn polls() -> Arc<Polls> {
-        Polls::new(Duration::from_secs(90), Duration::from_secs(15), 1024)
+        Polls::new(Duration::from_secs(90), Duration::from_secs(15), 64, 1024)
     }
 
     fn queue(polls: &Polls, record: &'static str) {
