@@ -24,6 +24,9 @@ test("a paused client is closed without slowing anyone, then catches up with aft
   // A hub client on a bare TCP socket (lib/transports.mjs), so that "stops reading" means it.
   const slow = await bareWsClient(server, token);
   t.after(() => slow.destroy());
+  // Pings keep it from the 30 s client timeout however long the burst takes:
+  // it must be closed for not reading.
+  slow.pingEvery(5000);
   // Stop reading: the kernel buffers fill, then the server's queue.
   slow.stopReading();
 

@@ -188,6 +188,9 @@ for (const pair of PAIRS) {
       // ...and polls no more.
     }
     t.after(() => slow.close());
+    // It still sends Pings: the server must close it for not reading, not for
+    // being silent (its 30 s client timeout), however long the burst takes.
+    slow.pingEvery(5000);
 
     const contractor = await server.createContractor(REGION);
     const N = lp ? 40 : 4500;

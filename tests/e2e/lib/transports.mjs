@@ -76,7 +76,7 @@ export function connectPair(server, token, pair, opts = {}) {
 export function assertOnPair(client, pair) {
   const transport = client.connection.connection.transport;
   assert.equal(transport?.constructor?.name, TRANSPORT_CLASS[pair.transport], `${pair.name}: the transport in use`);
-  assert.equal(client.connection.protocol.name, pair.protocol, `${pair.name}: the hub protocol in use`);
+  assert.equal(client.connection._protocol.name, pair.protocol, `${pair.name}: the hub protocol in use`);
 }
 
 /**
@@ -217,9 +217,22 @@ export function recordReader(protocol = "json") {
 /** The JobAssigned payloads among `records`. */
 export const eventsOf = (records) => records.filter((r) => r.type === 1 && r.target === "JobAssigned").map((r) => r.arguments[0]);
 
-/** Common methods of the raw clients below, over their `records`. */
+/**
+ * Common methods of the raw clients below, over their `records`.
+ * `keepAlive(ms, sendPing)`: sends a Ping record every `ms` until `stopKeepAlive()`
+ * (the server closes a client that sends nothing for 30 s, reading or not).
+ */
 function recordMethods(raw) {
+  let timer;
   return {
+    keepAlive(ms, sendPing) {
+      clearInterval(timer);
+      timer = setInterval(() => Promise.resolve(sendPing()).catch(() => {}), ms);
+      timer.unref();
+    },
+    stopKeepAlive() {
+      clearInterval(timer);
+    },
     waitForRecord(predicate, timeoutMs = 5000, what = "a record") {
       return waitFor(
         () => raw.records.find(predicate),
@@ -346,6 +359,10 @@ export async function rawLongPolling(server, token, { protocol = "json", id, han
     send(...messages) {
       return hubPost(server, token, id, encodeRecords(protocol, ...messages));
     },
+    /** POSTs a Ping every `ms` (see recordMethods' keepAlive). */
+    pingEvery(ms = 5000) {
+      lp.keepAlive(ms, () => lp.send({ type: 6 }));
+    },
     async invoke(invocationId, target, ...args) {
       const posted = await lp.send(invocation(invocationId, target, ...args));
       assert.equal(posted.status, 200, `POST ${target}: ${posted.status} ${posted.text}`);
@@ -356,6 +373,7 @@ export async function rawLongPolling(server, token, { protocol = "json", id, han
     },
     /** Aborts the polls in flight (client side only). */
     close() {
+      lp.stopKeepAlive();
       for (const c of controllers) c.abort();
       controllers.clear();
     },
@@ -399,6 +417,10 @@ export async function rawSse(server, token, { protocol = "json", id, handshake =
     send(...messages) {
       return hubPost(server, token, id, encodeRecords(protocol, ...messages));
     },
+    /** POSTs a Ping every `ms` (see recordMethods' keepAlive). */
+    pingEvery(ms = 5000) {
+      sse.keepAlive(ms, () => sse.send({ type: 6 }));
+    },
     async invoke(invocationId, target, ...args) {
       const posted = await sse.send(invocation(invocationId, target, ...args));
       assert.equal(posted.status, 200, `POST ${target}: ${posted.status} ${posted.text}`);
@@ -414,6 +436,7 @@ export async function rawSse(server, token, { protocol = "json", id, handshake =
       res?.resume();
     },
     close() {
+      sse.stopKeepAlive();
       req.destroy();
     },
   };
@@ -533,10 +556,23 @@ export async function bareWsClient(server, token, { protocol = "json", join = ["
     },
     ended: false,
     closed: new Promise((r) => socket.once("close", r)),
-    destroy: () => socket.destroy(),
-    close: () => socket.destroy(),
+    /** Writes a Ping record every `ms`, reading or not (see recordMethods' keepAlive). */
+    pingEvery(ms = 5000) {
+      const opcode = protocol === "messagepack" ? 2 : 1;
+      bare.keepAlive(ms, () => {
+        if (!socket.destroyed) socket.write(wsFrame(encodeRecords(protocol, { type: 6 }), opcode));
+      });
+    },
+    destroy: () => {
+      bare.stopKeepAlive();
+      socket.destroy();
+    },
+    close: () => bare.destroy(),
   };
-  bare.closed.then(() => (bare.ended = true));
+  bare.closed.then(() => {
+    bare.ended = true;
+    bare.stopKeepAlive();
+  });
   const onData = (d) => {
     if (!upgraded) {
       const text = d.toString("latin1");
