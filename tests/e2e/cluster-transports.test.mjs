@@ -51,6 +51,10 @@ for (const pair of TRANSPORT_PAIRS) {
       new Set(nodes.map((n) => n.port)),
       "the proxy sent the hub's requests to both nodes",
     );
+    if (pair.transport !== "WebSockets") {
+      // Polls, POSTs and the event stream themselves landed on both nodes (so some were forwarded).
+      assert.deepEqual(proxy.portsUsed(/^\/hubs\/jobs\?/), new Set(nodes.map((n) => n.port)), "connection requests on both nodes");
+    }
 
     // A gap: the client leaves, four events happen, a new connection through the proxy catches up.
     const lastSeq = Math.max(...client.bySequence());
