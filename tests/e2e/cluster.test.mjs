@@ -26,6 +26,7 @@ import {
   waitFor,
   withTimeout,
 } from "./lib/harness.mjs";
+import { assertExactlyOnce, assertStrictlyIncreasing, waitForAll } from "./lib/assertions.mjs";
 
 const REGION = "north";
 
@@ -72,43 +73,6 @@ async function tryAssign(node, jobId, contractorId) {
   } catch (err) {
     return { node: node.name, status: 0, error: String(err.cause?.code ?? err.message) };
   }
-}
-
-function assertStrictlyIncreasing(sequences, what) {
-  for (let i = 1; i < sequences.length; i++) {
-    assert.ok(sequences[i] > sequences[i - 1], `${what}: sequence ${sequences[i]} at #${i} follows ${sequences[i - 1]}`);
-  }
-}
-
-/** Every id of `expected` arrived at `client` exactly once, in strictly increasing sequence, and nothing else. */
-function assertExactlyOnce(client, expected, what) {
-  const ids = client.events.map((e) => e.eventId);
-  const counts = new Map();
-  for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1);
-  const dups = [...counts].filter(([, n]) => n > 1);
-  assert.deepEqual(dups, [], `${what}: no eventId twice`);
-  const missing = [...expected].filter((id) => !counts.has(id));
-  assert.deepEqual(missing, [], `${what}: every expected eventId arrived`);
-  const extra = ids.filter((id) => !expected.has(id));
-  assert.deepEqual(extra, [], `${what}: nothing but the expected events`);
-  assertStrictlyIncreasing(client.events.map((e) => e.sequence), what);
-}
-
-/** Waits until every id of `expected` has reached `client`. */
-function waitForAll(client, expected, timeoutMs, what) {
-  return waitFor(
-    () => {
-      const got = new Set(client.events.map((e) => e.eventId));
-      for (const id of expected) if (!got.has(id)) return false;
-      return true;
-    },
-    timeoutMs,
-    () => {
-      const got = new Set(client.events.map((e) => e.eventId));
-      const missing = [...expected].filter((id) => !got.has(id));
-      return `${what}: ${missing.length} of ${expected.size} events still missing (got ${client.events.length}), e.g. ${missing.slice(0, 3).join(", ")}`;
-    },
-  );
 }
 
 /** Every Published row of the EventLog, by eventId, read from `node`. */

@@ -5,6 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { startServer, dispatcherToken, contractorToken, adminToken, sleep, signalR, T } from "./lib/harness.mjs";
+import { assertStrictlyIncreasing } from "./lib/assertions.mjs";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const RFC3339_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
@@ -26,12 +27,6 @@ const PAYLOAD_KEYS = [
   "job",
 ].sort();
 const JOB_KEYS = ["id", "jobType", "title", "region", "status", "durationMinutes"].sort();
-
-function assertStrictlyIncreasing(sequences, what) {
-  for (let i = 1; i < sequences.length; i++) {
-    assert.ok(sequences[i] > sequences[i - 1], `${what}: sequence ${sequences[i]} at #${i} follows ${sequences[i - 1]}`);
-  }
-}
 
 /** Checks `payload` against the contract for this job and assignment. */
 function assertPayload(payload, { job, assignment, entry }) {

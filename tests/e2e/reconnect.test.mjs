@@ -5,45 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { startServer, dispatcherToken, rawConnect, waitFor, sleep, signalR, T } from "./lib/harness.mjs";
-
-/**
- * A dispatcher client the way docs/realtime.md recommends: tracks the last
- * sequence seen and rejoins with it after every reconnect. Reconnect attempts
- * wait on `gate` (through the token factory) so a test can decide what happens
- * while the client is away.
- */
-async function resilientDispatcher(server, token, region) {
-  let gate = Promise.resolve();
-  let openGate = () => {};
-  const state = { lastSeq: undefined, reconnecting: 0, reconnected: 0, rejoins: [], rejoinErrors: [] };
-  const client = await server.connect(null, {
-    start: false,
-    reconnect: { nextRetryDelayInMilliseconds: (ctx) => (ctx.elapsedMilliseconds > 60_000 ? null : 200) },
-    accessTokenFactory: async () => {
-      await gate;
-      return token;
-    },
-    onEvent: (payload) => {
-      if (state.lastSeq === undefined || payload.sequence > state.lastSeq) state.lastSeq = payload.sequence;
-    },
-  });
-  const { connection } = client;
-  connection.onreconnecting(() => {
-    state.reconnecting++;
-    gate = new Promise((resolve) => (openGate = resolve));
-  });
-  connection.onreconnected(async () => {
-    state.reconnected++;
-    try {
-      state.rejoins.push(await connection.invoke("JoinDispatchGroup", region, state.lastSeq ?? 0));
-    } catch (err) {
-      state.rejoinErrors.push(err);
-    }
-  });
-  await connection.start();
-  state.joined = await connection.invoke("JoinDispatchGroup", region);
-  return { client, state, openGate: () => openGate() };
-}
+import { resilientDispatcher } from "./lib/transports.mjs";
 
 test("after the socket drops, the client reconnects, rejoins with afterSequence and misses nothing", T, async (t) => {
   const server = await startServer(t);

@@ -5,28 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { startServer, dispatcherToken, contractorToken, signalR, sleep, T } from "./lib/harness.mjs";
-
-/**
- * Asserts that `invoke(method, ...args)` rejects with a message matching
- * `pattern`, that the connection survives, and that a valid call made right
- * after (`client.probe`) still succeeds.
- */
-async function assertRefused(client, pattern, method, ...args) {
-  await assert.rejects(
-    client.connection.invoke(method, ...args),
-    (err) => {
-      assert.ok(err instanceof Error, "rejects with an Error");
-      assert.match(err.message, pattern);
-      return true;
-    },
-    `${method}(${args.map((a) => JSON.stringify(a)).join(", ")}) should be refused`,
-  );
-  assert.equal(client.state, signalR.HubConnectionState.Connected, `still connected after ${method}`);
-  assert.equal(client.closed, undefined, "onclose did not fire");
-  const [probeMethod, ...probeArgs] = client.probe;
-  const result = await client.connection.invoke(probeMethod, ...probeArgs);
-  assert.equal(typeof result.group, "string", `a valid ${probeMethod} right after ${method} works`);
-}
+import { assertRefused } from "./lib/assertions.mjs";
 
 test("a dispatcher's refused and malformed calls reject, and the connection keeps working", T, async (t) => {
   const server = await startServer(t);

@@ -3,65 +3,10 @@
 // rejoining with the last sequence it processed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
-import crypto from "node:crypto";
 import {
-  T, startServer, connect, negotiate, dispatcherToken, waitFor, withTimeout, pool, RS,
+  T, startServer, connect, dispatcherToken, waitFor, withTimeout, pool,
 } from "./lib/harness.mjs";
-
-/** A client WebSocket text frame (masked, as RFC 6455 requires of clients). */
-function frame(text) {
-  const payload = Buffer.from(text);
-  const mask = crypto.randomBytes(4);
-  let header;
-  if (payload.length < 126) header = Buffer.from([0x81, 0x80 | payload.length]);
-  else {
-    header = Buffer.alloc(4);
-    header[0] = 0x81;
-    header[1] = 0x80 | 126;
-    header.writeUInt16BE(payload.length, 2);
-  }
-  return Buffer.concat([header, mask, payload.map((b, i) => b ^ mask[i % 4])]);
-}
-
-/**
- * A hub client on a bare TCP socket, so that "stops reading" means it: once
- * paused with no data listener, Node reads nothing more and the kernel
- * buffers fill (a WebSocket library may resume the socket by itself).
- */
-async function bareClient(server, token) {
-  const { json } = await negotiate(server, token);
-  const socket = net.connect(server.port, "127.0.0.1");
-  await new Promise((r) => socket.once("connect", r));
-  let received = Buffer.alloc(0);
-  const onData = (d) => (received = Buffer.concat([received, d]));
-  socket.on("data", onData);
-  socket.write(
-    `GET /hubs/jobs?id=${json.connectionToken} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString("base64")}\r\n` +
-      `Sec-WebSocket-Version: 13\r\nAuthorization: Bearer ${token}\r\n\r\n`,
-  );
-  socket.write(frame(JSON.stringify({ protocol: "json", version: 1 }) + RS));
-  socket.write(frame(JSON.stringify({ type: 1, invocationId: "1", target: "JoinDispatchGroup", arguments: ["north"] }) + RS));
-  const text = () => received.toString("latin1");
-  await waitFor(() => /"invocationId":"1"/.test(text()), 5000, "the join Completion");
-  assert.match(text(), /^HTTP\/1\.1 101/);
-  return {
-    stopReading() {
-      socket.off("data", onData);
-      socket.pause();
-    },
-    resumeReading() {
-      socket.on("data", onData);
-      socket.resume();
-    },
-    text,
-    /** Sequences of the JobAssigned records received. */
-    sequences: () => [...text().matchAll(/"target":"JobAssigned".*?"sequence":(\d+)/g)].map((m) => Number(m[1])),
-    closed: new Promise((r) => socket.once("close", r)),
-    destroy: () => socket.destroy(),
-  };
-}
+import { bareWsClient } from "./lib/transports.mjs";
 
 // The largest title (200 four-byte characters) makes each event ~1.7 KB.
 const TITLE = "🪵".repeat(200);
@@ -76,8 +21,12 @@ test("a paused client is closed without slowing anyone, then catches up with aft
   const fast = await connect(server, token);
   await fast.connection.invoke("JoinDispatchGroup", "north");
 
-  const slow = await bareClient(server, token);
+  // A hub client on a bare TCP socket (lib/transports.mjs), so that "stops reading" means it.
+  const slow = await bareWsClient(server, token);
   t.after(() => slow.destroy());
+  // Pings keep it from the 30 s client timeout however long the burst takes:
+  // it must be closed for not reading.
+  slow.pingEvery(5000);
   // Stop reading: the kernel buffers fill, then the server's queue.
   slow.stopReading();
 
@@ -115,11 +64,10 @@ test("a paused client is closed without slowing anyone, then catches up with aft
   // for it, else a plain end (which the official client also reconnects on).
   slow.resumeReading();
   await withTimeout(slow.closed, 30_000, "the stalled connection to end");
-  const close = slow.text().match(/\{"type":7[^\x1e]*\}/);
+  const close = slow.records.find((r) => r.type === 7);
   if (close) {
-    const record = JSON.parse(close[0]);
-    assert.equal(record.allowReconnect, true);
-    assert.match(record.error, /did not keep up/);
+    assert.equal(close.allowReconnect, true);
+    assert.match(close.error, /did not keep up/);
   }
 
   // It catches up: rejoin with the last sequence it processed.

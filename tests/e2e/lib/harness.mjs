@@ -822,11 +822,14 @@ class ClusterNode extends Server {
  * clients), then Redis, then drops the database, whatever happened.
  *
  * opts: `nodes` (2), `redis` (true: a private redis-server; false: none; a
- * URL string: that one), `env` (extra variables for every node).
+ * URL string: that one), `env` (extra variables for every node), `nodeUrls`
+ * (true: each node binds a free port chosen beforehand and gets
+ * `SMARTSCHEDULER_NODE_URL=http://127.0.0.1:<that port>`, so that the nodes
+ * can forward requests to each other).
  * Returns `{nodes, db, redis, stop()}`; `redis` is the handle of
  * {@link startRedis} when the cluster started it.
  */
-export async function startCluster(t, { nodes = 2, redis = true, env = {} } = {}) {
+export async function startCluster(t, { nodes = 2, redis = true, env = {}, nodeUrls = false } = {}) {
   const cluster = { nodes: [], db: undefined, redis: undefined, redisUrl: undefined };
   let stopped = false;
   cluster.stop = async () => {
@@ -852,12 +855,13 @@ export async function startCluster(t, { nodes = 2, redis = true, env = {} } = {}
     // first, takes the publisher lease.
     for (let i = 0; i < nodes; i++) {
       const dir = await mkdtemp(join(tmpdir(), "smartscheduler-e2e-node-"));
-      const node = new ClusterNode(dir, "127.0.0.1:0", {
+      const port = nodeUrls ? await freePort() : 0;
+      const node = new ClusterNode(dir, `127.0.0.1:${port}`, {
         databaseUrl: cluster.db.url,
         redisUrl: cluster.redisUrl,
         name: String.fromCharCode(65 + i),
       });
-      node.extraEnv = env;
+      node.extraEnv = nodeUrls ? { ...env, SMARTSCHEDULER_NODE_URL: `http://127.0.0.1:${port}` } : env;
       cluster.nodes.push(node);
       await node.start();
     }
