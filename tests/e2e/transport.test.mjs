@@ -63,7 +63,7 @@ test("start() rejects with 401 without a token, with an expired one and with a f
   assert.equal(ok.state, signalR.HubConnectionState.Connected);
 });
 
-test("negotiate answers negotiateVersion 1 with a URL-safe token and WebSockets only", T, async (t) => {
+test("negotiate answers negotiateVersion 1 with a URL-safe token and every transport", T, async (t) => {
   const server = await startServer(t);
   const token = await dispatcherToken(["north"]);
   const res = await negotiate(server, token);
@@ -79,6 +79,15 @@ test("negotiate answers negotiateVersion 1 with a URL-safe token and WebSockets 
   const ws = body.availableTransports.find((x) => x.transport === "WebSockets");
   assert.ok(ws, "WebSockets is offered");
   assert.ok(ws.transferFormats.includes("Text"));
+  assert.deepEqual(
+    body.availableTransports,
+    [
+      { transport: "WebSockets", transferFormats: ["Text", "Binary"] },
+      { transport: "ServerSentEvents", transferFormats: ["Text"] },
+      { transport: "LongPolling", transferFormats: ["Text", "Binary"] },
+    ],
+    "every transport, in the order the client should try them, with ASP.NET's formats",
+  );
   assert.ok(!("ProtocolVersion" in body), "no ProtocolVersion key (old clients would redirect on it)");
   assert.ok(!("url" in body) && !("accessToken" in body), "no redirect");
   assert.ok(!("error" in body));
@@ -174,11 +183,20 @@ test("the WebSocket endpoint: unknown or reused ids get 404, another subject's t
     "another subject's token",
   );
 
-  // A plain GET that is not an upgrade is not a WebSocket.
-  const plain = await fetch(`${server.base}/hubs/jobs?id=${(await negotiate(server, token)).json.connectionToken}`, {
-    headers: { authorization: `Bearer ${token}` },
-  });
-  assert.ok(plain.status >= 400 && plain.status < 500, `plain GET answers ${plain.status}`);
+  // A plain GET that is not an upgrade is a Long Polling connection's first
+  // poll (answered at once), and uses the token up for WebSockets.
+  const polled = (await negotiate(server, token)).json.connectionToken;
+  const plain = await fetch(`${server.base}/hubs/jobs?id=${polled}`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(plain.status, 200, "the first poll");
+  assert.equal(await plain.text(), "", "answered at once, empty");
+  await assert.rejects(
+    rawConnect(server, token, { id: polled, handshake: false }),
+    (err) => err.status === 404,
+    "a token a poll used is not a WebSocket's too",
+  );
+  // Without an id, only a WebSocket may connect (skipNegotiation).
+  const anonymous = await fetch(`${server.base}/hubs/jobs`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(anonymous.status, 400, "Long Polling and SSE need negotiate's id");
 });
 
 test("CORS: a configured origin may negotiate from a browser (preflight with credentials), others may not", T, async (t) => {
