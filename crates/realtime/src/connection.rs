@@ -21,15 +21,16 @@
 //! straight into the reattach and closes its socket. Otherwise every exit
 //! path unregisters from the hub.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
+use serde_json::Value;
+use smartscheduler_domain::Principal;
 use tokio::sync::oneshot;
 
 use crate::hub::{CloseReason, ConnKey, Fanout, Frame, Outbox};
+use crate::jobs_hub::{CallError, Called, Membership};
 use crate::limits::{ConnectionPermit, RateLimiter};
 use crate::protocol::{self, Codec, Encoded, HubMessage, Splitter};
 use crate::transport::{Incoming, Lost, Transport};
@@ -116,51 +117,6 @@ fn close_for(reason: CloseReason) -> Stop {
             Stop::Close { error: "The reconnect window expired.".into(), allow_reconnect: true }
         }
         CloseReason::Replaced => Stop::Replaced,
-    }
-}
-
-/// What this connection has joined, and what it must not receive twice.
-#[derive(Default)]
-struct Membership {
-    groups: HashSet<Group>,
-    /// Per group: live events at or below this were already covered by a replay.
-    floors: HashMap<Group, i64>,
-    /// Sequences sent by replays, skipped when they arrive live.
-    replayed: BTreeSet<i64>,
-    /// Whether the connection ever left a group (or had a join undone):
-    /// frames queued before the hub heard of it may still be on their way.
-    has_left: bool,
-}
-
-impl Membership {
-    /// Takes `group` out: its frames still queued are not wanted.
-    fn remove(&mut self, group: &Group) {
-        self.groups.remove(group);
-        self.floors.remove(group);
-        self.has_left = true;
-    }
-
-    fn wants(&mut self, frame: &Frame) -> bool {
-        // The hub queues a frame only to members of its groups. A connection
-        // that has left none and applies no replay floor wants it all.
-        if !self.has_left && self.floors.is_empty() && self.replayed.is_empty() {
-            return true;
-        }
-        // Forget replayed sequences that live delivery has passed.
-        while let Some(&first) = self.replayed.first() {
-            if first < frame.sequence {
-                self.replayed.pop_first();
-            } else {
-                break;
-            }
-        }
-        if self.replayed.remove(&frame.sequence) {
-            return false;
-        }
-        frame
-            .groups
-            .iter()
-            .any(|g| self.groups.contains(g) && frame.sequence > self.floors.get(g).copied().unwrap_or(i64::MIN))
     }
 }
 
@@ -446,9 +402,6 @@ async fn finish<T: Transport>(writer: Box<Writer<T>>, codec: Codec, stop: Stop) 
     transport.close(last).await;
 }
 
-/// A refused or failed hub call: the text the client's `invoke` rejects with.
-struct CallError(String);
-
 fn is_trackable(message: &HubMessage) -> bool {
     matches!(message, HubMessage::Invocation { .. } | HubMessage::StreamInvocation { .. } | HubMessage::Ignored(_))
 }
@@ -673,123 +626,25 @@ impl Conn {
         }
     }
 
-    /// Runs a hub method. The outer `Result` stops the connection (a socket
-    /// failure during a replay); the inner one is the call's own outcome.
+    /// Runs a hub method through the [`JobsHub`]: the replay it reads
+    /// goes out first, then the call's answer. The outer `Result` stops the
+    /// connection (a socket failure during a replay, the hub stopping); the
+    /// inner one is the call's own outcome.
     async fn invoke<T: Transport>(
         &mut self,
         target: &str,
         args: &[Value],
         writer: &mut Writer<T>,
     ) -> Result<Result<Value, CallError>, Stop> {
-        let method = target.to_ascii_lowercase();
-        let parsed = match method.as_str() {
-            "joindispatchgroup" | "leavedispatchgroup" => region_group(target, args),
-            "joincontractorgroup" | "leavecontractorgroup" => contractor_group(target, args),
-            _ => return Ok(Err(CallError(format!("Unknown hub method '{target}'")))),
+        let called = self.ctx.jobs.call(self.key, &self.principal, &mut self.membership, target, args).await;
+        let Ok(Called { result, replay }) = called else {
+            return Err(Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true });
         };
-        let (group, after) = match parsed {
-            Ok(parsed) => parsed,
-            Err(err) => return Ok(Err(err)),
-        };
-        if method.starts_with("leave") {
-            return Ok(self.leave(group).await);
-        }
-        self.join(target, group, after, writer).await
-    }
-
-    /// Takes back a join that just happened, unless the connection was
-    /// already a member before it.
-    async fn undo_join(&mut self, was_member: bool, group: Group) {
-        if !was_member {
-            self.membership.remove(&group);
-            let _ = self.ctx.hub.leave(self.key, group).await;
-        }
-    }
-
-    async fn leave(&mut self, group: Group) -> Result<Value, CallError> {
-        self.membership.remove(&group);
-        self.ctx.hub.leave(self.key, group.clone()).await.map_err(|_| CallError("The hub is stopping.".into()))?;
-        Ok(json!({ "group": group }))
-    }
-
-    async fn join<T: Transport>(
-        &mut self,
-        target: &str,
-        group: Group,
-        after: Option<i64>,
-        writer: &mut Writer<T>,
-    ) -> Result<Result<Value, CallError>, Stop> {
-        if !self.principal.may_join(&group) {
-            tracing::info!(subject = %self.principal.subject, %group, "join refused");
-            return Ok(Err(refused(target, &format!("You are not allowed to join '{group}'."))));
-        }
-        if !self.membership.groups.contains(&group)
-            && self.membership.groups.len() >= self.ctx.config.max_groups_per_connection
-        {
-            return Ok(Err(refused(
-                target,
-                &format!("A connection may join at most {} groups.", self.ctx.config.max_groups_per_connection),
-            )));
-        }
-        // A refused replay must not undo a membership the connection had.
-        let was_member = self.membership.groups.contains(&group);
-        // Join first, so live events queue up while the replay is read: no gap.
-        match self.ctx.hub.join(self.key, group.clone()).await {
-            Ok(true) => {}
-            _ => return Err(Stop::Close { error: "Server is shutting down.".into(), allow_reconnect: true }),
-        }
-        self.membership.groups.insert(group.clone());
-        let Some(after) = after else {
-            self.membership.floors.remove(&group);
-            return Ok(Ok(json!({ "group": group, "replayed": 0 })));
-        };
-        match self.ctx.event_log.purged_through().await {
-            Ok(purged) if after < purged.0 => {
-                self.undo_join(was_member, group).await;
-                return Ok(Err(refused(
-                    target,
-                    "This position is older than the events kept for replay; reload the state over HTTP and join without afterSequence.",
-                )));
-            }
-            _ => {}
-        }
-        let limit = self.ctx.config.max_replay;
-        // Read after the join: what this node's follower hands over later
-        // reaches this connection live, so the replay stops where it is.
-        let bound = self.ctx.followed.as_ref().map_or(i64::MAX, |followed| followed.replay_bound());
-        let missed = match self.ctx.event_log.replay(group.clone(), Sequence(after), limit + 1).await {
-            Ok(mut missed) => {
-                missed.retain(|(_, sequence)| sequence.0 <= bound);
-                missed
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, %group, "replay failed");
-                self.undo_join(was_member, group).await;
-                return Ok(Err(refused(target, "The missed events could not be read; try again.")));
-            }
-        };
-        if missed.len() > limit as usize {
-            self.undo_join(was_member, group).await;
-            return Ok(Err(refused(
-                target,
-                &format!(
-                    "More than {limit} events were missed; reload the state over HTTP and join without afterSequence."
-                ),
-            )));
-        }
-        let mut floor = after;
-        let replayed = missed.len();
-        metrics::counter!("smartscheduler_hub_replayed_events_total").increment(replayed as u64);
-        for (event, sequence) in missed {
-            floor = floor.max(sequence.0);
-            let target = event.event_type().as_str();
-            let published = PublishedEvent { event, sequence };
-            let record = self.codec.invocation(target, &published);
+        for published in replay {
+            let record = self.codec.invocation(published.event.event_type().as_str(), &published);
             self.send_tracked(writer, record).await?;
-            self.membership.replayed.insert(sequence.0);
         }
-        self.membership.floors.insert(group.clone(), floor);
-        Ok(Ok(json!({ "group": group, "replayed": replayed })))
+        Ok(result)
     }
 }
 
@@ -800,100 +655,5 @@ fn wrong_format(codec: Codec) -> String {
         Codec::MessagePack => {
             "Text messages are not supported: this connection speaks the MessagePack protocol.".into()
         }
-    }
-}
-
-/// ASP.NET's form for a method that refused: the client's `invoke` rejects
-/// with this text.
-fn refused(target: &str, message: &str) -> CallError {
-    CallError(format!("An unexpected error occurred invoking '{target}' on the server. HubException: {message}"))
-}
-
-fn after_sequence(target: &str, args: &[Value]) -> Result<Option<i64>, CallError> {
-    match args.get(1) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_i64() {
-            Some(n) if n >= 0 => Ok(Some(n)),
-            _ => Err(refused(target, "afterSequence must be a whole number, 0 or more.")),
-        },
-    }
-}
-
-fn check_arity(target: &str, args: &[Value], max: usize) -> Result<(), CallError> {
-    if args.is_empty() || args.len() > max {
-        return Err(refused(
-            target,
-            &format!(
-                "Expected {} argument(s), got {}.",
-                if max == 1 { "1".into() } else { format!("1 to {max}") },
-                args.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn region_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>), CallError> {
-    let leave = target.to_ascii_lowercase().starts_with("leave");
-    check_arity(target, args, if leave { 1 } else { 2 })?;
-    let region = args[0].as_str().ok_or_else(|| refused(target, "region must be a string."))?;
-    let region = Region::new(region).map_err(|e| refused(target, &e.to_string()))?;
-    Ok((Group::dispatch(&region), if leave { None } else { after_sequence(target, args)? }))
-}
-
-fn contractor_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>), CallError> {
-    let leave = target.to_ascii_lowercase().starts_with("leave");
-    check_arity(target, args, if leave { 1 } else { 2 })?;
-    let id = args[0].as_str().ok_or_else(|| refused(target, "contractorId must be a string."))?;
-    let id: ContractorId =
-        id.parse().map_err(|e: smartscheduler_domain::ValidationError| refused(target, &e.to_string()))?;
-    Ok((Group::contractor(id), if leave { None } else { after_sequence(target, args)? }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(sequence: i64, groups: &[&Group]) -> Frame {
-        let groups: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
-        Frame::new(bytestring::ByteString::from_static("x\u{1e}"), sequence, groups.into())
-    }
-
-    fn member_of(groups: &[&Group]) -> Membership {
-        Membership { groups: groups.iter().map(|g| (*g).clone()).collect(), ..Membership::default() }
-    }
-
-    #[test]
-    fn a_member_that_never_left_wants_every_frame_queued_to_it() {
-        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
-        let mut membership = member_of(&[&north]);
-        assert!(membership.wants(&frame(1, &[&north])));
-        assert!(membership.wants(&frame(2, &[&north])));
-    }
-
-    #[test]
-    fn frames_of_a_group_left_are_not_wanted_and_the_others_still_are() {
-        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
-        let south = Group::dispatch(&smartscheduler_domain::Region::new("south").unwrap());
-        let mut membership = member_of(&[&north, &south]);
-        membership.remove(&north);
-        assert!(!membership.wants(&frame(1, &[&north])), "queued before the leave reached the hub");
-        assert!(membership.wants(&frame(2, &[&south])));
-        assert!(membership.wants(&frame(3, &[&north, &south])), "still a member of one of its groups");
-        // Joined again: wanted again.
-        membership.groups.insert(north.clone());
-        assert!(membership.wants(&frame(4, &[&north])));
-    }
-
-    #[test]
-    fn a_replay_floor_and_replayed_sequences_are_not_sent_twice() {
-        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
-        let mut membership = member_of(&[&north]);
-        membership.floors.insert(north.clone(), 10);
-        membership.replayed.extend([9, 10]);
-        assert!(!membership.wants(&frame(9, &[&north])), "replayed");
-        assert!(!membership.wants(&frame(10, &[&north])), "replayed");
-        assert!(membership.wants(&frame(11, &[&north])), "after the floor");
-        assert!(membership.replayed.is_empty(), "replayed sequences passed by live delivery are forgotten");
     }
 }

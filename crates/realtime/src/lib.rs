@@ -11,8 +11,9 @@
 //!   ([`protocol::Codec`]); pure functions.
 //! - [`hub`]: the task that owns connections, groups and parked
 //!   connections, its handle, and its per-thread fan-out tasks.
-//! - [`connection`]: one logical connection's state machine and the hub
-//!   methods, on any transport.
+//! - [`jobs_hub`]: the `JobsHub`: the hub methods, authorization,
+//!   membership and replay.
+//! - [`connection`]: one logical connection's state machine, on any transport.
 //! - [`transport`]: the seam, and one adapter per transport (WebSockets
 //!   through actix-ws or on dedicated sockets, Long Polling, Server-Sent Events).
 //! - [`limits`]: negotiations, connections and invocations per user.
@@ -27,6 +28,7 @@ pub mod forward;
 
 pub mod http;
 pub mod hub;
+pub mod jobs_hub;
 pub mod limits;
 pub mod protocol;
 pub mod transport;
@@ -143,6 +145,8 @@ pub struct HubContext {
     pub sessions: Arc<transport::http_session::HttpSessions>,
     /// Sends Long Polling and SSE requests on to their connection's node.
     pub forwarder: forward::Forwarder,
+    /// The hub's methods, authorization and replay.
+    pub jobs: Arc<jobs_hub::JobsHub>,
     /// With several nodes: how far this node's follower has gone. A replay
     /// stops there; the follower brings the rest live (see
     /// [`smartscheduler_application::tailer`]).
@@ -161,6 +165,13 @@ impl HubContext {
         let hub = hub::spawn(config.reconnect_window, config.outbound_max_bytes);
         let limits = limits::Limits::new(config.negotiate_per_minute, config.connections_per_user);
         let sessions = Arc::default();
+        let jobs = Arc::new(jobs_hub::JobsHub::new(
+            hub.clone(),
+            event_log.clone(),
+            None,
+            config.max_replay,
+            config.max_groups_per_connection,
+        ));
         Self {
             hub,
             event_log,
@@ -171,12 +182,20 @@ impl HubContext {
             limits,
             sessions,
             forwarder: forward::Forwarder::default(),
+            jobs,
             followed: None,
         }
     }
 
     /// Bounds replays by this node's follower (several nodes).
     pub fn with_followed_position(mut self, followed: Arc<FollowedPosition>) -> Self {
+        self.jobs = Arc::new(jobs_hub::JobsHub::new(
+            self.hub.clone(),
+            self.event_log.clone(),
+            Some(followed.clone()),
+            self.config.max_replay,
+            self.config.max_groups_per_connection,
+        ));
         self.followed = Some(followed);
         self
     }

@@ -45,10 +45,8 @@ static CONSOLE_JS: Asset = Asset::new(include_bytes!("../../static/console.js"),
 static CONSOLE_CSS: Asset = Asset::new(include_bytes!("../../static/console.css"), "text/css; charset=utf-8");
 static SIGNALR_JS: Asset =
     Asset::new(include_bytes!("../../static/vendor/signalr.min.js"), "text/javascript; charset=utf-8");
-static SIGNALR_MSGPACK_JS: Asset = Asset::new(
-    include_bytes!("../../static/vendor/signalr-protocol-msgpack.min.js"),
-    "text/javascript; charset=utf-8",
-);
+static SIGNALR_MSGPACK_JS: Asset =
+    Asset::new(include_bytes!("../../static/vendor/signalr-protocol-msgpack.min.js"), "text/javascript; charset=utf-8");
 
 /// Same-origin only: the page loads nothing from elsewhere and connects to
 /// its own origin (`'self'` covers `ws:`/`wss:` to the same host).

@@ -49,11 +49,17 @@ use crate::protocol::Encoded;
 /// A hub WebSocket: tungstenite on the socket actix-http handed over.
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// The connection a takeover runs on its socket.
+type TakeoverRun = LocalBoxFuture<'static, ()>;
+
+/// An upgraded socket, and the fan-out task of the socket thread it runs on.
+pub type Upgraded = (Ws, Fanout);
+
 /// What runs on the socket after a `101`: attach it to the `101` response's
 /// extensions. It gets `None` when the `101` could not be written (the
 /// client went away), so it can put back what it took (a parked connection).
 pub struct Takeover {
-    run: Box<dyn FnOnce(Option<(Ws, Fanout)>) -> LocalBoxFuture<'static, ()> + Send>,
+    run: Box<dyn FnOnce(Option<Upgraded>) -> TakeoverRun + Send>,
     config: WebSocketConfig,
 }
 
@@ -63,7 +69,7 @@ impl Takeover {
     /// message (larger messages and frames end the read with an error).
     pub fn new(
         max_message_bytes: usize,
-        run: impl FnOnce(Option<(Ws, Fanout)>) -> LocalBoxFuture<'static, ()> + Send + 'static,
+        run: impl FnOnce(Option<Upgraded>) -> TakeoverRun + Send + 'static,
     ) -> Self {
         Self { run: Box::new(run), config: ws_config(max_message_bytes) }
     }
