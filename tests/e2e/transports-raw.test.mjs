@@ -336,3 +336,27 @@ test("Server-Sent Events: a connection token serves one stream: a second stream 
   assert.equal(after.status, 404, `a stream after the first ended: ${after.status} ${after.raw}`);
   assert.equal((await hubPost(server, token, sse.id, encodeRecords("json", JOIN("2")))).status, 404, "a POST after the stream ended");
 });
+
+test("one JobAssigned costs fewer bytes in MessagePack than in JSON, with the same payload (reported for docs/benchmarks.md)", T, async (t) => {
+  const server = await startServer(t);
+  const token = await dispatcherToken([REGION]);
+  const json = await rawLongPolling(server, token, { protocol: "json" });
+  const packed = await rawLongPolling(server, token, { protocol: "messagepack" });
+  for (const lp of [json, packed]) await lp.invoke("join", "JoinDispatchGroup", REGION);
+  const contractor = await server.createContractor(REGION);
+  const { assignment } = await server.assignNew(REGION, contractor.id);
+  const sizes = {};
+  const payloads = {};
+  for (const lp of [json, packed]) {
+    // The next poll carries the event, and only it (nothing else is queued).
+    const before = lp.responses.length;
+    const record = await lp.pollUntil((r) => r.type === 1 && r.arguments?.[0]?.eventId === assignment.eventId);
+    const bodies = lp.responses.slice(before).filter((r) => r.status === 200 && r.body.length > 0);
+    assert.equal(bodies.length, 1, `${lp.protocol}: one poll brought the event`);
+    sizes[lp.protocol] = bodies[0].body.length;
+    payloads[lp.protocol] = record.arguments[0];
+  }
+  assert.deepEqual(payloads.messagepack, payloads.json, "the same payload in both protocols");
+  assert.ok(sizes.messagepack < sizes.json, `MessagePack ${sizes.messagepack} B < JSON ${sizes.json} B`);
+  t.diagnostic(`bytes per JobAssigned record: json ${sizes.json}, messagepack ${sizes.messagepack}`);
+});
