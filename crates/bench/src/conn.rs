@@ -183,7 +183,12 @@ pub struct Conn {
 enum Link {
     Ws(Ws),
     /// Long Polling or SSE: POSTs to `url` send, `recv` receives.
-    Http { http: reqwest::Client, url: String, bearer: String, recv: Recv },
+    Http {
+        http: reqwest::Client,
+        url: String,
+        bearer: String,
+        recv: Recv,
+    },
 }
 
 /// The receiving side of an HTTP transport. Both are safe to cancel (a read
@@ -256,7 +261,11 @@ fn head_size(res: &reqwest::Response) -> u64 {
 
 /// One Long Polling request, as a future that owns everything it needs (so
 /// that it can be kept while a read is cancelled).
-fn poll(http: &reqwest::Client, url: &str, bearer: &str) -> BoxFuture<'static, reqwest::Result<(StatusCode, u64, Bytes)>> {
+fn poll(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+) -> BoxFuture<'static, reqwest::Result<(StatusCode, u64, Bytes)>> {
     let request = http.get(url).bearer_auth(bearer);
     Box::pin(async move {
         let res = request.send().await?;
@@ -278,7 +287,10 @@ async fn negotiate(http: &reqwest::Client, endpoint: &Endpoint) -> Result<String
     if !status.is_success() {
         bail!("negotiate: {status} {body}");
     }
-    body["connectionToken"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("negotiate: no connectionToken in {body}"))
+    body["connectionToken"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("negotiate: no connectionToken in {body}"))
 }
 
 /// Opens the receiving side of a Long Polling or SSE connection: the first
@@ -373,7 +385,6 @@ impl Conn {
     /// `recv_buffer` sets the socket's receive buffer (`SO_RCVBUF`;
     /// WebSockets only). Long Polling and SSE send every request with `http`
     /// (see [`Transport::http_client`]).
-    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         peer: Peer,
         transport: Transport,
@@ -396,12 +407,13 @@ impl Conn {
             Peer::Signalr => {
                 let token = negotiate(http, endpoint).await?;
                 if transport == Transport::WebSockets {
-                    let ws =
-                        open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/hubs/jobs?id={token}"), true).await?;
+                    let ws = open_ws(endpoint, source, recv_buffer, &format!("{ws_base}/hubs/jobs?id={token}"), true)
+                        .await?;
                     Self::new(peer, Link::Ws(ws))
                 } else {
-                    let url = reqwest::Url::parse_with_params(&format!("{}/hubs/jobs", endpoint.base), [("id", &token)])?
-                        .to_string();
+                    let url =
+                        reqwest::Url::parse_with_params(&format!("{}/hubs/jobs", endpoint.base), [("id", &token)])?
+                            .to_string();
                     let (recv, bytes) = open_http(transport, http, &url, &endpoint.token).await?;
                     let mut conn =
                         Self::new(peer, Link::Http { http: http.clone(), url, bearer: endpoint.token.clone(), recv });
