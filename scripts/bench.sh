@@ -13,13 +13,15 @@
 #   SS_SERVER_BIN   a smartscheduler binary to measure instead of building one
 #                   (e.g. one built from a clean checkout of a revision)
 #   SS_SERVER_REV   the revision that binary was built from (recorded in the results)
-#   SCENARIOS       which to run, of: idle persist persist-pg fanout broadcast stalled rate (default: all)
+#   SCENARIOS       which to run, of: idle persist persist-pg fanout broadcast broadcast-lp broadcast-sse
+#                   stalled rate (default: all); broadcast-lp / broadcast-sse: (c) for our service only, its
+#                   clients over Long Polling / Server-Sent Events, SCALE_CLIENTS_HTTP of them
 #   SS_BENCH_POSTGRES_URL  the PostgreSQL server for persist-pg (default: SMARTSCHEDULER_TEST_POSTGRES_URL,
 #                   else postgres://postgres@127.0.0.1:5432/postgres); a fresh database is made there and
 #                   dropped after. Unreachable: the scenario is skipped, with CI=true it fails.
 #   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
-# FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, BROADCAST_EVENTS,
+# FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, SCALE_CLIENTS_HTTP, BROADCAST_EVENTS,
 # STALLED_EVENTS, STALLED_RATE, SLOW_EVENTS, RATE_STEPS ("rate:events …"), CONTRACTOR_FRACTION, IDLE_CLIENTS,
 # IDLE_HOLD.
 set -euo pipefail
@@ -43,8 +45,8 @@ if $smoke; then
     cargo build -q --workspace --all-targets
   fi
   : "${PERSIST_COUNT:=200}" "${PERSIST_CONCURRENCY:=16}" "${FANOUT_CLIENTS:=50}" "${FANOUT_EVENTS:=20}"
-  : "${SCENARIOS:=persist persist-pg fanout broadcast stalled rate idle}"
-  : "${SCALE_CLIENTS:=200}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}" "${SLOW_EVENTS:=40}"
+  : "${SCENARIOS:=persist persist-pg fanout broadcast broadcast-lp broadcast-sse stalled rate idle}"
+  : "${SCALE_CLIENTS:=200}" "${SCALE_CLIENTS_HTTP:=50}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}" "${SLOW_EVENTS:=40}"
   : "${RATE_STEPS:=200:40 50:20}"
   : "${IDLE_CLIENTS:=100}" "${IDLE_HOLD:=1}"
   regions=4
@@ -56,8 +58,8 @@ else
     cargo build --release -p smartscheduler-api -p smartscheduler-bench
   fi
   : "${PERSIST_COUNT:=5000}" "${PERSIST_CONCURRENCY:=32}" "${FANOUT_CLIENTS:=1000}" "${FANOUT_EVENTS:=500}"
-  : "${SCENARIOS:=persist persist-pg fanout broadcast stalled rate idle}"
-  : "${SCALE_CLIENTS:=10000}" "${BROADCAST_EVENTS:=100}" "${STALLED_EVENTS:=1500}" "${STALLED_RATE:=100}"
+  : "${SCENARIOS:=persist persist-pg fanout broadcast broadcast-lp broadcast-sse stalled rate idle}"
+  : "${SCALE_CLIENTS:=10000}" "${SCALE_CLIENTS_HTTP:=1000}" "${BROADCAST_EVENTS:=100}" "${STALLED_EVENTS:=1500}" "${STALLED_RATE:=100}"
   # a-slow: as many events as a-stalled. On loopback the kernel's send buffer (autotuned up to
   # 4 MB) absorbs ~6,500 messages of a client that never reads before the service's 1,024-message
   # queue starts to fill: raise it to about 8000 to see the service close them (80 s at 100/s).
@@ -240,6 +242,13 @@ if wants broadcast; then
       --events "$BROADCAST_EVENTS" --concurrency "$FANOUT_ASSIGN_CONCURRENCY"
   done
 fi
+# (c) for our service only, its SCALE_CLIENTS_HTTP clients over Long Polling / Server-Sent Events.
+for transport in lp sse; do
+  if wants "broadcast-$transport"; then
+    run "c-broadcast-signalr-$transport" fanout --transport "$( [ "$transport" = lp ] && echo longpolling || echo sse)" \
+      --base "$base" --clients "$SCALE_CLIENTS_HTTP" --events "$BROADCAST_EVENTS" --concurrency "$FANOUT_ASSIGN_CONCURRENCY"
+  fi
+done
 # (a) assignment HTTP latency at a steady rate: no hub connection, then SCALE_CLIENTS over the
 # regions all reading, then the same with 1% stalled (joined, never read).
 if wants stalled; then

@@ -98,7 +98,9 @@ def table(run):
         http = " / ".join(fmt(r[f"http_{p}_ms"]) for p in ("p50", "p99", "p999"))
         delivery = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
         conns = f"{r['connected']:,} ({r['stalled']}" + (f"; {r['contractors']:,} contractors)" if r.get("contractors") else ")")
-        print(f"| {label} | {r['peer']} | {conns} | {r['regions']} | {r['events']} | {offered} | "
+        transport = r.get("transport", "websockets")
+        peer = r["peer"] if transport == "websockets" else f"{r['peer']} over {transport}"
+        print(f"| {label} | {peer} | {conns} | {r['regions']} | {r['events']} | {offered} | "
               f"{fmt(r['publishes_per_s'])} | {http} | {delivery} | {fmt(r['messages_per_s'])} | {r['missing']} | {r['loadavg']} |")
     idle = [r for r in run.values() if r["scenario"] == "idle"]
     if idle:

@@ -2,7 +2,8 @@
 //!
 //! - `persist`: N concurrent `POST /api/jobs/{id}/assign` (setup not timed):
 //!   assignments per second and HTTP latency percentiles.
-//! - `fanout`: N WebSocket clients join groups (our hub: `dispatch/{region}`;
+//! - `fanout`: N WebSocket clients join groups (our hub: `dispatch/{region}`,
+//!   also over Long Polling or SSE with `--transport`;
 //!   `--peer socketio`: rooms; `--peer floor`: no groups), some optionally
 //!   stalled (joined, never read again); then E events are published (our hub:
 //!   real assignments over HTTP; the peers: `POST /publish`), closed loop or at
@@ -30,7 +31,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::conn::{Conn, Endpoint, Event, Group, Peer, KEEPALIVE};
+use crate::conn::{Conn, Endpoint, Event, Group, Peer, Transport, KEEPALIVE};
 use crate::stats::{json_line, round, Percentiles, ProcSample};
 
 #[derive(Debug, Parser)]
@@ -80,6 +81,9 @@ struct Connections {
     /// Server to subscribe to: our hub, or a peer.
     #[arg(long, value_enum, default_value = "signalr")]
     peer: Peer,
+    /// How the connections reach our hub (the peers: websockets only).
+    #[arg(long, value_enum, default_value = "websockets")]
+    transport: Transport,
     /// Subscriber connections.
     #[arg(long, default_value_t = 100)]
     clients: usize,
@@ -316,7 +320,10 @@ fn region_names(t: &Target, regions: usize) -> Vec<String> {
 /// What every subscriber task shares.
 struct Shared {
     peer: Peer,
+    transport: Transport,
     http: reqwest::Client,
+    /// Long Polling and SSE: a client per source address (each made with `Transport::http_client`).
+    link_http: Vec<(Option<IpAddr>, reqwest::Client)>,
     endpoint: Endpoint,
     gate: Semaphore,
     /// Event number of each `jobId` (empty when nothing is published).
@@ -345,6 +352,15 @@ struct Report {
     latencies_us: Vec<u32>,
     duplicates: usize,
     last: Option<Instant>,
+    /// Bytes read from the server once joined (`Conn::bytes_received`).
+    bytes: u64,
+}
+
+impl Shared {
+    /// The HTTP client a connection from `source` uses.
+    fn http_for(&self, source: Option<IpAddr>) -> &reqwest::Client {
+        self.link_http.iter().find(|(ip, _)| *ip == source).map_or(&self.http, |(_, client)| client)
+    }
 }
 
 async fn subscriber(
@@ -359,8 +375,16 @@ async fn subscriber(
         // window, so its own kernel holds little of what is sent to it (the
         // server's send buffer still holds a few MB on loopback).
         let recv_buffer = plan.small_window.then_some(4096);
-        let mut conn =
-            Conn::open(shared.peer, &shared.http, &shared.endpoint, plan.source, recv_buffer, &plan.group).await?;
+        let mut conn = Conn::open(
+            shared.peer,
+            shared.transport,
+            shared.http_for(plan.source),
+            &shared.endpoint,
+            plan.source,
+            recv_buffer,
+            &plan.group,
+        )
+        .await?;
         for (i, group) in plan.also.iter().enumerate() {
             conn.join_group(group, i as u64 + 2).await?;
         }
@@ -383,6 +407,7 @@ async fn subscriber(
         drop(conn); // closed without reading what is queued
         return report;
     }
+    let bytes_joined = conn.bytes_received();
     let mut seen = vec![0u64; shared.sent.len().div_ceil(64)];
     let mut received = 0usize;
     let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -422,6 +447,7 @@ async fn subscriber(
             _ = stop.changed() => break,
         }
     }
+    report.bytes = conn.bytes_received() - bytes_joined;
     conn.close().await;
     report
 }
@@ -502,9 +528,21 @@ fn shared(args: &Connections, t: &Target, endpoint: Endpoint, job_ids: &[String]
     if args.peer == Peer::Signalr && t.token.is_empty() {
         bail!("our hub needs a token: --token or SS_BENCH_TOKEN");
     }
+    if args.transport != Transport::WebSockets && args.peer != Peer::Signalr {
+        bail!("--transport {} is for our hub only (--peer signalr)", args.transport.name());
+    }
+    let link_http = if args.transport == Transport::WebSockets {
+        Vec::new()
+    } else if args.source_addrs.is_empty() {
+        vec![(None, Transport::http_client(None)?)]
+    } else {
+        args.source_addrs.iter().map(|&ip| Ok((Some(ip), Transport::http_client(Some(ip))?))).collect::<Result<_>>()?
+    };
     Ok(Arc::new(Shared {
         peer: args.peer,
+        transport: args.transport,
         http: http_client(args.connect_concurrency)?,
+        link_http,
         endpoint,
         gate: Semaphore::new(args.connect_concurrency.max(1)),
         index: job_ids.iter().enumerate().map(|(n, id)| (id.clone(), n as u32)).collect(),
@@ -540,6 +578,9 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
     let t = Arc::new(args.target.clone());
     let c = &args.conns;
     let peer = c.peer;
+    if args.stalled_join_all && c.transport != Transport::WebSockets {
+        bail!("--stalled-join-all needs --transport websockets (it sets the socket's receive buffer)");
+    }
     let regions = region_names(&t, c.regions);
     let http = http_client(args.concurrency.max(64))?;
     let endpoint = Endpoint::new(&t.base, &t.token).await?;
@@ -680,6 +721,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
         expected_total - failed.iter().zip(&expected_per_event).filter(|(f, _)| **f).map(|(_, n)| n).sum::<usize>()
     };
     let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
+    let bytes: u64 = reports.iter().map(|r| r.bytes).sum();
     let last_delivery = reports.iter().filter_map(|r| r.last).max().unwrap_or(started);
     let latencies: Vec<u32> = reports.into_iter().flat_map(|r| r.latencies_us).collect();
     let delivered = latencies.len();
@@ -690,9 +732,11 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
     let publishes_per_s = ok_publishes as f64 / publish_seconds.max(f64::MIN_POSITIVE);
     let http_p = Percentiles::of(http_latencies);
     let p = Percentiles::of_micros(latencies);
+    let bytes_per_event = if delivered > 0 { bytes as f64 / delivered as f64 } else { f64::NAN };
     println!(
-        "fanout [{}]: {connected} clients ({stalled_count} stalled, {contractor_count} in contractor groups) in {} regions x {} events{}: {delivered}/{expected} deliveries in {window:.2} s = {rate:.0} msg/s; publishes {publishes_per_s:.0}/s, HTTP {}; delivery {}; {connect_errors} connect errors, {publish_errors} publish errors, {missing} missing, {duplicates} duplicates",
+        "fanout [{}{}]: {connected} clients ({stalled_count} stalled, {contractor_count} in contractor groups) in {} regions x {} events{}: {delivered}/{expected} deliveries in {window:.2} s = {rate:.0} msg/s; publishes {publishes_per_s:.0}/s, HTTP {}; delivery {}; {connect_errors} connect errors, {publish_errors} publish errors, {missing} missing, {duplicates} duplicates; {bytes_per_event:.0} bytes read per delivery",
         peer.name(),
+        if c.transport == Transport::WebSockets { String::new() } else { format!(" over {}", c.transport.name()) },
         if peer.has_groups() { regions.len() } else { 1 },
         args.events,
         if open_loop { format!(" at {} /s (max {:.0} ms behind schedule)", args.rate, behind.as_secs_f64() * 1000.0) } else { format!(", {} in flight", args.concurrency) },
@@ -701,6 +745,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
     );
     let mut fields = json!({
         "peer": peer.name(),
+        "transport": c.transport.name(),
         "clients": c.clients,
         "connected": connected,
         "stalled": stalled_count,
@@ -723,6 +768,7 @@ async fn fanout(args: FanoutArgs) -> Result<bool> {
         "publish_errors": publish_errors,
         "seconds": round(window, 3),
         "messages_per_s": round(rate, 1),
+        "bytes_per_event": round(bytes_per_event, 1),
     });
     http_p.insert_into(&mut fields, "http");
     p.insert_into(&mut fields, "latency");
@@ -819,6 +865,7 @@ async fn idle(args: IdleArgs) -> Result<bool> {
             "idle",
             json!({
                 "peer": c.peer.name(),
+                "transport": c.transport.name(),
                 "clients": c.clients,
                 "connected": connected,
                 "connect_errors": connect_errors,
