@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use smartscheduler_application::{AuthError, ConnectionTicket, MAX_CONNECTION_TOKEN_LEN};
 use smartscheduler_domain::{Principal, Timestamp};
+use smartscheduler_problem::Problem;
 
 use crate::connection::{self, Opening};
 use crate::forward;
@@ -69,10 +70,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn method_not_allowed(allowed: &'static str) -> HttpResponse {
-    let mut response =
-        problem(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", &format!("this path answers {allowed}"));
-    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allowed));
-    response
+    Problem::titled(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", format!("this path answers {allowed}"))
+        .allow(allowed)
+        .response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,16 +86,7 @@ struct HubQuery {
 }
 
 pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> HttpResponse {
-    let mut response = HttpResponse::build(status);
-    response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-    if status == StatusCode::UNAUTHORIZED {
-        response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-    }
-    let slug = title.to_ascii_lowercase().replace(' ', "-");
-    response.body(
-        json!({ "type": format!("/problems/{slug}"), "title": title, "status": status.as_u16(), "detail": detail })
-            .to_string(),
-    )
+    Problem::titled(status, title, detail).response()
 }
 
 fn query(req: &HttpRequest) -> HubQuery {
@@ -116,19 +107,12 @@ fn authenticate(ctx: &HubContext, req: &HttpRequest, query: &HubQuery) -> Result
 }
 
 fn too_many(detail: &str) -> HttpResponse {
-    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, "Too many requests", detail);
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-    response
+    Problem::titled(StatusCode::TOO_MANY_REQUESTS, "Too many requests", detail).retry_after("60").response()
 }
 
 fn unavailable() -> HttpResponse {
-    let mut response = problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Service unavailable",
-        "The connection could not be opened now; try again.",
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    response
+    let detail = "The connection could not be opened now; try again.";
+    Problem::titled(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", detail).retry_after("1").response()
 }
 
 fn unauthorized(err: &AuthError) -> HttpResponse {

@@ -1,12 +1,13 @@
 //! Errors as `application/problem+json` (RFC 9457): `type`, `title`,
-//! `status`, `detail`. Every refusal of the API goes through [`ApiError`].
+//! `status`, `detail`. Every refusal of the API goes through [`ApiError`],
+//! rendered by the [`Problem`] the hub's refusals use too.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
-use serde::Serialize;
 use smartscheduler_application::{AssignJobError, AuthError, CatalogError};
 use smartscheduler_domain::ports::StoreError;
 use smartscheduler_domain::ValidationError;
+use smartscheduler_problem::Problem;
 
 /// An API failure, mapped to a status and a problem document.
 #[derive(Debug, thiserror::Error)]
@@ -85,15 +86,6 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -129,27 +121,21 @@ impl ResponseError for ApiError {
             }
             other => other.to_string(),
         };
-        let body = Problem { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail };
-        let mut response = HttpResponse::build(status);
-        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        if status == StatusCode::UNAUTHORIZED {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
+        let mut problem = Problem::new(status, slug, title, detail);
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, "1"));
+            problem = problem.retry_after("1");
         }
         if matches!(self, Self::RequestTimeout(_) | Self::UriTooLong(_) | Self::HeadersTooLarge(_)) {
             // The rest of this connection's input cannot be trusted to frame
             // a next request: a body still trickling in, an oversized head.
-            response.force_close();
+            problem = problem.close_connection();
         }
         if let Self::MethodNotAllowed(_, allowed) = self {
             // `HEAD` is answered wherever `GET` is (see `edge`).
             let head = allowed.contains(&"GET") && !allowed.contains(&"HEAD");
-            let allow = allowed.join(", ") + if head { ", HEAD" } else { "" };
-            response.insert_header((header::ALLOW, allow));
+            problem = problem.allow(allowed.join(", ") + if head { ", HEAD" } else { "" });
         }
-        response.body(serde_json::to_string(&body).unwrap_or_default())
+        problem.response()
     }
 }
 

@@ -67,10 +67,7 @@ impl Takeover {
     /// Runs `run` on the upgraded socket, with the fan-out task of the
     /// socket thread it runs on, reading at most `max_message_bytes` per
     /// message (larger messages and frames end the read with an error).
-    pub fn new(
-        max_message_bytes: usize,
-        run: impl FnOnce(Option<Upgraded>) -> TakeoverRun + Send + 'static,
-    ) -> Self {
+    pub fn new(max_message_bytes: usize, run: impl FnOnce(Option<Upgraded>) -> TakeoverRun + Send + 'static) -> Self {
         Self { run: Box::new(run), config: ws_config(max_message_bytes) }
     }
 }
