@@ -4,9 +4,9 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
+use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use anyhow::Context;
@@ -21,7 +21,6 @@ use smartscheduler_infrastructure::tokens::JwksVerifier;
 use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
 use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery, WebSocketAdapter};
 use tokio::sync::Notify;
-use tracing::Instrument;
 
 use crate::config::{HubWebSocket, ServeConfig};
 use crate::http;
@@ -189,34 +188,7 @@ impl Application {
                 .wrap(http::cors::cors(&cors_origins))
                 .wrap(from_fn(http::cors::refusals_as_problems))
                 .wrap(from_fn(http::edge::bound_request))
-                .wrap_fn(|req, srv| {
-                    // Method and path only: query strings can carry access tokens.
-                    let method = req.method().clone();
-                    let path = req.path().to_owned();
-                    let request_id = request_id(req.headers());
-                    let span = tracing::info_span!("http_request", %request_id);
-                    let started = Instant::now();
-                    let fut = {
-                        let _entered = span.enter();
-                        srv.call(req)
-                    };
-                    async move {
-                        let mut res = fut.await?;
-                        tracing::info!(
-                            %method,
-                            %path,
-                            status = res.status().as_u16(),
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "request"
-                        );
-                        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&request_id) {
-                            res.headers_mut()
-                                .insert(actix_web::http::header::HeaderName::from_static("x-request-id"), value);
-                        }
-                        Ok(res)
-                    }
-                    .instrument(span)
-                })
+                .wrap(from_fn(http::request_log::log_request))
                 .app_data(catalog.clone())
                 .app_data(assign.clone())
                 .app_data(event_log.clone())
@@ -315,20 +287,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-}
-
-/// The caller's `X-Request-Id` when it is a sane token (1 to 64 of
-/// `A-Z a-z 0-9 - _ .`), else a fresh UUID. It is logged on every line of the
-/// request's span and returned in the response.
-fn request_id(headers: &actix_web::http::header::HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }

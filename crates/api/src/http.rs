@@ -10,6 +10,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod problem;
+pub mod request_log;
 
 use actix_web::http::Method;
 use actix_web::web;
