@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::config::{HubWebSocket, ServeConfig};
 use crate::http;
+use crate::state::AppState;
 
 /// A built, not yet running, service.
 pub struct Application {
@@ -171,12 +172,16 @@ impl Application {
         let catalog = Catalog::new(db.contractors(), db.jobs(), db.assignment_reads());
         let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), publisher);
 
-        let catalog = web::Data::new(catalog);
-        let assign = web::Data::new(assign);
-        let event_log = web::Data::new(event_log);
-        let verifier = web::Data::new(verifier);
-        let database = web::Data::new(db.clone());
-        let bus_data = web::Data::new(bus.clone());
+        let state = web::Data::new(AppState {
+            catalog,
+            assign,
+            event_log: event_log.clone(),
+            verifier,
+            database: db.clone(),
+            bus: bus.clone(),
+            hub: hub.clone(),
+        });
+        // The hub's own handlers (realtime crate) take its context directly.
         let hub_data = web::Data::new(hub.clone());
         let cors_origins = config.cors_origins.clone();
 
@@ -189,12 +194,7 @@ impl Application {
                 .wrap(from_fn(http::cors::refusals_as_problems))
                 .wrap(from_fn(http::edge::bound_request))
                 .wrap(from_fn(http::request_log::log_request))
-                .app_data(catalog.clone())
-                .app_data(assign.clone())
-                .app_data(event_log.clone())
-                .app_data(verifier.clone())
-                .app_data(database.clone())
-                .app_data(bus_data.clone())
+                .app_data(state.clone())
                 .app_data(hub_data.clone())
                 .configure(http::configure)
                 .configure(smartscheduler_realtime::http::configure)

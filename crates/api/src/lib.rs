@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod state;
 pub mod telemetry;
 
 pub use app::Application;

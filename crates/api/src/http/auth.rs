@@ -2,16 +2,13 @@
 //! arguments makes the route require a valid token (401 otherwise).
 
 use std::future::{ready, Ready};
-use std::sync::Arc;
 
-use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
-use smartscheduler_application::{AuthError, TokenVerifier};
+use actix_web::{dev::Payload, http::header, FromRequest, HttpRequest};
+use smartscheduler_application::AuthError;
 use smartscheduler_domain::Principal;
 
 use super::ApiError;
-
-/// The verifier shared with handlers (app data).
-pub type Verifier = web::Data<Arc<dyn TokenVerifier>>;
+use crate::state::State;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -29,12 +26,12 @@ impl FromRequest for Authenticated {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(verifier) = req.app_data::<Verifier>() else {
+        let Some(state) = req.app_data::<State>() else {
             return ready(Err(ApiError::Internal("no token verifier configured".into())));
         };
         let result = match bearer(req) {
             None => Err(AuthError::Missing.into()),
-            Some(token) => verifier.verify(token).map(Authenticated).map_err(ApiError::from),
+            Some(token) => state.verifier.verify(token).map(Authenticated).map_err(ApiError::from),
         };
         ready(result)
     }

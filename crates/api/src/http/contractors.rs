@@ -3,11 +3,13 @@
 
 use actix_web::{http::header, web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use smartscheduler_application::{Catalog, CreateContractorRequest};
+use smartscheduler_application::CreateContractorRequest;
 use smartscheduler_domain::{Assignment, ContractorId, Job, PersonName, Region, Skill};
 
 use super::auth::Authenticated;
 use super::ApiError;
+
+use crate::state::State;
 
 /// The body of `POST /api/contractors`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -35,7 +37,7 @@ pub struct CreateContractorBody {
     security(("bearer" = [])))]
 pub async fn create(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     body: web::Json<CreateContractorBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -44,7 +46,7 @@ pub async fn create(
         region: Region::new(&body.region)?,
         skills: body.skills.iter().map(|s| Skill::new(s)).collect::<Result<_, _>>()?,
     };
-    let contractor = catalog.create_contractor(&principal, request).await?;
+    let contractor = state.catalog.create_contractor(&principal, request).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/contractors/{}", contractor.id())))
         .json(contractor))
@@ -60,11 +62,12 @@ pub async fn create(
     security(("bearer" = [])))]
 pub async fn get(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: ContractorId = id.parse().map_err(|_| ApiError::not_found("no contractor has this id"))?;
-    let contractor = catalog
+    let contractor = state
+        .catalog
         .contractor(&principal, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("contractor {id} does not exist")))?;
@@ -90,12 +93,12 @@ pub struct ListQuery {
     security(("bearer" = [])))]
 pub async fn list(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let region = query.region.as_deref().map(Region::new).transpose()?;
     let limit = super::limit(query.limit)?;
-    Ok(HttpResponse::Ok().json(catalog.contractors(&principal, region, limit).await?))
+    Ok(HttpResponse::Ok().json(state.catalog.contractors(&principal, region, limit).await?))
 }
 
 /// The query of `GET /api/contractors/{id}/assignments`.
@@ -125,13 +128,14 @@ struct AssignmentWithJob {
     security(("bearer" = [])))]
 pub async fn assignments(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     id: web::Path<String>,
     query: web::Query<AssignmentsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id: ContractorId = id.parse().map_err(|_| ApiError::not_found("no contractor has this id"))?;
     let limit = super::limit(query.limit)?;
-    let items: Vec<AssignmentWithJob> = catalog
+    let items: Vec<AssignmentWithJob> = state
+        .catalog
         .assignments_of(&principal, id, limit)
         .await?
         .into_iter()

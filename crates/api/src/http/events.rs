@@ -1,15 +1,15 @@
 //! `GET /api/events?afterSequence=N&limit=L[&status=S]` and `GET /api/events/{eventId}`.
 
-use std::sync::Arc;
-
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use smartscheduler_domain::ports::{EventLog, EventLogEntry, EventQuery, EventStatus, RetryOutcome};
+use smartscheduler_domain::ports::{EventLogEntry, EventQuery, EventStatus, RetryOutcome};
 use smartscheduler_domain::Role;
 use smartscheduler_domain::{EventId, Sequence};
 
 use super::auth::Authenticated;
 use super::ApiError;
+
+use crate::state::State;
 
 fn back_office(principal: &smartscheduler_domain::Principal) -> Result<(), ApiError> {
     if principal.is_back_office() {
@@ -52,7 +52,7 @@ pub struct EventPage {
     security(("bearer" = [])))]
 pub async fn list(
     Authenticated(principal): Authenticated,
-    log: web::Data<Arc<dyn EventLog>>,
+    state: State,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     back_office(&principal)?;
@@ -67,7 +67,8 @@ pub async fn list(
         ),
     };
     let limit = super::limit(query.limit)?;
-    let items = log.list(EventQuery { after_sequence: query.after_sequence.map(Sequence), status, limit }).await?;
+    let items =
+        state.event_log.list(EventQuery { after_sequence: query.after_sequence.map(Sequence), status, limit }).await?;
     let next_after_sequence =
         items.iter().filter_map(|e| e.sequence).map(|s| s.0).max().unwrap_or(0).max(query.after_sequence.unwrap_or(0));
     Ok(HttpResponse::Ok().json(EventPage { items, next_after_sequence }))
@@ -83,12 +84,13 @@ pub async fn list(
     security(("bearer" = [])))]
 pub async fn get(
     Authenticated(principal): Authenticated,
-    log: web::Data<Arc<dyn EventLog>>,
+    state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     back_office(&principal)?;
     let id: EventId = id.parse().map_err(|_| ApiError::not_found("no event has this id"))?;
-    let entry = log.get(id).await?.ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
+    let entry =
+        state.event_log.get(id).await?.ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
     Ok(HttpResponse::Ok().json(entry))
 }
 
@@ -104,17 +106,21 @@ pub async fn get(
     security(("bearer" = [])))]
 pub async fn retry(
     Authenticated(principal): Authenticated,
-    log: web::Data<Arc<dyn EventLog>>,
+    state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     if principal.role != Role::Admin {
         return Err(ApiError::Forbidden("only admins may retry events".into()));
     }
     let id: EventId = id.parse().map_err(|_| ApiError::not_found("no event has this id"))?;
-    match log.retry(id).await? {
+    match state.event_log.retry(id).await? {
         RetryOutcome::Requeued => {
             tracing::info!(event_id = %id, subject = %principal.subject, "event requeued by an admin");
-            let entry = log.get(id).await?.ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
+            let entry = state
+                .event_log
+                .get(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("event {id} does not exist")))?;
             Ok(HttpResponse::Accepted().json(entry))
         }
         RetryOutcome::NotFound => Err(ApiError::not_found(format!("event {id} does not exist"))),

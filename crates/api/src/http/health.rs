@@ -1,11 +1,11 @@
 //! `GET /health/live` and `GET /health/ready`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::HttpResponse;
 use serde_json::json;
-use smartscheduler_infrastructure::redis_bus::RedisBus;
-use smartscheduler_infrastructure::Database;
 
 use super::ApiError;
+
+use crate::state::State;
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "operations",
@@ -23,11 +23,11 @@ pub async fn live() -> HttpResponse {
         (status = 503, description = "The database does not answer.", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds to wait."))),
     ))]
-pub async fn ready(db: web::Data<Database>, bus: web::Data<Option<RedisBus>>) -> Result<HttpResponse, ApiError> {
+pub async fn ready(state: State) -> Result<HttpResponse, ApiError> {
     // Whatever the database answers, an error means "not ready": a dropped
     // database or a revoked role is as unready as a refused connection.
-    db.ping().await.map_err(|err| ApiError::Unavailable(err.to_string()))?;
-    Ok(HttpResponse::Ok().json(match bus.get_ref() {
+    state.database.ping().await.map_err(|err| ApiError::Unavailable(err.to_string()))?;
+    Ok(HttpResponse::Ok().json(match &state.bus {
         None => json!({ "status": "ready", "database": "up" }),
         Some(bus) if bus.is_up() => json!({ "status": "ready", "database": "up", "redis": "up" }),
         Some(_) => json!({ "status": "degraded", "database": "up", "redis": "down" }),

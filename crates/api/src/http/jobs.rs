@@ -3,7 +3,7 @@
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use smartscheduler_application::{AssignJob, AssignJobRequest, Catalog, CreateJobRequest, IdempotencyRequest};
+use smartscheduler_application::{AssignJobRequest, CreateJobRequest, IdempotencyRequest};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
     AssignmentSource, AuditId, ContractorId, DurationMinutes, JobId, JobStatus, JobType, Region, TimeRange, Timestamp,
@@ -12,6 +12,8 @@ use smartscheduler_domain::{
 
 use super::auth::Authenticated;
 use super::ApiError;
+
+use crate::state::State;
 
 /// The body of `POST /api/jobs`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -47,7 +49,7 @@ pub struct CreateJobBody {
     security(("bearer" = [])))]
 pub async fn create(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     body: web::Json<CreateJobBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -63,7 +65,7 @@ pub async fn create(
             .transpose()?,
         address: body.address.as_deref().map(Address::new).transpose()?,
     };
-    let job = catalog.create_job(&principal, request).await?;
+    let job = state.catalog.create_job(&principal, request).await?;
     Ok(HttpResponse::Created().insert_header((header::LOCATION, format!("/api/jobs/{}", job.id()))).json(job))
 }
 
@@ -81,12 +83,15 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
     security(("bearer" = [])))]
 pub async fn get(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let job =
-        catalog.job(&principal, id).await?.ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
+    let job = state
+        .catalog
+        .job(&principal, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} does not exist")))?;
     Ok(HttpResponse::Ok().json(job))
 }
 
@@ -112,13 +117,13 @@ pub struct ListQuery {
     security(("bearer" = [])))]
 pub async fn list(
     Authenticated(principal): Authenticated,
-    catalog: web::Data<Catalog>,
+    state: State,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let region = query.region.as_deref().map(Region::new).transpose()?;
     let status = query.status.as_deref().map(JobStatus::parse).transpose()?;
     let limit = super::limit(query.limit)?;
-    Ok(HttpResponse::Ok().json(catalog.jobs(&principal, region, status, limit).await?))
+    Ok(HttpResponse::Ok().json(state.catalog.jobs(&principal, region, status, limit).await?))
 }
 
 /// The body of `POST /api/jobs/{jobId}/assign`.
@@ -177,7 +182,7 @@ impl AssignBody {
 pub async fn assign(
     req: HttpRequest,
     Authenticated(principal): Authenticated,
-    use_case: web::Data<AssignJob>,
+    state: State,
     id: web::Path<String>,
     body: web::Json<AssignBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -192,7 +197,7 @@ pub async fn assign(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         request.idempotency = Some(IdempotencyRequest { key, fingerprint });
     }
-    let done = use_case.execute(&principal, request).await?;
+    let done = state.assign.execute(&principal, request).await?;
     let mut response = HttpResponse::Created();
     if done.replayed {
         response.insert_header(("Idempotent-Replayed", "true"));

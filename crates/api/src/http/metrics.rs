@@ -3,10 +3,10 @@
 
 use std::sync::OnceLock;
 
-use actix_web::{web, HttpResponse};
+use actix_web::HttpResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use smartscheduler_domain::ports::EventLog;
-use smartscheduler_realtime::HubContext;
+
+use crate::state::State;
 
 /// The process-wide recorder, installed once (tests build several apps).
 pub fn handle() -> &'static PrometheusHandle {
@@ -26,12 +26,12 @@ pub fn handle() -> &'static PrometheusHandle {
 /// Renders every metric.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Every metric, in the Prometheus text format 0.0.4.", content_type = "text/plain", body = String)))]
-pub async fn render(hub: web::Data<HubContext>, log: web::Data<std::sync::Arc<dyn EventLog>>) -> HttpResponse {
-    if let Ok((pending, failed)) = log.backlog().await {
+pub async fn render(state: State) -> HttpResponse {
+    if let Ok((pending, failed)) = state.event_log.backlog().await {
         metrics::gauge!("smartscheduler_events_pending").set(pending as f64);
         metrics::gauge!("smartscheduler_events_failed").set(failed as f64);
     }
-    if let Ok(stats) = hub.hub.stats().await {
+    if let Ok(stats) = state.hub.hub.stats().await {
         metrics::gauge!("smartscheduler_hub_connections").set(stats.connections as f64);
         metrics::gauge!("smartscheduler_hub_groups").set(stats.groups as f64);
         metrics::gauge!("smartscheduler_hub_messages_sent").set(stats.frames_sent as f64);
