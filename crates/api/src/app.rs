@@ -11,11 +11,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App};
 use anyhow::Context;
 use smartscheduler_application::publishing::outbox;
-use smartscheduler_application::tailer::{EventTailer, FollowedPosition};
-use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, RelayConfig, TokenVerifier};
+use smartscheduler_application::tailer::FollowedPosition;
+use smartscheduler_application::{AssignJob, Catalog, HandlerRegistry, TokenVerifier};
 use smartscheduler_domain::ports::EventLog;
-use smartscheduler_domain::{EventType, Sequence};
-use smartscheduler_infrastructure::postgres_lease::PostgresLease;
 use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::tokens::JwksVerifier;
 use smartscheduler_infrastructure::{Database, JwtTokens, SignedConnectionTokens};
@@ -25,6 +23,7 @@ use tokio::sync::Notify;
 use crate::config::{HubWebSocket, ServeConfig};
 use crate::http;
 use crate::state::AppState;
+use crate::topology::{DeliveryTopology, Wired};
 
 /// A built, not yet running, service.
 pub struct Application {
@@ -71,30 +70,13 @@ impl Application {
         let database_url = config.database_url();
         let db = Database::connect(&database_url).await?;
         let event_log: Arc<dyn EventLog> = db.event_log();
-        // On PostgreSQL several nodes may share the database: one publishes
-        // (a lease), every node follows the log into its own hub clients.
-        let clustered = matches!(db, Database::Postgres(_));
-        anyhow::ensure!(
-            clustered || config.redis_url.is_none(),
-            "SMARTSCHEDULER_REDIS_URL is for several nodes, which need a postgres:// database"
-        );
+        let delivery = &config.delivery;
         let bus = config.redis_url.as_deref().map(RedisBus::new).transpose().map_err(anyhow::Error::msg)?;
+        let topology =
+            DeliveryTopology::choose(&db, &database_url, bus, Duration::from_millis(delivery.publisher_lease_ms))?;
 
         let listener = TcpListener::bind(&config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         let address = listener.local_addr()?;
-        let delivery = &config.delivery;
-        // With several nodes, each names itself in the connection tokens it
-        // hands out, so that the others forward Long Polling and SSE here.
-        let node_url = match &delivery.node_url {
-            Some(url) => Some(url.clone()),
-            None if clustered => {
-                if address.ip().is_unspecified() {
-                    tracing::warn!(%address, "bound to every address: set SMARTSCHEDULER_NODE_URL so other nodes can forward Long Polling and SSE here");
-                }
-                Some(format!("http://{address}"))
-            }
-            None => None,
-        };
         let hub_config = HubConfig {
             outbound_capacity: delivery.hub_queue_messages as usize,
             outbound_max_bytes: delivery.hub_queue_bytes,
@@ -105,7 +87,7 @@ impl Application {
             max_message_bytes: delivery.hub_max_message_bytes,
             poll_timeout: Duration::from_secs(delivery.hub_poll_seconds),
             disconnect_timeout: Duration::from_secs(delivery.hub_disconnect_seconds),
-            node_url,
+            node_url: topology.node_url(delivery.node_url.as_deref(), address),
             websocket: match delivery.hub_websocket {
                 HubWebSocket::ActixWs => WebSocketAdapter::ActixWs,
                 HubWebSocket::Dedicated => WebSocketAdapter::Dedicated,
@@ -113,51 +95,21 @@ impl Application {
             ..HubConfig::default()
         };
         let tickets = Arc::new(SignedConnectionTokens::new(secret.as_bytes()));
-        // With several nodes, replays stop where this node's follower is; it
-        // starts from here, read before any client can join.
-        let follow_from = if clustered { highest_published(event_log.as_ref()).await? } else { Sequence(0) };
+        let follow_from = topology.follow_from(event_log.as_ref()).await?;
         let followed = Arc::new(FollowedPosition::starting_at(follow_from));
         let mut hub =
             HubContext::start(event_log.clone(), verifier.clone(), tickets, db.used_connection_tokens(), hub_config);
-        if clustered {
+        if let DeliveryTopology::Cluster { .. } = topology {
+            // Replays stop where this node's follower is.
             hub = hub.with_followed_position(followed.clone());
         }
         let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
-        let handlers =
-            if clustered { handlers } else { handlers.register(EventType::JobAssigned, hub_delivery.clone()) };
-        let relay_config = RelayConfig {
-            max_attempts: delivery.max_delivery_attempts,
-            base_backoff: Duration::from_millis(delivery.retry_backoff_ms),
-            // The leader also scans for rows other nodes committed.
-            poll_interval: if clustered { Duration::from_millis(100) } else { RelayConfig::default().poll_interval },
-            ..RelayConfig::default()
-        };
-        let (publisher, mut relay) = outbox(event_log.clone(), handlers, relay_config);
-        let mut background = Vec::new();
-        if clustered {
-            let (published_tx, published_rx) = tokio::sync::watch::channel(0i64);
-            let lease = PostgresLease::new(&database_url, Duration::from_millis(delivery.publisher_lease_ms))
-                .context("the publisher lease cannot use the database URL")?;
-            relay = relay.with_lease(Arc::new(lease)).with_published_signal(published_tx);
-            let wake = Arc::new(Notify::new());
-            // This node's own publishes wake its tailer at once.
-            let local_wake = wake.clone();
-            let mut local_rx = published_rx.clone();
-            background.push(tokio::spawn(async move {
-                while local_rx.changed().await.is_ok() {
-                    local_wake.notify_one();
-                }
-            }));
-            let poll = if bus.is_some() { Duration::from_secs(1) } else { Duration::from_millis(100) };
-            if let Some(bus) = &bus {
-                background.push(tokio::spawn(bus.clone().announce(published_rx)));
-                background.push(tokio::spawn(bus.clone().listen(wake.clone())));
-            }
-            let tailer = EventTailer::new(event_log.clone(), hub_delivery, wake, poll)
-                .starting_after(follow_from)
-                .with_followed_position(followed);
-            background.push(tokio::spawn(tailer.run()));
-        }
+        let handlers = topology.handlers(handlers, &hub_delivery);
+        let relay_config =
+            topology.relay_config(delivery.max_delivery_attempts, Duration::from_millis(delivery.retry_backoff_ms));
+        let (publisher, relay) = outbox(event_log.clone(), handlers, relay_config);
+        let Wired { relay, mut background } =
+            topology.wire(relay, event_log.clone(), hub_delivery, follow_from, followed)?;
         let stop_relay = Arc::new(Notify::new());
         let stop = stop_relay.clone();
         let relay = tokio::spawn(relay.run(async move { stop.notified().await }));
@@ -178,7 +130,7 @@ impl Application {
             event_log: event_log.clone(),
             verifier,
             database: db.clone(),
-            bus: bus.clone(),
+            bus: topology.bus().cloned(),
             hub: hub.clone(),
         });
         // The hub's own handlers (realtime crate) take its context directly.
@@ -247,23 +199,6 @@ impl Application {
         self.db.close().await;
         tracing::info!("stopped");
         Ok(result?)
-    }
-}
-
-/// The highest published sequence, retried for a while: the database has
-/// just answered the migrations, but may be flapping.
-async fn highest_published(event_log: &dyn EventLog) -> anyhow::Result<Sequence> {
-    let mut attempt = 0;
-    loop {
-        match event_log.highest_published().await {
-            Ok(highest) => return Ok(highest),
-            Err(err) if attempt < 20 => {
-                attempt += 1;
-                tracing::warn!(error = %err, "cannot read where the EventLog stands yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => return Err(err).context("cannot read where the EventLog stands"),
-        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod http;
 pub mod openapi;
 pub mod state;
 pub mod telemetry;
+pub mod topology;
 
 pub use app::Application;
 pub use config::{Cli, Command, ServeConfig, TokenArgs};
