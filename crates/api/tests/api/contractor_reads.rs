@@ -2,12 +2,11 @@
 //! assigned to the caller, `GET /api/contractors/{id}/assignments`), and
 //! nobody reads more than the contract gives.
 
-mod support;
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use support::{expect_json, expect_problem, spawn_app, TestApp, END, START};
+use crate::support::{expect_json, expect_problem, spawn_app, TestApp, END, START};
 use uuid::Uuid;
 
 const LATER_START: &str = "2030-01-16T09:00:00Z";

@@ -2,11 +2,10 @@
 //! no token) against every endpoint, for a resource in the caller's own
 //! region and in another one. Each cell is the status the contract demands.
 
-mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{spawn_app, TestApp, END, START};
+use crate::support::{spawn_app, TestApp, END, START};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq)]

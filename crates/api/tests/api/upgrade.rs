@@ -4,11 +4,10 @@
 //! refusals written as whole problem+json answers, and upgrades to paths
 //! that are not the hub.
 
-mod support;
 
 use std::time::Duration;
 
-use support::spawn_app;
+use crate::support::spawn_app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

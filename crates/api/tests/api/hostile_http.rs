@@ -2,7 +2,6 @@
 //! sockets: slow bodies, over-long heads, `HEAD`, refused CORS preflights,
 //! and readiness when the database is dropped under the service.
 
-mod support;
 
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use smartscheduler_api::ServeConfig;
 use smartscheduler_application::HandlerRegistry;
-use support::{expect_json, expect_problem, spawn_app, spawn_app_with, SECRET};
+use crate::support::{expect_json, expect_problem, spawn_app, spawn_app_with, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads everything the server sends until it closes the connection, for at
@@ -138,7 +137,7 @@ async fn a_head_past_the_http_layer_buffer_is_answered_431_not_reset() {
 }
 
 /// A CORS preflight for the negotiate endpoint from `origin`.
-async fn preflight(app: &support::TestApp, origin: &str) -> reqwest::Response {
+async fn preflight(app: &crate::support::TestApp, origin: &str) -> reqwest::Response {
     app.request(Method::OPTIONS, "/hubs/jobs/negotiate?negotiateVersion=1", None)
         .header("Origin", origin)
         .header("Access-Control-Request-Method", "POST")

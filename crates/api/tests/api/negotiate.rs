@@ -3,12 +3,11 @@
 //! what it sends back as `id`; version 1 and above get the secret
 //! `connectionToken` beside a public `connectionId`.
 
-mod support;
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use support::{expect_json, expect_problem, keys, spawn_app, TestApp};
+use crate::support::{expect_json, expect_problem, keys, spawn_app, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
