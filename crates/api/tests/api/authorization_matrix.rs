@@ -2,10 +2,9 @@
 //! no token) against every endpoint, for a resource in the caller's own
 //! region and in another one. Each cell is the status the contract demands.
 
-
+use crate::support::{spawn_app, TestApp, END, START};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use crate::support::{spawn_app, TestApp, END, START};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -2,11 +2,10 @@
 //! assigned to the caller, `GET /api/contractors/{id}/assignments`), and
 //! nobody reads more than the contract gives.
 
-
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
 use crate::support::{expect_json, expect_problem, spawn_app, TestApp, END, START};
+use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
 const LATER_START: &str = "2030-01-16T09:00:00Z";

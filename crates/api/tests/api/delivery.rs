@@ -1,18 +1,17 @@
 //! Delivery failures seen from the API: a handler that keeps failing leads
 //! to a Failed row with its last error; an admin's retry publishes it.
 
-
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{expect_json, expect_problem, spawn_app_with, TestApp, END, SECRET, START};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use smartscheduler_api::ServeConfig;
 use smartscheduler_application::{EventHandler, HandlerError, HandlerRegistry};
 use smartscheduler_domain::{EventType, PublishedEvent};
-use crate::support::{expect_json, expect_problem, spawn_app_with, TestApp, END, SECRET, START};
 
 /// Fails while `failing` is set, counting its calls.
 struct Flaky {

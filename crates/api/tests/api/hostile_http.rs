@@ -2,14 +2,13 @@
 //! sockets: slow bodies, over-long heads, `HEAD`, refused CORS preflights,
 //! and readiness when the database is dropped under the service.
 
-
 use std::time::Duration;
 
+use crate::support::{expect_json, expect_problem, spawn_app, spawn_app_with, SECRET};
 use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use smartscheduler_api::ServeConfig;
 use smartscheduler_application::HandlerRegistry;
-use crate::support::{expect_json, expect_problem, spawn_app, spawn_app_with, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads everything the server sends until it closes the connection, for at

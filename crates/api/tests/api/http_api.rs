@@ -2,15 +2,16 @@
 //! (`docs/contract.md`): a fresh service and in-memory database per test,
 //! spoken to over real HTTP.
 
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{
+    claims, expect_json, expect_problem, id_of, is_utc_z, is_uuid, keys, spawn_app, TestApp, END, START,
+};
 use reqwest::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use crate::support::{claims, expect_json, expect_problem, id_of, is_utc_z, is_uuid, keys, spawn_app, TestApp, END, START};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 

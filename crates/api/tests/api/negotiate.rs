@@ -3,11 +3,10 @@
 //! what it sends back as `id`; version 1 and above get the secret
 //! `connectionToken` beside a public `connectionId`.
 
-
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
 use crate::support::{expect_json, expect_problem, keys, spawn_app, TestApp};
+use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

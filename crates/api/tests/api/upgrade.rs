@@ -4,7 +4,6 @@
 //! refusals written as whole problem+json answers, and upgrades to paths
 //! that are not the hub.
 
-
 use std::time::Duration;
 
 use crate::support::spawn_app;

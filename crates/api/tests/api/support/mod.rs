@@ -2,7 +2,6 @@
 //! client with one method per endpoint, tokens per role, and assertions on
 //! problem documents and the EventLog.
 
-
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::CONTENT_TYPE;
