@@ -7,8 +7,8 @@
 //! hub handles both alike; arguments become the JSON values the JSON protocol
 //! would have given (binary as base64, as the spec's type table maps it).
 //! What the server sends is written from the same serde payloads, through
-//! their JSON form, so both protocols carry the same data. Not yet served on
-//! any transport: the handshake still accepts `json` only.
+//! their JSON form, so both protocols carry the same data. Served on
+//! WebSockets and Long Polling ([`super::Codec::MessagePack`]).
 
 use base64::Engine;
 use rmpv::Value as Pack;
