@@ -24,7 +24,7 @@ use crate::forward;
 use crate::hub::Fanout;
 use crate::transport::actix_ws::ActixWebSocket;
 use crate::transport::dedicated::{DedicatedSocket, Takeover};
-use crate::transport::http_session::{HttpSession, SessionKind};
+use crate::transport::http_session::HttpSession;
 use crate::transport::long_polling::{LongPolling, PollAnswer, Polls};
 use crate::transport::sse::ServerSentEvents;
 use crate::{HubContext, WebSocketAdapter};
@@ -330,7 +330,7 @@ pub async fn connect(
     let fanout = worker.get(&ctx);
     let principal = opening.principal.clone();
     if wants_event_stream(&req) {
-        let (session, bodies) = HttpSession::new(SessionKind::ServerSentEvents, principal, None);
+        let (session, bodies) = HttpSession::new(principal, None);
         ctx.sessions.insert(id.clone(), session.clone());
         let (transport, events) = ServerSentEvents::new(session, bodies, ctx.sessions.clone(), id);
         actix_web::rt::spawn(connection::run(ctx, fanout, opening, transport));
@@ -346,7 +346,7 @@ pub async fn connect(
         ctx.config.outbound_capacity,
         ctx.config.outbound_max_bytes,
     );
-    let (session, bodies) = HttpSession::new(SessionKind::LongPolling, principal, Some(polls));
+    let (session, bodies) = HttpSession::new(principal, Some(polls));
     ctx.sessions.insert(id.clone(), session.clone());
     let transport = LongPolling::new(session, bodies, ctx.sessions.clone(), id);
     actix_web::rt::spawn(connection::run(ctx, fanout, opening, transport));

@@ -11,25 +11,15 @@ use bytes::Bytes;
 use smartscheduler_domain::Principal;
 use tokio::sync::mpsc;
 
-/// Which half-transport a session serves its server-to-client half with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionKind {
-    /// Long Polling.
-    LongPolling,
-    /// Server-Sent Events.
-    ServerSentEvents,
-}
-
 /// One Long Polling or SSE connection, as its HTTP requests find it.
 pub struct HttpSession {
-    kind: SessionKind,
     /// Who negotiated it: every request for it must be them (or carry no token).
     principal: Principal,
     /// POST bodies to the connection loop.
     inbound: mpsc::Sender<Bytes>,
     /// Whether a POST is being taken now: a second one at once is a 409.
     posting: AtomicBool,
-    /// The Long Polling half (absent for SSE).
+    /// The Long Polling half; absent for Server-Sent Events.
     pub(crate) polls: Option<Arc<super::long_polling::Polls>>,
 }
 
@@ -45,23 +35,17 @@ pub enum SendRefused {
 impl HttpSession {
     /// A session and the connection loop's end of its POSTs.
     pub(crate) fn new(
-        kind: SessionKind,
         principal: Principal,
         polls: Option<Arc<super::long_polling::Polls>>,
     ) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
         // One body at a time: a POST is answered once the loop has it.
         let (inbound, bodies) = mpsc::channel(1);
-        (Arc::new(Self { kind, principal, inbound, posting: AtomicBool::new(false), polls }), bodies)
+        (Arc::new(Self { principal, inbound, posting: AtomicBool::new(false), polls }), bodies)
     }
 
     /// Who negotiated it.
     pub fn principal(&self) -> &Principal {
         &self.principal
-    }
-
-    /// Its half-transport.
-    pub fn kind(&self) -> SessionKind {
-        self.kind
     }
 
     /// Claims the right to send: `None` while another POST holds it.
@@ -123,16 +107,6 @@ impl HttpSessions {
             sessions.remove(token);
         }
     }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -150,7 +124,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_post_while_one_is_taken_is_refused_and_the_first_still_arrives() {
-        let (session, mut bodies) = HttpSession::new(SessionKind::ServerSentEvents, someone(), None);
+        let (session, mut bodies) = HttpSession::new(someone(), None);
         let first = session.start_send().expect("the first POST may send");
         assert!(session.start_send().is_none(), "a concurrent POST is refused");
         first.send(Bytes::from_static(b"a")).await.unwrap();
@@ -164,10 +138,10 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_token_until_removed() {
         let sessions = HttpSessions::default();
-        let (session, _bodies) = HttpSession::new(SessionKind::LongPolling, someone(), None);
+        let (session, _bodies) = HttpSession::new(someone(), None);
         sessions.insert("t".into(), session.clone());
         assert!(sessions.get("t").is_some());
-        let (other, _) = HttpSession::new(SessionKind::LongPolling, someone(), None);
+        let (other, _) = HttpSession::new(someone(), None);
         sessions.remove("t", &other);
         assert!(sessions.get("t").is_some(), "only its own session is removed");
         sessions.remove("t", &session);
