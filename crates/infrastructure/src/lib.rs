@@ -5,20 +5,21 @@
 //! the domain's `StoreError` here and never leave the crate.
 //!
 //! # Layout
-//! - [`sqlite`]: every storage port on SQLite.
-//! - [`postgres`]: every storage port on PostgreSQL.
+//! - [`sql`]: every storage port, written once over a SQL backend.
+//! - [`sqlite`]: the SQLite backend (embedded default; group commit).
+//! - [`postgres`]: the PostgreSQL backend (several nodes; row locks, fenced claims).
 //! - [`tokens`]: HS256 JWTs and the generated-secret file.
 //! - [`database`]: picks the adapter from a URL and hands out the ports.
 //! - [`used_connection_tokens`]: hub connection tokens already used, per node
 //!   or shared by a cluster.
 
-mod assignment_reads;
 pub mod connection_tokens;
 pub mod database;
 mod errors;
 pub mod postgres;
 pub mod postgres_lease;
 pub mod redis_bus;
+pub mod sql;
 pub mod sqlite;
 pub mod tokens;
 pub mod used_connection_tokens;

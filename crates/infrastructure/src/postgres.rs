@@ -1,5 +1,5 @@
-//! PostgreSQL adapters for every storage port: for several nodes sharing one
-//! database.
+//! The PostgreSQL backend of the shared SQL core ([`crate::sql`]): for
+//! several nodes sharing one database.
 //!
 //! One pool serves reads and writes. Transactions run at READ COMMITTED and
 //! races are settled by row locks, never by retries:
@@ -23,23 +23,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
-    AssignmentRepository, AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
-    EventLogEntry, EventQuery, EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload,
-    PublishedRow, RetryOutcome, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
+    ClaimedEvent, CommitAssignmentError, Fence, PublishedRow, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
-use smartscheduler_domain::values::Address;
-use smartscheduler_domain::{
-    Assignment, AssignmentId, AssignmentSource, AuditId, Contractor, ContractorId, DomainEvent, DurationMinutes,
-    EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange,
-    Timestamp, Title,
-};
+use smartscheduler_domain::{DomainEvent, Sequence, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tracing::instrument;
 use uuid::Uuid;
 
-use crate::assignment_reads::pair_with_job;
 use crate::errors::{corrupt, store_error};
+use crate::sql::{self, bind_postgres, AssignmentCommit, Columns, FailedAttempt, SqlBackend, SqlStore, Statement};
 
 /// `application_name` of the pool's sessions.
 pub const POOL_APPLICATION_NAME: &str = "smartscheduler";
@@ -49,13 +42,19 @@ pub const POOL_APPLICATION_NAME: &str = "smartscheduler";
 /// hold up the takeover for as long as it stays frozen.
 const FENCED_IDLE_LIMIT_MS: &str = "2000";
 
-/// The PostgreSQL store. Cheap to clone.
+/// The PostgreSQL schema's migrations, applied by [`PostgresStore::connect`].
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The storage ports on PostgreSQL.
+pub type PostgresStore = SqlStore<PostgresBackend>;
+
+/// PostgreSQL under the shared core: one pool for reads and writes. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct PostgresStore {
+pub struct PostgresBackend {
     pool: PgPool,
 }
 
-impl PostgresStore {
+impl SqlStore<PostgresBackend> {
     /// Connects to the database at `url` (`postgres://` or `postgresql://`)
     /// and applies pending migrations. Nodes migrating the same database at
     /// once wait for each other (sqlx takes an advisory lock per database).
@@ -71,257 +70,137 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        MIGRATOR.run(&pool).await?;
+        Ok(Self::new(PostgresBackend { pool }))
     }
 
     /// The connection pool, for adapters of other ports on the same database.
     pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.backend().pool
     }
+}
 
-    /// Whether the database answers.
-    ///
-    /// # Errors
-    /// [`StoreError`] when it does not.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error)?;
+async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, event: &DomainEvent) -> Result<(), StoreError> {
+    let payload = serde_json::to_value(event).map_err(corrupt)?;
+    let event_id = event.event_id().as_uuid();
+    let occurred = event.occurred_at_utc().unix_millis();
+    sqlx::query(
+        // Due at once (0), not at this node's clock: the publishing node
+        // compares with its own, and clocks of nodes may differ.
+        "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, 0)",
+    )
+    .bind(event_id)
+    .bind(event.event_type().as_str())
+    .bind(event.aggregate_id())
+    .bind(payload)
+    .bind(occurred)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let groups: Vec<String> = event.audience().into_iter().map(String::from).collect();
+    sqlx::query("INSERT INTO event_groups (group_name, event_id) SELECT g, $2 FROM UNNEST($1::text[]) AS g")
+        .bind(groups)
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Checks `fence` as the first statement of `tx`: see the module docs.
+async fn check_fence(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, fence: Fence) -> Result<(), StoreError> {
+    let Fence::Epoch(epoch) = fence else {
+        return Ok(());
+    };
+    let (_, current): (String, i64) = sqlx::query_as(
+        "SELECT set_config('idle_in_transaction_session_timeout', $1, true), epoch
+         FROM publisher_lease WHERE id = 1 FOR SHARE",
+    )
+    .bind(FENCED_IDLE_LIMIT_MS)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    if current == epoch {
         Ok(())
+    } else {
+        Err(StoreError::LeaseLost)
+    }
+}
+
+/// Takes the next block of sequences, one per event, and gives them to the
+/// events in order. The counter's row stays locked until the transaction
+/// ends, so a concurrent claimer gets the block after this one.
+async fn sequence_all(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: Vec<(DomainEvent, u32)>,
+) -> Result<Vec<ClaimedEvent>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = i64::try_from(events.len()).map_err(corrupt)?;
+    let last: i64 = sqlx::query_scalar("UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last")
+        .bind(count)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    let claimed: Vec<ClaimedEvent> = events
+        .into_iter()
+        .zip(last - count + 1..)
+        .map(|((event, attempts), sequence)| ClaimedEvent { event, sequence: Sequence(sequence), attempts })
+        .collect();
+    let ids: Vec<Uuid> = claimed.iter().map(|c| c.event.event_id().as_uuid()).collect();
+    let sequences: Vec<i64> = claimed.iter().map(|c| c.sequence.0).collect();
+    // The event's row and its groups' rows carry the sequence alike.
+    const STATEMENTS: [&str; 2] = [
+        "UPDATE event_log AS e SET sequence = u.sequence
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence) WHERE e.event_id = u.event_id",
+        "UPDATE event_groups AS g SET sequence = u.sequence
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence) WHERE g.event_id = u.event_id",
+    ];
+    for statement in STATEMENTS {
+        sqlx::query(statement).bind(&ids).bind(&sequences).execute(&mut **tx).await.map_err(store_error)?;
+    }
+    Ok(claimed)
+}
+
+#[async_trait]
+impl SqlBackend for PostgresBackend {
+    type Row = PgRow;
+
+    // Nodes deliver what the log marks published, and replay only that.
+    const REPLAYS_CLAIMED: bool = false;
+
+    async fn fetch_all(&self, statement: Statement<'_>) -> Result<Vec<PgRow>, StoreError> {
+        bind_postgres(&statement).fetch_all(&self.pool).await.map_err(store_error)
     }
 
-    /// Closes the pool.
-    pub async fn close(&self) {
+    async fn fetch_optional(&self, statement: Statement<'_>) -> Result<Option<PgRow>, StoreError> {
+        bind_postgres(&statement).fetch_optional(&self.pool).await.map_err(store_error)
+    }
+
+    async fn execute(&self, statement: Statement<'_>) -> Result<u64, StoreError> {
+        Ok(bind_postgres(&statement).execute(&self.pool).await.map_err(store_error)?.rows_affected())
+    }
+
+    async fn execute_in_transaction(&self, statements: Vec<Statement<'_>>) -> Result<Vec<u64>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let mut changed = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            changed.push(bind_postgres(statement).execute(&mut *tx).await.map_err(store_error)?.rows_affected());
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(changed)
+    }
+
+    async fn close(&self) {
         self.pool.close().await;
     }
-}
 
-fn contractor_from_row(row: &PgRow) -> Result<Contractor, StoreError> {
-    let skills: Vec<String> = serde_json::from_value(row.try_get("skills").map_err(store_error)?).map_err(corrupt)?;
-    Ok(Contractor::restore(
-        ContractorId::from_uuid(uuid(row, "id")?),
-        PersonName::new(row.try_get("name").map_err(store_error)?).map_err(corrupt)?,
-        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        skills.iter().map(|s| Skill::new(s)).collect::<Result<_, _>>().map_err(corrupt)?,
-        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
-    ))
-}
-
-fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
-    let title: Option<String> = row.try_get("title").map_err(store_error)?;
-    let address: Option<String> = row.try_get("address").map_err(store_error)?;
-    let desired: Option<i64> = row.try_get("desired_start").map_err(store_error)?;
-    Ok(Job::restore(
-        JobId::from_uuid(uuid(row, "id")?),
-        JobType::new(row.try_get("job_type").map_err(store_error)?).map_err(corrupt)?,
-        title.as_deref().map(Title::new).transpose().map_err(corrupt)?,
-        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        DurationMinutes::new(row.try_get("duration_minutes").map_err(store_error)?).map_err(corrupt)?,
-        desired.map(Timestamp::from_unix_millis),
-        address.as_deref().map(Address::new).transpose().map_err(corrupt)?,
-        JobStatus::parse(row.try_get("status").map_err(store_error)?).map_err(corrupt)?,
-        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
-    ))
-}
-
-fn assignment_from_row(row: &PgRow) -> Result<Assignment, StoreError> {
-    let contractor_id = ContractorId::from_uuid(uuid(row, "contractor_id")?);
-    let start = Timestamp::from_unix_millis(row.try_get("start_at").map_err(store_error)?);
-    let end = Timestamp::from_unix_millis(row.try_get("end_at").map_err(store_error)?);
-    let audit: Option<Uuid> = row.try_get("audit_id").map_err(store_error)?;
-    let request = NewAssignment {
-        contractor_id,
-        range: TimeRange::new(start, end).map_err(corrupt)?,
-        source: AssignmentSource::parse(row.try_get("source").map_err(store_error)?).map_err(corrupt)?,
-        audit_id: audit.map(AuditId::from_uuid),
-    };
-    Ok(Assignment::new(
-        AssignmentId::from_uuid(uuid(row, "id")?),
-        JobId::from_uuid(uuid(row, "job_id")?),
-        contractor_id,
-        request,
-        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
-        EventId::from_uuid(uuid(row, "event_id")?),
-    ))
-}
-
-fn uuid(row: &PgRow, column: &str) -> Result<Uuid, StoreError> {
-    row.try_get(column).map_err(store_error)
-}
-
-fn event_from_row(row: &PgRow) -> Result<DomainEvent, StoreError> {
-    let payload: serde_json::Value = row.try_get("payload").map_err(store_error)?;
-    serde_json::from_value(payload).map_err(corrupt)
-}
-
-fn attempts_from_row(row: &PgRow) -> Result<u32, StoreError> {
-    let attempts: i64 = row.try_get("attempts").map_err(store_error)?;
-    u32::try_from(attempts).map_err(corrupt)
-}
-
-fn entry_from_row(row: &PgRow) -> Result<EventLogEntry, StoreError> {
-    let status: &str = row.try_get("status").map_err(store_error)?;
-    let status = EventStatus::parse(status).ok_or_else(|| corrupt(format!("unknown status {status}")))?;
-    let sequence: Option<i64> = row.try_get("sequence").map_err(store_error)?;
-    // The contract: sequence is null until published.
-    let sequence = if status == EventStatus::Published { sequence.map(Sequence) } else { None };
-    let groups: Vec<Group> =
-        serde_json::from_value(row.try_get("published_groups").map_err(store_error)?).map_err(corrupt)?;
-    let published_at: Option<i64> = row.try_get("published_at").map_err(store_error)?;
-    Ok(EventLogEntry {
-        event_id: EventId::from_uuid(uuid(row, "event_id")?),
-        event_type: row.try_get("event_type").map_err(store_error)?,
-        sequence,
-        status,
-        attempts: attempts_from_row(row)?,
-        occurred_at_utc: Timestamp::from_unix_millis(row.try_get("occurred_at").map_err(store_error)?),
-        published_at_utc: published_at.map(Timestamp::from_unix_millis),
-        published_groups: groups,
-        last_error: row.try_get("last_error").map_err(store_error)?,
-        payload: LoggedPayload { event: event_from_row(row)?, sequence },
-    })
-}
-
-#[async_trait]
-impl ContractorRepository for PostgresStore {
-    #[instrument(skip_all, err)]
-    async fn insert(&self, c: &Contractor) -> Result<(), StoreError> {
-        let skills = serde_json::to_value(c.skills().iter().map(Skill::as_str).collect::<Vec<_>>()).map_err(corrupt)?;
-        sqlx::query("INSERT INTO contractors (id, name, region, skills, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(c.id().as_uuid())
-            .bind(c.name().as_str())
-            .bind(c.region().as_str())
-            .bind(skills)
-            .bind(c.created_at_utc().unix_millis())
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(())
-    }
-
-    async fn get(&self, id: ContractorId) -> Result<Option<Contractor>, StoreError> {
-        sqlx::query("SELECT * FROM contractors WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(contractor_from_row)
-            .transpose()
-    }
-
-    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM contractors WHERE ($1::text IS NULL OR region = $1)
-             ORDER BY created_at, id LIMIT $2",
-        )
-        .bind(region.as_ref().map(Region::as_str))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(contractor_from_row).collect()
-    }
-}
-
-#[async_trait]
-impl JobRepository for PostgresStore {
-    #[instrument(skip_all, err)]
-    async fn insert(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO jobs (id, job_type, title, region, duration_minutes, desired_start, address, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(job.id().as_uuid())
-        .bind(job.job_type().as_str())
-        .bind(job.title().map(Title::as_str))
-        .bind(job.region().as_str())
-        .bind(i64::from(job.duration_minutes().get()))
-        .bind(job.desired_start_utc().map(Timestamp::unix_millis))
-        .bind(job.address().map(Address::as_str))
-        .bind(job.status().as_str())
-        .bind(job.created_at_utc().unix_millis())
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(())
-    }
-
-    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        sqlx::query("SELECT * FROM jobs WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(job_from_row)
-            .transpose()
-    }
-
-    async fn list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE ($1::text IS NULL OR region = $1) AND ($2::text IS NULL OR status = $2)
-             ORDER BY created_at, id LIMIT $3",
-        )
-        .bind(filter.region.as_ref().map(Region::as_str))
-        .bind(filter.status.map(JobStatus::as_str))
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(job_from_row).collect()
-    }
-}
-
-#[async_trait]
-impl AssignmentRepository for PostgresStore {
-    async fn of_job(&self, job: JobId) -> Result<Option<Assignment>, StoreError> {
-        sqlx::query("SELECT * FROM assignments WHERE job_id = $1")
-            .bind(job.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(assignment_from_row)
-            .transpose()
-    }
-
-    async fn of_contractor(&self, contractor: ContractorId, limit: u32) -> Result<Vec<(Assignment, Job)>, StoreError> {
-        // Two reads that reuse the row mappers (the tables share column names);
-        // assignments are never changed or deleted, so the second read finds every job.
-        let assignments = sqlx::query(
-            "SELECT * FROM assignments WHERE contractor_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
-        )
-        .bind(contractor.as_uuid())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let jobs = sqlx::query(
-            "SELECT * FROM jobs WHERE id IN (SELECT job_id FROM assignments WHERE contractor_id = $1
-             ORDER BY created_at DESC, id DESC LIMIT $2)",
-        )
-        .bind(contractor.as_uuid())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let jobs = jobs.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-        assignments.iter().map(|row| pair_with_job(assignment_from_row(row)?, &jobs)).collect()
-    }
-}
-
-#[async_trait]
-impl AssignmentStore for PostgresStore {
     // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
-    #[instrument(skip_all, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
-    async fn commit_assignment(
-        &self,
-        job: &Job,
-        assignment: &Assignment,
-        event: &DomainEvent,
-        idempotency: Option<IdempotencyKey>,
-    ) -> Result<(), CommitAssignmentError> {
+    #[instrument(skip_all, fields(job_id = %commit.job.id(), assignment_id = %commit.assignment.id()))]
+    async fn commit_assignment(&self, commit: AssignmentCommit<'_>) -> Result<(), CommitAssignmentError> {
+        let AssignmentCommit { job, assignment, event, idempotency } = commit;
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         // The job's row lock serializes racing assignments of one job: the
         // losers wait for the winner's commit, then re-check the status and
@@ -413,131 +292,6 @@ impl AssignmentStore for PostgresStore {
         Ok(())
     }
 
-    async fn find_idempotent(
-        &self,
-        scope: String,
-        key: String,
-        not_before: Timestamp,
-    ) -> Result<Option<(String, Assignment)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT k.fingerprint, a.* FROM idempotency_keys k JOIN assignments a ON a.id = k.assignment_id
-             WHERE k.scope = $1 AND k.key = $2 AND k.created_at >= $3",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(not_before.unix_millis())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let fingerprint: String = row.try_get("fingerprint").map_err(store_error)?;
-        Ok(Some((fingerprint, assignment_from_row(&row)?)))
-    }
-
-    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(before.unix_millis())
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows_affected())
-    }
-}
-
-async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, event: &DomainEvent) -> Result<(), StoreError> {
-    let payload = serde_json::to_value(event).map_err(corrupt)?;
-    let event_id = event.event_id().as_uuid();
-    let occurred = event.occurred_at_utc().unix_millis();
-    sqlx::query(
-        // Due at once (0), not at this node's clock: the publishing node
-        // compares with its own, and clocks of nodes may differ.
-        "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, 0)",
-    )
-    .bind(event_id)
-    .bind(event.event_type().as_str())
-    .bind(event.aggregate_id())
-    .bind(payload)
-    .bind(occurred)
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
-    let groups: Vec<String> = event.audience().into_iter().map(String::from).collect();
-    sqlx::query("INSERT INTO event_groups (group_name, event_id) SELECT g, $2 FROM UNNEST($1::text[]) AS g")
-        .bind(groups)
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    Ok(())
-}
-
-/// Checks `fence` as the first statement of `tx`: see the module docs.
-async fn check_fence(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, fence: Fence) -> Result<(), StoreError> {
-    let Fence::Epoch(epoch) = fence else {
-        return Ok(());
-    };
-    let (_, current): (String, i64) = sqlx::query_as(
-        "SELECT set_config('idle_in_transaction_session_timeout', $1, true), epoch
-         FROM publisher_lease WHERE id = 1 FOR SHARE",
-    )
-    .bind(FENCED_IDLE_LIMIT_MS)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(store_error)?;
-    if current == epoch {
-        Ok(())
-    } else {
-        Err(StoreError::LeaseLost)
-    }
-}
-
-/// Takes the next block of sequences, one per event, and gives them to the
-/// events in order. The counter's row stays locked until the transaction
-/// ends, so a concurrent claimer gets the block after this one.
-async fn sequence_all(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    events: Vec<(DomainEvent, u32)>,
-) -> Result<Vec<ClaimedEvent>, StoreError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let count = i64::try_from(events.len()).map_err(corrupt)?;
-    let last: i64 = sqlx::query_scalar("UPDATE event_sequence SET last = last + $1 WHERE id = 1 RETURNING last")
-        .bind(count)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    let claimed: Vec<ClaimedEvent> = events
-        .into_iter()
-        .zip(last - count + 1..)
-        .map(|((event, attempts), sequence)| ClaimedEvent { event, sequence: Sequence(sequence), attempts })
-        .collect();
-    let ids: Vec<Uuid> = claimed.iter().map(|c| c.event.event_id().as_uuid()).collect();
-    let sequences: Vec<i64> = claimed.iter().map(|c| c.sequence.0).collect();
-    sqlx::query(
-        "UPDATE event_log AS e SET sequence = u.sequence
-         FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence) WHERE e.event_id = u.event_id",
-    )
-    .bind(&ids)
-    .bind(&sequences)
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
-    sqlx::query(
-        "UPDATE event_groups AS g SET sequence = u.sequence
-         FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence) WHERE g.event_id = u.event_id",
-    )
-    .bind(&ids)
-    .bind(&sequences)
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
-    Ok(claimed)
-}
-
-#[async_trait]
-impl EventLog for PostgresStore {
     #[instrument(skip_all, err(level = "warn"))]
     async fn claim_due(&self, now: Timestamp, limit: u32, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
@@ -553,10 +307,7 @@ impl EventLog for PostgresStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(store_error)?;
-        let events = rows
-            .iter()
-            .map(|row| Ok((event_from_row(row)?, attempts_from_row(row)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let events = rows.iter().map(sql::claimable).collect::<Result<Vec<_>, _>>()?;
         let claimed = sequence_all(&mut tx, events).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(claimed)
@@ -580,7 +331,7 @@ impl EventLog for PostgresStore {
         .map_err(store_error)?;
         let mut attempts = rows
             .iter()
-            .map(|row| Ok((uuid(row, "event_id")?, attempts_from_row(row)?)))
+            .map(|row| Ok((row.uuid("event_id")?, sql::attempts(row)?)))
             .collect::<Result<HashMap<_, _>, StoreError>>()?;
         // In the given order; an event given twice is claimed once.
         let pending = events
@@ -593,19 +344,14 @@ impl EventLog for PostgresStore {
     }
 
     #[instrument(skip_all, err(level = "warn"))]
-    async fn mark_published(
-        &self,
-        published: Vec<PublishedRow>,
-        at: Timestamp,
-        fence: Fence,
-    ) -> Result<(), StoreError> {
-        if published.is_empty() {
+    async fn mark_published(&self, rows: Vec<PublishedRow>, at: Timestamp, fence: Fence) -> Result<(), StoreError> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(published.len());
-        let mut sequences = Vec::with_capacity(published.len());
-        let mut groups = Vec::with_capacity(published.len());
-        for row in &published {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut sequences = Vec::with_capacity(rows.len());
+        let mut groups = Vec::with_capacity(rows.len());
+        for row in &rows {
             ids.push(row.event_id.as_uuid());
             sequences.push(row.sequence.0);
             groups.push(serde_json::to_string(&row.groups).map_err(corrupt)?);
@@ -630,13 +376,8 @@ impl EventLog for PostgresStore {
     }
 
     #[instrument(skip_all, err(level = "warn"))]
-    async fn record_failure(
-        &self,
-        event_id: EventId,
-        error: String,
-        retry_at: Option<Timestamp>,
-        fence: Fence,
-    ) -> Result<(), StoreError> {
+    async fn record_failure(&self, attempt: FailedAttempt, fence: Fence) -> Result<(), StoreError> {
+        let FailedAttempt { event_id, error, retry_at } = attempt;
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         check_fence(&mut tx, fence).await?;
         // The attempt's sequence is given up: followers waiting for it move on.
@@ -656,163 +397,5 @@ impl EventLog for PostgresStore {
         .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(())
-    }
-
-    #[instrument(skip_all, err)]
-    async fn held_sequences(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
-        let held: Vec<i64> =
-            sqlx::query_scalar("SELECT sequence FROM event_log WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence")
-                .bind(from.0)
-                .bind(to.0)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(store_error)?;
-        Ok(held.into_iter().map(Sequence).collect())
-    }
-
-    async fn list(&self, query: EventQuery) -> Result<Vec<EventLogEntry>, StoreError> {
-        let status = query.status.map(EventStatus::as_str);
-        let rows = match query.after_sequence {
-            Some(after) => sqlx::query(
-                "SELECT * FROM event_log WHERE status = 'Published' AND sequence > $1 AND ($2::text IS NULL OR status = $2)
-                 ORDER BY sequence LIMIT $3",
-            )
-            .bind(after.0)
-            .bind(status)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await,
-            // Published rows by sequence, then the rest by commit order (a
-            // claimed row has a sequence too, but not a published one).
-            None => sqlx::query(
-                "SELECT * FROM event_log WHERE ($1::text IS NULL OR status = $1)
-                 ORDER BY status <> 'Published', CASE WHEN status = 'Published' THEN sequence END, position LIMIT $2",
-            )
-            .bind(status)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await,
-        }
-        .map_err(store_error)?;
-        rows.iter().map(entry_from_row).collect()
-    }
-
-    async fn get(&self, event_id: EventId) -> Result<Option<EventLogEntry>, StoreError> {
-        sqlx::query("SELECT * FROM event_log WHERE event_id = $1")
-            .bind(event_id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(entry_from_row)
-            .transpose()
-    }
-
-    async fn replay(
-        &self,
-        group: Group,
-        after: Sequence,
-        limit: u32,
-    ) -> Result<Vec<(DomainEvent, Sequence)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT e.payload, g.sequence FROM event_groups g JOIN event_log e ON e.event_id = g.event_id
-             WHERE g.group_name = $1 AND g.sequence > $2 AND e.status = 'Published'
-             ORDER BY g.sequence LIMIT $3",
-        )
-        .bind(group.as_str())
-        .bind(after.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        rows.iter()
-            .map(|row| Ok((event_from_row(row)?, Sequence(row.try_get("sequence").map_err(store_error)?))))
-            .collect()
-    }
-
-    #[instrument(skip_all, err)]
-    async fn retry(&self, event_id: EventId) -> Result<RetryOutcome, StoreError> {
-        let row = sqlx::query(
-            "WITH requeued AS (
-                UPDATE event_log SET status = 'Pending', attempts = 0, next_attempt_at = $1
-                WHERE event_id = $2 AND status = 'Failed' RETURNING 1)
-             SELECT (SELECT COUNT(*) FROM requeued) AS requeued,
-                    (SELECT COUNT(*) FROM event_log WHERE event_id = $2) AS found",
-        )
-        .bind(Timestamp::now().unix_millis())
-        .bind(event_id.as_uuid())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let requeued: i64 = row.try_get("requeued").map_err(store_error)?;
-        let found: i64 = row.try_get("found").map_err(store_error)?;
-        Ok(match (requeued, found) {
-            (1.., _) => RetryOutcome::Requeued,
-            (_, 0) => RetryOutcome::NotFound,
-            _ => RetryOutcome::NotFailed,
-        })
-    }
-
-    #[instrument(skip_all, err)]
-    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let highest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published' AND published_at < $1")
-                .bind(before.unix_millis())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        sqlx::query(
-            "DELETE FROM event_groups WHERE event_id IN
-               (SELECT event_id FROM event_log WHERE status = 'Published' AND published_at < $1)",
-        )
-        .bind(before.unix_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let done = sqlx::query("DELETE FROM event_log WHERE status = 'Published' AND published_at < $1")
-            .bind(before.unix_millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if let Some(highest) = highest {
-            sqlx::query("UPDATE event_sequence SET purged_through = GREATEST(purged_through, $1) WHERE id = 1")
-                .bind(highest)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok(done.rows_affected())
-    }
-
-    async fn purged_through(&self) -> Result<Sequence, StoreError> {
-        let through: i64 = sqlx::query_scalar("SELECT purged_through FROM event_sequence WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(Sequence(through))
-    }
-
-    async fn highest_published(&self) -> Result<Sequence, StoreError> {
-        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(Sequence(highest.unwrap_or(0)))
-    }
-
-    async fn backlog(&self) -> Result<(u64, u64), StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FILTER (WHERE status = 'Pending') AS pending,
-                    COUNT(*) FILTER (WHERE status = 'Failed') AS failed
-             FROM event_log WHERE status <> 'Published'",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let pending: i64 = row.try_get("pending").map_err(store_error)?;
-        let failed: i64 = row.try_get("failed").map_err(store_error)?;
-        Ok((pending as u64, failed as u64))
     }
 }

@@ -1,4 +1,4 @@
-//! SQLite adapters for every storage port: the embedded default.
+//! The SQLite backend of the shared SQL core ([`crate::sql`]): the embedded default.
 //!
 //! Writes go through a pool of ONE connection, so SQLite's single writer is
 //! queued fairly in process instead of failing with `SQLITE_BUSY`; reads use a
@@ -18,34 +18,36 @@
 //! SQLite serves one node, so there is no publisher lease: fences are not
 //! checked here.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{
-    AssignmentRepository, AssignmentStore, ClaimedEvent, CommitAssignmentError, ContractorRepository, EventLog,
-    EventLogEntry, EventQuery, EventStatus, Fence, IdempotencyKey, JobFilter, JobRepository, LoggedPayload,
-    PublishedRow, RetryOutcome, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
+    ClaimedEvent, CommitAssignmentError, Fence, IdempotencyKey, PublishedRow, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
-use smartscheduler_domain::values::Address;
-use smartscheduler_domain::{
-    Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job, JobId,
-    JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange, Timestamp, Title,
-};
+use smartscheduler_domain::{DomainEvent, JobStatus, Sequence, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
-use crate::assignment_reads::pair_with_job;
 use crate::errors::{corrupt, store_error};
+use crate::sql::{self, bind_sqlite, AssignmentCommit, Columns, FailedAttempt, SqlBackend, SqlStore, Statement};
 
 /// Most assignments committed in one transaction.
 pub const MAX_GROUP: usize = 256;
 
-/// The SQLite store. Cheap to clone.
+/// The SQLite schema's migrations, applied by [`SqliteStore::connect`].
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// The storage ports on SQLite.
+pub type SqliteStore = SqlStore<SqliteBackend>;
+
+/// SQLite under the shared core: a writer pool of one connection, a reader
+/// pool, and the group-commit task. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct SqliteStore {
+pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
     /// To the group-commit task.
@@ -95,12 +97,8 @@ impl AssignmentRow {
         })
     }
 
-    fn new(
-        job: &Job,
-        assignment: &Assignment,
-        event: &DomainEvent,
-        idempotency: Option<IdempotencyKey>,
-    ) -> Result<Self, StoreError> {
+    fn new(commit: AssignmentCommit<'_>) -> Result<Self, StoreError> {
+        let AssignmentCommit { job, assignment, event, idempotency } = commit;
         let range = assignment.range();
         Ok(Self {
             job_id: job.id().to_string(),
@@ -123,7 +121,7 @@ impl AssignmentRow {
     }
 }
 
-impl SqliteStore {
+impl SqlStore<SqliteBackend> {
     /// Opens (creating it if missing) the database at `url` and applies
     /// pending migrations.
     ///
@@ -142,7 +140,7 @@ impl SqliteStore {
                 .max_lifetime(None)
                 .connect_with(options)
                 .await?;
-            Self::with_pools(pool.clone(), pool)
+            SqliteBackend::start(pool.clone(), pool)
         } else {
             if let Some(parent) = options.get_filename().parent() {
                 if !parent.as_os_str().is_empty() {
@@ -164,122 +162,22 @@ impl SqliteStore {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.clone())
                 .await?;
-            sqlx::migrate!("../../migrations/sqlite").run(&writer).await?;
+            MIGRATOR.run(&writer).await?;
             let reader = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-            return Ok(Self::with_pools(writer, reader));
+            return Ok(Self::new(SqliteBackend::start(writer, reader)));
         };
-        sqlx::migrate!("../../migrations/sqlite").run(&store.writer).await?;
-        Ok(store)
+        MIGRATOR.run(&store.writer).await?;
+        Ok(Self::new(store))
     }
+}
 
-    /// The store over its pools, with its group-commit task started.
-    fn with_pools(writer: SqlitePool, reader: SqlitePool) -> Self {
+impl SqliteBackend {
+    /// The backend over its pools, with its group-commit task started.
+    fn start(writer: SqlitePool, reader: SqlitePool) -> Self {
         let (commits, queue) = mpsc::channel(MAX_GROUP * 4);
         tokio::spawn(group_commit(writer.clone(), queue));
         Self { writer, reader, commits }
     }
-
-    /// Whether the database answers.
-    ///
-    /// # Errors
-    /// [`StoreError`] when it does not.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(store_error)?;
-        Ok(())
-    }
-
-    /// Closes both pools.
-    pub async fn close(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
-    }
-}
-
-fn contractor_from_row(row: &SqliteRow) -> Result<Contractor, StoreError> {
-    let skills: Vec<String> = serde_json::from_str(row.try_get("skills").map_err(store_error)?).map_err(corrupt)?;
-    Ok(Contractor::restore(
-        parse_id(row, "id")?,
-        PersonName::new(row.try_get("name").map_err(store_error)?).map_err(corrupt)?,
-        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        skills.iter().map(|s| Skill::new(s)).collect::<Result<_, _>>().map_err(corrupt)?,
-        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
-    ))
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let title: Option<String> = row.try_get("title").map_err(store_error)?;
-    let address: Option<String> = row.try_get("address").map_err(store_error)?;
-    let desired: Option<i64> = row.try_get("desired_start").map_err(store_error)?;
-    Ok(Job::restore(
-        parse_id(row, "id")?,
-        JobType::new(row.try_get("job_type").map_err(store_error)?).map_err(corrupt)?,
-        title.as_deref().map(Title::new).transpose().map_err(corrupt)?,
-        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        DurationMinutes::new(row.try_get("duration_minutes").map_err(store_error)?).map_err(corrupt)?,
-        desired.map(Timestamp::from_unix_millis),
-        address.as_deref().map(Address::new).transpose().map_err(corrupt)?,
-        JobStatus::parse(row.try_get("status").map_err(store_error)?).map_err(corrupt)?,
-        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
-    ))
-}
-
-fn assignment_from_row(row: &SqliteRow) -> Result<Assignment, StoreError> {
-    let contractor_id: ContractorId = parse_id(row, "contractor_id")?;
-    let start = Timestamp::from_unix_millis(row.try_get("start_at").map_err(store_error)?);
-    let end = Timestamp::from_unix_millis(row.try_get("end_at").map_err(store_error)?);
-    let audit: Option<String> = row.try_get("audit_id").map_err(store_error)?;
-    let request = NewAssignment {
-        contractor_id,
-        range: TimeRange::new(start, end).map_err(corrupt)?,
-        source: AssignmentSource::parse(row.try_get("source").map_err(store_error)?).map_err(corrupt)?,
-        audit_id: audit.map(|a| a.parse()).transpose().map_err(corrupt)?,
-    };
-    Ok(Assignment::new(
-        parse_id(row, "id")?,
-        parse_id(row, "job_id")?,
-        contractor_id,
-        request,
-        Region::new(row.try_get("region").map_err(store_error)?).map_err(corrupt)?,
-        Timestamp::from_unix_millis(row.try_get("created_at").map_err(store_error)?),
-        parse_id(row, "event_id")?,
-    ))
-}
-
-fn parse_id<T: FromStr>(row: &SqliteRow, column: &str) -> Result<T, StoreError>
-where
-    T::Err: std::fmt::Display,
-{
-    let text: &str = row.try_get(column).map_err(store_error)?;
-    text.parse().map_err(corrupt)
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<DomainEvent, StoreError> {
-    let payload: &str = row.try_get("payload").map_err(store_error)?;
-    serde_json::from_str(payload).map_err(corrupt)
-}
-
-fn entry_from_row(row: &SqliteRow) -> Result<EventLogEntry, StoreError> {
-    let status: &str = row.try_get("status").map_err(store_error)?;
-    let status = EventStatus::parse(status).ok_or_else(|| corrupt(format!("unknown status {status}")))?;
-    let sequence: Option<i64> = row.try_get("sequence").map_err(store_error)?;
-    // The contract: sequence is null until published.
-    let sequence = if status == EventStatus::Published { sequence.map(Sequence) } else { None };
-    let groups: Vec<Group> =
-        serde_json::from_str(row.try_get("published_groups").map_err(store_error)?).map_err(corrupt)?;
-    let attempts: i64 = row.try_get("attempts").map_err(store_error)?;
-    let published_at: Option<i64> = row.try_get("published_at").map_err(store_error)?;
-    Ok(EventLogEntry {
-        event_id: parse_id(row, "event_id")?,
-        event_type: row.try_get("event_type").map_err(store_error)?,
-        sequence,
-        status,
-        attempts: attempts as u32,
-        occurred_at_utc: Timestamp::from_unix_millis(row.try_get("occurred_at").map_err(store_error)?),
-        published_at_utc: published_at.map(Timestamp::from_unix_millis),
-        published_groups: groups,
-        last_error: row.try_get("last_error").map_err(store_error)?,
-        payload: LoggedPayload { event: event_from_row(row)?, sequence },
-    })
 }
 
 /// Creates the database file with mode 0600 when it does not exist yet, so
@@ -297,183 +195,6 @@ fn create_owner_only(path: &std::path::Path) -> std::io::Result<()> {
         Ok(_) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(err) => Err(err),
-    }
-}
-
-#[async_trait]
-impl ContractorRepository for SqliteStore {
-    #[instrument(skip_all, err)]
-    async fn insert(&self, c: &Contractor) -> Result<(), StoreError> {
-        let skills =
-            serde_json::to_string(&c.skills().iter().map(Skill::as_str).collect::<Vec<_>>()).map_err(corrupt)?;
-        sqlx::query("INSERT INTO contractors (id, name, region, skills, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(c.id().to_string())
-            .bind(c.name().as_str())
-            .bind(c.region().as_str())
-            .bind(skills)
-            .bind(c.created_at_utc().unix_millis())
-            .execute(&self.writer)
-            .await
-            .map_err(store_error)?;
-        Ok(())
-    }
-
-    async fn get(&self, id: ContractorId) -> Result<Option<Contractor>, StoreError> {
-        sqlx::query("SELECT * FROM contractors WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(contractor_from_row)
-            .transpose()
-    }
-
-    async fn list(&self, region: Option<Region>, limit: u32) -> Result<Vec<Contractor>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM contractors WHERE (?1 IS NULL OR region = ?1) ORDER BY created_at, id LIMIT ?2")
-                .bind(region.as_ref().map(Region::as_str))
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await
-                .map_err(store_error)?;
-        rows.iter().map(contractor_from_row).collect()
-    }
-}
-
-#[async_trait]
-impl JobRepository for SqliteStore {
-    #[instrument(skip_all, err)]
-    async fn insert(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO jobs (id, job_type, title, region, duration_minutes, desired_start, address, status, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(job.id().to_string())
-        .bind(job.job_type().as_str())
-        .bind(job.title().map(Title::as_str))
-        .bind(job.region().as_str())
-        .bind(i64::from(job.duration_minutes().get()))
-        .bind(job.desired_start_utc().map(Timestamp::unix_millis))
-        .bind(job.address().map(Address::as_str))
-        .bind(job.status().as_str())
-        .bind(job.created_at_utc().unix_millis())
-        .execute(&self.writer)
-        .await
-        .map_err(store_error)?;
-        Ok(())
-    }
-
-    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        sqlx::query("SELECT * FROM jobs WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(job_from_row)
-            .transpose()
-    }
-
-    async fn list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE (?1 IS NULL OR region = ?1) AND (?2 IS NULL OR status = ?2)
-             ORDER BY created_at, id LIMIT ?3",
-        )
-        .bind(filter.region.as_ref().map(Region::as_str))
-        .bind(filter.status.map(JobStatus::as_str))
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(job_from_row).collect()
-    }
-}
-
-#[async_trait]
-impl AssignmentRepository for SqliteStore {
-    async fn of_job(&self, job: JobId) -> Result<Option<Assignment>, StoreError> {
-        sqlx::query("SELECT * FROM assignments WHERE job_id = ?")
-            .bind(job.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(assignment_from_row)
-            .transpose()
-    }
-
-    async fn of_contractor(&self, contractor: ContractorId, limit: u32) -> Result<Vec<(Assignment, Job)>, StoreError> {
-        // Two reads that reuse the row mappers (the tables share column names);
-        // assignments are never changed or deleted, so the second read finds every job.
-        let assignments = sqlx::query(
-            "SELECT * FROM assignments WHERE contractor_id = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2",
-        )
-        .bind(contractor.to_string())
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
-        let jobs = sqlx::query(
-            "SELECT * FROM jobs WHERE id IN (SELECT job_id FROM assignments WHERE contractor_id = ?1
-             ORDER BY created_at DESC, id DESC LIMIT ?2)",
-        )
-        .bind(contractor.to_string())
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
-        let jobs = jobs.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-        assignments.iter().map(|row| pair_with_job(assignment_from_row(row)?, &jobs)).collect()
-    }
-}
-
-#[async_trait]
-impl AssignmentStore for SqliteStore {
-    // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
-    #[instrument(skip_all, fields(job_id = %job.id(), assignment_id = %assignment.id()))]
-    async fn commit_assignment(
-        &self,
-        job: &Job,
-        assignment: &Assignment,
-        event: &DomainEvent,
-        idempotency: Option<IdempotencyKey>,
-    ) -> Result<(), CommitAssignmentError> {
-        let row = AssignmentRow::new(job, assignment, event, idempotency)?;
-        let (reply, answer) = oneshot::channel();
-        let closed = || StoreError::Unavailable("the SQLite writer has stopped".into());
-        self.commits.send(PendingCommit { row, reply }).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
-    }
-
-    async fn find_idempotent(
-        &self,
-        scope: String,
-        key: String,
-        not_before: Timestamp,
-    ) -> Result<Option<(String, Assignment)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT k.fingerprint, a.* FROM idempotency_keys k JOIN assignments a ON a.id = k.assignment_id
-             WHERE k.scope = ? AND k.key = ? AND k.created_at >= ?",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(not_before.unix_millis())
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(store_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let fingerprint: String = row.try_get("fingerprint").map_err(store_error)?;
-        Ok(Some((fingerprint, assignment_from_row(&row)?)))
-    }
-
-    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
-            .bind(before.unix_millis())
-            .execute(&self.writer)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows_affected())
     }
 }
 
@@ -697,7 +418,49 @@ async fn sequence_all(
 }
 
 #[async_trait]
-impl EventLog for SqliteStore {
+impl SqlBackend for SqliteBackend {
+    type Row = SqliteRow;
+
+    // One node delivers a claimed event before it marks it published.
+    const REPLAYS_CLAIMED: bool = true;
+
+    async fn fetch_all(&self, statement: Statement<'_>) -> Result<Vec<SqliteRow>, StoreError> {
+        bind_sqlite(&statement).fetch_all(&self.reader).await.map_err(store_error)
+    }
+
+    async fn fetch_optional(&self, statement: Statement<'_>) -> Result<Option<SqliteRow>, StoreError> {
+        bind_sqlite(&statement).fetch_optional(&self.reader).await.map_err(store_error)
+    }
+
+    async fn execute(&self, statement: Statement<'_>) -> Result<u64, StoreError> {
+        Ok(bind_sqlite(&statement).execute(&self.writer).await.map_err(store_error)?.rows_affected())
+    }
+
+    async fn execute_in_transaction(&self, statements: Vec<Statement<'_>>) -> Result<Vec<u64>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(store_error)?;
+        let mut changed = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            changed.push(bind_sqlite(statement).execute(&mut *tx).await.map_err(store_error)?.rows_affected());
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(changed)
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
+    #[instrument(skip_all, fields(job_id = %commit.job.id(), assignment_id = %commit.assignment.id()))]
+    async fn commit_assignment(&self, commit: AssignmentCommit<'_>) -> Result<(), CommitAssignmentError> {
+        let row = AssignmentRow::new(commit)?;
+        let (reply, answer) = oneshot::channel();
+        let closed = || StoreError::Unavailable("the SQLite writer has stopped".into());
+        self.commits.send(PendingCommit { row, reply }).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
     #[instrument(skip_all, err)]
     async fn claim_due(&self, now: Timestamp, limit: u32, _fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(store_error)?;
@@ -710,10 +473,7 @@ impl EventLog for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(store_error)?;
-        let events = rows
-            .iter()
-            .map(|row| Ok((event_from_row(row)?, row.try_get::<i64, _>("attempts").map_err(store_error)? as u32)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let events = rows.iter().map(sql::claimable).collect::<Result<Vec<_>, _>>()?;
         let claimed = sequence_all(&mut tx, events).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(claimed)
@@ -737,10 +497,9 @@ impl EventLog for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(store_error)?;
-        let mut attempts = std::collections::HashMap::with_capacity(rows.len());
+        let mut attempts = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let id: String = row.try_get("event_id").map_err(store_error)?;
-            attempts.insert(id, row.try_get::<i64, _>("attempts").map_err(store_error)? as u32);
+            attempts.insert(row.text("event_id")?.to_owned(), sql::attempts(row)?);
         }
         // In the order given: that is publish order.
         let pending = events
@@ -753,16 +512,11 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn mark_published(
-        &self,
-        published: Vec<PublishedRow>,
-        at: Timestamp,
-        _fence: Fence,
-    ) -> Result<(), StoreError> {
-        if published.is_empty() {
+    async fn mark_published(&self, rows: Vec<PublishedRow>, at: Timestamp, _fence: Fence) -> Result<(), StoreError> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = published
+        let published = rows
             .iter()
             .map(|row| {
                 let groups = serde_json::to_string(&row.groups).map_err(corrupt)?;
@@ -777,7 +531,7 @@ impl EventLog for SqliteStore {
              WHERE event_log.event_id = p.id AND event_log.sequence = p.seq AND +event_log.status = 'Pending'",
         )
         .bind(at.unix_millis())
-        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(serde_json::Value::Array(published).to_string())
         .execute(&self.writer)
         .await
         .map_err(store_error)?;
@@ -785,13 +539,8 @@ impl EventLog for SqliteStore {
     }
 
     #[instrument(skip_all, err)]
-    async fn record_failure(
-        &self,
-        event_id: EventId,
-        error: String,
-        retry_at: Option<Timestamp>,
-        _fence: Fence,
-    ) -> Result<(), StoreError> {
+    async fn record_failure(&self, attempt: FailedAttempt, _fence: Fence) -> Result<(), StoreError> {
+        let FailedAttempt { event_id, error, retry_at } = attempt;
         let mut tx = self.writer.begin().await.map_err(store_error)?;
         // The attempt's sequence is given up: it will never be published.
         let failed = sqlx::query(
@@ -816,174 +565,15 @@ impl EventLog for SqliteStore {
         tx.commit().await.map_err(store_error)?;
         Ok(())
     }
-
-    async fn held_sequences(&self, from: Sequence, to: Sequence) -> Result<Vec<Sequence>, StoreError> {
-        let held: Vec<i64> =
-            sqlx::query_scalar("SELECT sequence FROM event_log WHERE sequence BETWEEN ?1 AND ?2 ORDER BY sequence")
-                .bind(from.0)
-                .bind(to.0)
-                .fetch_all(&self.reader)
-                .await
-                .map_err(store_error)?;
-        Ok(held.into_iter().map(Sequence).collect())
-    }
-
-    async fn list(&self, query: EventQuery) -> Result<Vec<EventLogEntry>, StoreError> {
-        let status = query.status.map(EventStatus::as_str);
-        let rows = match query.after_sequence {
-            Some(after) => sqlx::query(
-                "SELECT * FROM event_log WHERE status = 'Published' AND sequence > ?1 AND (?2 IS NULL OR status = ?2)
-                 ORDER BY sequence LIMIT ?3",
-            )
-            .bind(after.0)
-            .bind(status)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.reader)
-            .await,
-            // Published rows by sequence, then the rest by commit order (a
-            // claimed row has a sequence too, but not a published one).
-            None => {
-                sqlx::query(
-                    "SELECT * FROM event_log WHERE (?1 IS NULL OR status = ?1)
-                 ORDER BY status <> 'Published', CASE WHEN status = 'Published' THEN sequence END, position LIMIT ?2",
-                )
-                .bind(status)
-                .bind(i64::from(query.limit))
-                .fetch_all(&self.reader)
-                .await
-            }
-        }
-        .map_err(store_error)?;
-        rows.iter().map(entry_from_row).collect()
-    }
-
-    async fn get(&self, event_id: EventId) -> Result<Option<EventLogEntry>, StoreError> {
-        sqlx::query("SELECT * FROM event_log WHERE event_id = ?")
-            .bind(event_id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(entry_from_row)
-            .transpose()
-    }
-
-    async fn replay(
-        &self,
-        group: Group,
-        after: Sequence,
-        limit: u32,
-    ) -> Result<Vec<(DomainEvent, Sequence)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT e.payload, g.sequence FROM event_groups g JOIN event_log e ON e.event_id = g.event_id
-             WHERE g.group_name = ? AND g.sequence > ? ORDER BY g.sequence LIMIT ?",
-        )
-        .bind(group.as_str())
-        .bind(after.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
-        rows.iter()
-            .map(|row| Ok((event_from_row(row)?, Sequence(row.try_get("sequence").map_err(store_error)?))))
-            .collect()
-    }
-
-    #[instrument(skip_all, err)]
-    async fn retry(&self, event_id: EventId) -> Result<RetryOutcome, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(store_error)?;
-        let done = sqlx::query(
-            "UPDATE event_log SET status = 'Pending', attempts = 0, next_attempt_at = ?
-             WHERE event_id = ? AND status = 'Failed'",
-        )
-        .bind(Timestamp::now().unix_millis())
-        .bind(event_id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let outcome = if done.rows_affected() == 1 {
-            RetryOutcome::Requeued
-        } else {
-            let exists = sqlx::query("SELECT 1 FROM event_log WHERE event_id = ?")
-                .bind(event_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            if exists.is_some() {
-                RetryOutcome::NotFailed
-            } else {
-                RetryOutcome::NotFound
-            }
-        };
-        tx.commit().await.map_err(store_error)?;
-        Ok(outcome)
-    }
-
-    #[instrument(skip_all, err)]
-    async fn purge(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(store_error)?;
-        let highest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published' AND published_at < ?")
-                .bind(before.unix_millis())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        sqlx::query(
-            "DELETE FROM event_groups WHERE event_id IN
-               (SELECT event_id FROM event_log WHERE status = 'Published' AND published_at < ?)",
-        )
-        .bind(before.unix_millis())
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let done = sqlx::query("DELETE FROM event_log WHERE status = 'Published' AND published_at < ?")
-            .bind(before.unix_millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if let Some(highest) = highest {
-            sqlx::query("UPDATE event_sequence SET purged_through = MAX(purged_through, ?) WHERE id = 1")
-                .bind(highest)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok(done.rows_affected())
-    }
-
-    async fn purged_through(&self) -> Result<Sequence, StoreError> {
-        let through: i64 = sqlx::query_scalar("SELECT purged_through FROM event_sequence WHERE id = 1")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(store_error)?;
-        Ok(Sequence(through))
-    }
-
-    async fn highest_published(&self) -> Result<Sequence, StoreError> {
-        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM event_log WHERE status = 'Published'")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(store_error)?;
-        Ok(Sequence(highest.unwrap_or(0)))
-    }
-
-    async fn backlog(&self) -> Result<(u64, u64), StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(status = 'Pending'), 0) AS pending, COALESCE(SUM(status = 'Failed'), 0) AS failed
-             FROM event_log WHERE status <> 'Published'",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(store_error)?;
-        let pending: i64 = row.try_get("pending").map_err(store_error)?;
-        let failed: i64 = row.try_get("failed").map_err(store_error)?;
-        Ok((pending as u64, failed as u64))
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use smartscheduler_domain::ports::{ContractorRepository, JobRepository};
+    use smartscheduler_domain::{
+        AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, TimeRange,
+    };
+
     use super::*;
 
     fn north() -> Region {
@@ -1022,12 +612,15 @@ mod tests {
         };
         let (assignment, event) = job.assign(contractor, request, Timestamp::now()).unwrap();
         let idempotency = key.map(|k| IdempotencyKey { scope: "sub".into(), key: k.into(), fingerprint: "f".into() });
-        let row = AssignmentRow::new(&job, &assignment, &DomainEvent::from(event), idempotency).unwrap();
+        let event = DomainEvent::from(event);
+        let row =
+            AssignmentRow::new(AssignmentCommit { job: &job, assignment: &assignment, event: &event, idempotency })
+                .unwrap();
         PendingCommit { row, reply: oneshot::channel().0 }
     }
 
     async fn count(store: &SqliteStore, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&store.reader).await.unwrap()
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&store.backend().reader).await.unwrap()
     }
 
     #[tokio::test]
@@ -1050,7 +643,7 @@ mod tests {
             pending(&j4, &ghost, 0, 60, None),     // no such contractor
             pending(&j5, &ben, 0, 60, Some("k1")), // the key is taken by the first
         ];
-        let outcomes = commit_group(&store.writer, &group).await.unwrap();
+        let outcomes = commit_group(&store.backend().writer, &group).await.unwrap();
         assert_eq!(
             outcomes,
             vec![
@@ -1067,7 +660,7 @@ mod tests {
         assert_eq!(count(&store, "event_groups").await, 4);
         assert_eq!(count(&store, "idempotency_keys").await, 1);
         let assigned: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'Assigned' ORDER BY id")
-            .fetch_all(&store.reader)
+            .fetch_all(&store.backend().reader)
             .await
             .unwrap();
         let mut expected = vec![j1.id().to_string(), j3.id().to_string()];
@@ -1075,14 +668,14 @@ mod tests {
         assert_eq!(assigned, expected);
         // EventLog positions follow the group's order.
         let logged: Vec<String> = sqlx::query_scalar("SELECT event_id FROM event_log ORDER BY position")
-            .fetch_all(&store.reader)
+            .fetch_all(&store.backend().reader)
             .await
             .unwrap();
         assert_eq!(logged, vec![group[0].row.event_id.clone(), group[3].row.event_id.clone()]);
 
         // A second group sees the first one's rows in the database.
         let again = [pending(&j5, &ana, 0, 30, None), pending(&j5, &ben, 0, 60, Some("k1"))];
-        let outcomes = commit_group(&store.writer, &again).await.unwrap();
+        let outcomes = commit_group(&store.backend().writer, &again).await.unwrap();
         assert_eq!(
             outcomes,
             vec![Err(CommitAssignmentError::ContractorBusy), Err(CommitAssignmentError::IdempotencyKeyTaken)]

@@ -1,0 +1,84 @@
+//! A statement of the shared core: SQL text and the values to bind to it.
+
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Postgres, Sqlite};
+use uuid::Uuid;
+
+/// One value to bind, typed by meaning rather than by column type: each
+/// backend binds it as its schema stores it.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    /// An id: `uuid` on PostgreSQL, hyphenated text on SQLite.
+    Id(Uuid),
+    /// Text, or NULL.
+    Text(Option<&'a str>),
+    /// An integer (times are Unix milliseconds), or NULL.
+    Int(Option<i64>),
+    /// A JSON document: `jsonb` on PostgreSQL, text on SQLite.
+    Json(&'a serde_json::Value),
+}
+
+/// SQL with `$1`-style placeholders (both databases read them) and its
+/// values in placeholder order.
+#[derive(Debug)]
+pub struct Statement<'a> {
+    sql: &'static str,
+    values: Vec<Value<'a>>,
+}
+
+impl<'a> Statement<'a> {
+    /// A statement with no values bound yet.
+    pub fn new(sql: &'static str) -> Self {
+        Self { sql, values: Vec::new() }
+    }
+
+    /// Binds the next placeholder to an id.
+    #[must_use]
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.values.push(Value::Id(id));
+        self
+    }
+
+    /// Binds the next placeholder to text or NULL.
+    #[must_use]
+    pub fn text(mut self, text: impl Into<Option<&'a str>>) -> Self {
+        self.values.push(Value::Text(text.into()));
+        self
+    }
+
+    /// Binds the next placeholder to an integer or NULL.
+    #[must_use]
+    pub fn int(mut self, value: impl Into<Option<i64>>) -> Self {
+        self.values.push(Value::Int(value.into()));
+        self
+    }
+
+    /// Binds the next placeholder to a JSON document.
+    #[must_use]
+    pub fn json(mut self, value: &'a serde_json::Value) -> Self {
+        self.values.push(Value::Json(value));
+        self
+    }
+}
+
+/// The statement for SQLite: ids as hyphenated text, JSON as text.
+pub(crate) fn bind_sqlite<'q>(statement: &'q Statement<'_>) -> Query<'q, Sqlite, SqliteArguments<'q>> {
+    statement.values.iter().fold(sqlx::query(statement.sql), |query, value| match *value {
+        Value::Id(id) => query.bind(id.hyphenated().to_string()),
+        Value::Text(text) => query.bind(text),
+        Value::Int(int) => query.bind(int),
+        Value::Json(json) => query.bind(json.to_string()),
+    })
+}
+
+/// The statement for PostgreSQL: ids as `uuid`, JSON as `jsonb`.
+pub(crate) fn bind_postgres<'q>(statement: &'q Statement<'_>) -> Query<'q, Postgres, PgArguments> {
+    statement.values.iter().fold(sqlx::query(statement.sql), |query, value| match *value {
+        Value::Id(id) => query.bind(id),
+        Value::Text(text) => query.bind(text),
+        Value::Int(int) => query.bind(int),
+        Value::Json(json) => query.bind(sqlx::types::Json(json)),
+    })
+}
