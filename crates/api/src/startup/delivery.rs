@@ -1,6 +1,5 @@
-//! How a committed event reaches clients: the hub, the outbox relay that
-//! publishes to it (or, clustered, the follower), and the background tasks
-//! (retention) that live as long as the process.
+//! How a committed event reaches clients: the hub, the outbox relay (or,
+//! clustered, the follower) and the process's background tasks (retention).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
