@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Fuzzes what hostile clients reach first, with the project's property tests:
-#   crates/realtime/tests/fuzz_protocol.rs      RecordBuffer, parse_handshake,
-#                                               parse_message, the records the server writes
-#   crates/realtime/tests/fuzz_messagepack.rs   the MessagePack codec: FrameBuffer,
-#                                               parse_message, the records the server writes
-#   crates/infrastructure/tests/fuzz_tokens.rs  JwtTokens::verify,
-#                                               SignedConnectionTokens::redeem
+#   crates/realtime/tests/realtime/fuzz_protocol.rs      RecordBuffer, parse_handshake,
+#                                                        parse_message, the records the server writes
+#   crates/realtime/tests/realtime/fuzz_messagepack.rs   the MessagePack codec: FrameBuffer,
+#                                                        parse_message, the records the server writes
+#   crates/infrastructure/tests/infrastructure/fuzz_tokens.rs
+#                                                        JwtTokens::verify,
+#                                                        SignedConnectionTokens::redeem
+# (modules of each crate's one test binary, run with their module as filter).
 # It runs them round after round, each with fresh random inputs and many cases
 # (PROPTEST_CASES), until SECONDS (default 180) are up, then prints how many
 # executions ran, per target and in all, and the result.
@@ -35,13 +37,16 @@ trap 'rm -rf "$work"' EXIT
 
 echo "fuzz: building the property tests"
 binaries=()
-for target in "smartscheduler-realtime fuzz_protocol" "smartscheduler-realtime fuzz_messagepack" \
-  "smartscheduler-infrastructure fuzz_tokens"; do
+filters=()
+# package, test binary, module
+for target in "smartscheduler-realtime realtime fuzz_protocol" "smartscheduler-realtime realtime fuzz_messagepack" \
+  "smartscheduler-infrastructure infrastructure fuzz_tokens"; do
   set -- $target
   cargo test -p "$1" --test "$2" --no-run --message-format=json >"$work/build.json"
-  bin=$(grep -o '"executable":"[^"]*'"$2"'-[^"]*"' "$work/build.json" | tail -n1 | cut -d'"' -f4)
+  bin=$(grep -o '"executable":"[^"]*/'"$2"'-[^"]*"' "$work/build.json" | tail -n1 | cut -d'"' -f4)
   [ -x "$bin" ] || { echo "fuzz: cannot find the $2 test binary" >&2; exit 1; }
   binaries+=("$bin")
+  filters+=("$3::")
 done
 
 declare -A executions=()
@@ -59,7 +64,7 @@ while :; do
   round_start=$now
   pids=()
   for i in "${!binaries[@]}"; do
-    PROPTEST_CASES=$cases "${binaries[$i]}" --nocapture >"$work/out.$i" 2>&1 &
+    PROPTEST_CASES=$cases "${binaries[$i]}" "${filters[$i]}" --nocapture >"$work/out.$i" 2>&1 &
     pids+=($!)
   done
   failed=0
@@ -78,7 +83,7 @@ while :; do
     result="FAILED"
     for i in "${!binaries[@]}"; do
       if grep -q 'FAILED\|panicked' "$work/out.$i"; then
-        echo "---- ${binaries[$i]##*/}" >&2
+        echo "---- ${binaries[$i]##*/} ${filters[$i]}" >&2
         grep -v '^fuzz-executions \|^test .* ok$' "$work/out.$i" | tail -n 60 >&2
       fi
     done

@@ -4,7 +4,7 @@
 // writes decodes in the official client into the messages it means (and is
 // byte for byte what the package's own encoder writes, keys sorted), and what
 // the package writes is byte for byte the committed client files, which the
-// Rust test (crates/realtime/tests/messagepack_fixtures.rs) parses.
+// Rust test (crates/realtime/tests/realtime/messagepack_fixtures.rs) parses.
 // UPDATE_FIXTURES=1 rewrites the client files. No server needed: MessagePack
 // is not served on any transport yet.
 

@@ -7,7 +7,9 @@
 //! # Layout
 //! - [`config`]: the command line and environment (clap), read once here.
 //! - [`app`]: `Application::build / port() / run_until_stopped()`, used by
-//!   `main` and the tests alike; the one composition function.
+//!   `main` and the tests alike.
+//! - [`startup`]: the composition root, one module per phase (auth,
+//!   storage, delivery, server).
 //! - [`http`]: routes, the bearer-token extractor and problem+json errors.
 //! - [`telemetry`]: the tracing subscriber.
 
@@ -15,9 +17,9 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod startup;
 pub mod state;
 pub mod telemetry;
-pub mod topology;
 
 pub use app::Application;
 pub use config::{Cli, Command, ServeConfig, TokenArgs};

@@ -2,12 +2,17 @@
 //! (in-memory SQLite unless a test says otherwise) driven over HTTP, plus
 //! the binary itself as a process. One module per area.
 
+mod assignments;
 mod authorization_matrix;
 mod contractor_reads;
+mod contractors;
 mod delivery;
+mod events;
 mod hostile_http;
-mod http_api;
+mod idempotency;
+mod jobs;
 mod negotiate;
 mod process;
+mod service;
 mod support;
 mod upgrade;

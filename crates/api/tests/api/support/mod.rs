@@ -359,3 +359,25 @@ pub fn is_utc_z(value: &Value) -> bool {
 pub fn is_uuid(value: &Value) -> bool {
     value.as_str().is_some_and(|s| Uuid::parse_str(s).is_ok())
 }
+
+/// Sends an assign request that must be refused with `status`, and checks
+/// that it wrote nothing to the EventLog.
+pub async fn assert_assign_refused(
+    app: &TestApp,
+    token: Option<&str>,
+    job_id: &str,
+    body: &Value,
+    status: StatusCode,
+) -> Value {
+    let before = app.event_rows().await;
+    let response = app.assign(token, job_id, body).await;
+    let problem = expect_problem(response, status).await;
+    let after = app.event_rows().await;
+    assert_eq!(after.len(), before.len(), "a refused assignment ({status}) added an EventLog row: {after:#?}");
+    problem
+}
+
+/// An assign request's body for `contractor_id`, from [`START`] to [`END`].
+pub fn assign_body(contractor_id: &str) -> Value {
+    json!({ "contractorId": contractor_id, "startUtc": START, "endUtc": END })
+}

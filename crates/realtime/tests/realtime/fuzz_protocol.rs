@@ -10,10 +10,8 @@
 //! `crates/realtime/proptest-regressions/fuzz_protocol.txt` and replayed first
 //! on every later run: commit that file with the fix.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
 use smartscheduler_realtime::protocol::{
     close, completion_error, completion_result, handshake_error, invocation, parse_handshake, parse_message,
@@ -23,26 +21,9 @@ use smartscheduler_realtime::protocol::{
 /// Where failures are kept (replayed before new cases on every run).
 const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/fuzz_protocol.txt");
 
-/// Runs `property` on values of `strategy` with the configuration from the
-/// environment (`PROPTEST_CASES`...), saving failures under
-/// `proptest-regressions/`, and prints how many executions ran (shrinking
-/// included) for `scripts/fuzz.sh`.
+/// [`crate::support::fuzz`] with this module's regressions.
 fn fuzz<S: Strategy>(name: &str, strategy: S, property: impl Fn(S::Value) -> Result<(), TestCaseError>) {
-    let config = Config {
-        source_file: Some(file!()),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
-        ..Config::default()
-    };
-    let executions = AtomicU64::new(0);
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&strategy, |value| {
-        executions.fetch_add(1, Ordering::Relaxed);
-        property(value)
-    });
-    println!("fuzz-executions {name} {}", executions.load(Ordering::Relaxed));
-    if let Err(err) = result {
-        panic!("{name}: {err}");
-    }
+    crate::support::fuzz(REGRESSIONS, name, strategy, property);
 }
 
 // ---------------------------------------------------------------------------

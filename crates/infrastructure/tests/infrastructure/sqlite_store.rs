@@ -2,12 +2,10 @@
 //! SQLite files: every test gets a fresh database in its own temporary folder.
 //! The test bodies are shared with the PostgreSQL suite (`support`).
 
-mod support;
-
+use crate::support::{at, contractor, event_ids, job, later, plan, range, Backend, Db};
 use smartscheduler_domain::ports::{AssignmentStore, ContractorRepository, EventLog, Fence, JobRepository};
 use smartscheduler_infrastructure::sqlite::SqliteStore;
 use sqlx::SqlitePool;
-use support::{at, contractor, event_ids, job, later, plan, range, Backend, Db};
 use tempfile::TempDir;
 
 /// SQLite files, each in its own temporary folder.
@@ -32,7 +30,7 @@ impl Backend for Sqlite {
     }
 }
 
-support::store_suite!(Sqlite);
+crate::support::store_suite!(Sqlite);
 
 // ---------------------------------------------------------------------------
 // In memory

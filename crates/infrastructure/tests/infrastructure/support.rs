@@ -124,9 +124,8 @@ pub struct Db<B: Backend> {
     pub store: B::Store,
     /// The raw connection.
     pub raw: B::Raw,
-    /// Last, so it is dropped after the connections. Not every suite reads
-    /// it (the PostgreSQL one takes the database's URL from it).
-    #[allow(dead_code)]
+    /// Last, so it is dropped after the connections (the PostgreSQL suite
+    /// also takes the database's URL from it).
     pub guard: B::Guard,
 }
 

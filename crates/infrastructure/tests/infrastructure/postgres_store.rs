@@ -7,12 +7,11 @@
 //! the server cannot be reached, the tests are skipped with a message on
 //! stderr, unless `CI=true`: then they fail.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{event_ids, ids_of, later, published, sequences, Backend, Db};
 use smartscheduler_domain::ports::{
     ClaimedEvent, EventLog, EventQuery, EventStatus, Fence, StoreError, UsedConnectionTokens,
 };
@@ -23,7 +22,6 @@ use smartscheduler_infrastructure::used_connection_tokens::PostgresUsedConnectio
 use smartscheduler_infrastructure::Database;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
-use support::{event_ids, ids_of, later, published, sequences, Backend, Db};
 use tokio::sync::Barrier;
 
 /// The server used when `SMARTSCHEDULER_TEST_POSTGRES_URL` is not set.
@@ -149,7 +147,7 @@ impl Backend for Postgres {
     }
 }
 
-support::store_suite!(Postgres);
+crate::support::store_suite!(Postgres);
 
 // ---------------------------------------------------------------------------
 // Several nodes on one database

@@ -4,7 +4,8 @@
 //! files, which tests/e2e/messagepack.test.mjs decodes with the npm package;
 //! the client records that package wrote must parse here into what the case
 //! says. `UPDATE_FIXTURES=1 cargo test -p smartscheduler-realtime --test
-//! messagepack_fixtures` rewrites the server files after a deliberate change.
+//! realtime messagepack_fixtures` rewrites the server files after a
+//! deliberate change.
 
 use std::path::PathBuf;
 

@@ -9,10 +9,8 @@
 //! `crates/realtime/proptest-regressions/fuzz_messagepack.txt` and replayed
 //! first on every later run: commit that file with the fix.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use rmpv::Value as Pack;
 use serde_json::Value;
 use smartscheduler_realtime::protocol::messagepack::{
@@ -23,23 +21,10 @@ use smartscheduler_realtime::protocol::{HubMessage, ProtocolError};
 
 const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/fuzz_messagepack.txt");
 
-/// Runs `property` on values of `strategy`, saving failures under
-/// `proptest-regressions/`, and prints how many executions ran for `scripts/fuzz.sh`.
+/// [`crate::support::fuzz`] with this module's regressions, its counts
+/// named `mp_…` apart from the JSON protocol's.
 fn fuzz<S: Strategy>(name: &str, strategy: S, property: impl Fn(S::Value) -> Result<(), TestCaseError>) {
-    let config = Config {
-        source_file: Some(file!()),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
-        ..Config::default()
-    };
-    let executions = AtomicU64::new(0);
-    let result = TestRunner::new(config).run(&strategy, |value| {
-        executions.fetch_add(1, Ordering::Relaxed);
-        property(value)
-    });
-    println!("fuzz-executions mp_{name} {}", executions.load(Ordering::Relaxed));
-    if let Err(err) = result {
-        panic!("{name}: {err}");
-    }
+    crate::support::fuzz(REGRESSIONS, &format!("mp_{name}"), strategy, property);
 }
 
 // ---------------------------------------------------------------------------

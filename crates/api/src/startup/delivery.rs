@@ -1,0 +1,96 @@
+//! How a committed event reaches clients: the hub, the outbox relay (or,
+//! clustered, the follower) and the process's background tasks (retention).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smartscheduler_application::publishing::outbox;
+use smartscheduler_application::tailer::FollowedPosition;
+use smartscheduler_application::{HandlerRegistry, InProcessPublisher};
+use smartscheduler_infrastructure::SignedConnectionTokens;
+use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery, WebSocketAdapter};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::topology::{DeliveryTopology, Wired};
+use super::{Auth, Storage};
+use crate::config::{DeliveryArgs, HubWebSocket};
+
+/// What the delivery phase yields: the running hub and relay.
+pub(crate) struct Delivery {
+    /// The hub, served by the HTTP server and stopped at shutdown.
+    pub hub: HubContext,
+    /// Hands committed assignments to the relay.
+    pub publisher: Arc<InProcessPublisher>,
+    /// The relay's task, stopped through `stop_relay`.
+    pub relay: JoinHandle<()>,
+    /// Tells the relay to publish what it holds and stop.
+    pub stop_relay: Arc<Notify>,
+    /// Tasks aborted at shutdown: the follower and its wake-ups, retention.
+    pub background: Vec<JoinHandle<()>>,
+}
+
+/// Starts the hub, the relay and the background tasks. `address` is where
+/// the server listens, which a cluster node names in its connection tokens.
+///
+/// # Errors
+/// The EventLog does not answer, or the lease cannot use the database URL.
+pub(crate) async fn delivery(
+    config: &DeliveryArgs,
+    auth: &Auth,
+    storage: &Storage,
+    address: SocketAddr,
+    handlers: HandlerRegistry,
+) -> anyhow::Result<Delivery> {
+    let Storage { db, event_log, topology } = storage;
+    let hub_config = hub_config(config, topology.node_url(config.node_url.as_deref(), address));
+    let tickets = Arc::new(SignedConnectionTokens::new(auth.secret.as_bytes()));
+    let follow_from = topology.follow_from(event_log.as_ref()).await?;
+    let followed = Arc::new(FollowedPosition::starting_at(follow_from));
+    let mut hub =
+        HubContext::start(event_log.clone(), auth.verifier.clone(), tickets, db.used_connection_tokens(), hub_config);
+    if let DeliveryTopology::Cluster { .. } = topology {
+        // Replays stop where this node's follower is.
+        hub = hub.with_followed_position(followed.clone());
+    }
+    let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
+    let handlers = topology.handlers(handlers, &hub_delivery);
+    let relay_config =
+        topology.relay_config(config.max_delivery_attempts, Duration::from_millis(config.retry_backoff_ms));
+    let (publisher, relay) = outbox(event_log.clone(), handlers, relay_config);
+    let Wired { relay, mut background } =
+        topology.wire(relay, event_log.clone(), hub_delivery, follow_from, followed)?;
+    let stop_relay = Arc::new(Notify::new());
+    let stop = stop_relay.clone();
+    let relay = tokio::spawn(relay.run(async move { stop.notified().await }));
+
+    background.push(tokio::spawn(smartscheduler_application::maintenance::run_retention(
+        event_log.clone(),
+        db.assignments(),
+        Duration::from_secs(u64::from(config.event_retention_days) * 24 * 3600),
+        Duration::from_secs(3600),
+    )));
+    Ok(Delivery { hub, publisher, relay, stop_relay, background })
+}
+
+/// The hub's limits and transports, from the delivery settings.
+fn hub_config(config: &DeliveryArgs, node_url: Option<String>) -> HubConfig {
+    HubConfig {
+        outbound_capacity: config.hub_queue_messages as usize,
+        outbound_max_bytes: config.hub_queue_bytes,
+        reconnect_window: Duration::from_secs(config.reconnect_window_seconds),
+        negotiate_per_minute: config.hub_negotiate_per_minute,
+        connections_per_user: config.hub_connections_per_user,
+        invocations_per_second: config.hub_invocations_per_second,
+        max_message_bytes: config.hub_max_message_bytes,
+        poll_timeout: Duration::from_secs(config.hub_poll_seconds),
+        disconnect_timeout: Duration::from_secs(config.hub_disconnect_seconds),
+        node_url,
+        websocket: match config.hub_websocket {
+            HubWebSocket::ActixWs => WebSocketAdapter::ActixWs,
+            HubWebSocket::Dedicated => WebSocketAdapter::Dedicated,
+        },
+        ..HubConfig::default()
+    }
+}
