@@ -311,7 +311,7 @@ mod tests {
             .times(1)
             .in_sequence(&mut order)
             .withf(move |job, assignment, event, _| {
-                let DomainEvent::JobAssigned(e) = event;
+                let DomainEvent::JobAssigned(e) = event else { return false };
                 job.status() == JobStatus::Assigned
                     && e.job_id == job_id
                     && e.assignment_id == assignment.id()

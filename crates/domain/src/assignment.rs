@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::acknowledgement::Acknowledgement;
 use crate::ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 use crate::values::{AssignmentSource, Region, TimeRange, Timestamp};
 
@@ -30,6 +31,7 @@ pub struct Assignment {
     region: Region,
     created_at_utc: Timestamp,
     event_id: EventId,
+    acknowledgement: Acknowledgement,
 }
 
 impl Assignment {
@@ -54,7 +56,16 @@ impl Assignment {
             region,
             created_at_utc,
             event_id,
+            acknowledgement: Acknowledgement::default(),
         }
+    }
+
+    /// The same assignment with `acknowledgement` (its deadline when made,
+    /// or its stored state).
+    #[must_use]
+    pub fn with_acknowledgement(mut self, acknowledgement: Acknowledgement) -> Self {
+        self.acknowledgement = acknowledgement;
+        self
     }
 
     /// The assignment's id.
@@ -92,6 +103,10 @@ impl Assignment {
     /// The `JobAssigned` event it caused.
     pub fn event_id(&self) -> EventId {
         self.event_id
+    }
+    /// Whether (and by when) the contractor acknowledged it.
+    pub fn acknowledgement(&self) -> Acknowledgement {
+        self.acknowledgement
     }
 }
 

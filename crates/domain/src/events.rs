@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::acknowledgement::{JobAssignmentAcknowledged, JobAssignmentUnacknowledged};
 use crate::assignment::Assignment;
 use crate::ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
@@ -96,13 +97,22 @@ impl fmt::Display for Group {
 pub enum EventType {
     /// [`JobAssigned`].
     JobAssigned,
+    /// [`JobAssignmentAcknowledged`].
+    JobAssignmentAcknowledged,
+    /// [`JobAssignmentUnacknowledged`].
+    JobAssignmentUnacknowledged,
 }
 
 impl EventType {
+    /// Every kind, for registering a handler of them all.
+    pub const ALL: [Self; 3] = [Self::JobAssigned, Self::JobAssignmentAcknowledged, Self::JobAssignmentUnacknowledged];
+
     /// The name on the wire and in the EventLog.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::JobAssigned => "JobAssigned",
+            Self::JobAssignmentAcknowledged => "JobAssignmentAcknowledged",
+            Self::JobAssignmentUnacknowledged => "JobAssignmentUnacknowledged",
         }
     }
 }
@@ -201,6 +211,10 @@ impl JobAssigned {
 pub enum DomainEvent {
     /// See [`JobAssigned`].
     JobAssigned(JobAssigned),
+    /// See [`JobAssignmentAcknowledged`].
+    JobAssignmentAcknowledged(JobAssignmentAcknowledged),
+    /// See [`JobAssignmentUnacknowledged`].
+    JobAssignmentUnacknowledged(JobAssignmentUnacknowledged),
 }
 
 impl DomainEvent {
@@ -208,30 +222,40 @@ impl DomainEvent {
     pub fn event_id(&self) -> EventId {
         match self {
             Self::JobAssigned(e) => e.event_id,
+            Self::JobAssignmentAcknowledged(e) => e.event_id,
+            Self::JobAssignmentUnacknowledged(e) => e.event_id,
         }
     }
     /// The event's kind.
     pub fn event_type(&self) -> EventType {
         match self {
             Self::JobAssigned(_) => EventType::JobAssigned,
+            Self::JobAssignmentAcknowledged(_) => EventType::JobAssignmentAcknowledged,
+            Self::JobAssignmentUnacknowledged(_) => EventType::JobAssignmentUnacknowledged,
         }
     }
     /// When it happened.
     pub fn occurred_at_utc(&self) -> Timestamp {
         match self {
             Self::JobAssigned(e) => e.occurred_at_utc,
+            Self::JobAssignmentAcknowledged(e) => e.occurred_at_utc,
+            Self::JobAssignmentUnacknowledged(e) => e.occurred_at_utc,
         }
     }
-    /// The id of the aggregate it concerns (the job for `JobAssigned`).
+    /// The id of the aggregate it concerns: the job.
     pub fn aggregate_id(&self) -> uuid::Uuid {
         match self {
             Self::JobAssigned(e) => e.job_id.as_uuid(),
+            Self::JobAssignmentAcknowledged(e) => e.job_id.as_uuid(),
+            Self::JobAssignmentUnacknowledged(e) => e.job_id.as_uuid(),
         }
     }
     /// The groups it is sent to.
     pub fn audience(&self) -> Vec<Group> {
         match self {
             Self::JobAssigned(e) => e.audience(),
+            Self::JobAssignmentAcknowledged(e) => e.audience(),
+            Self::JobAssignmentUnacknowledged(e) => e.audience(),
         }
     }
 }
@@ -239,6 +263,18 @@ impl DomainEvent {
 impl From<JobAssigned> for DomainEvent {
     fn from(value: JobAssigned) -> Self {
         Self::JobAssigned(value)
+    }
+}
+
+impl From<JobAssignmentAcknowledged> for DomainEvent {
+    fn from(value: JobAssignmentAcknowledged) -> Self {
+        Self::JobAssignmentAcknowledged(value)
+    }
+}
+
+impl From<JobAssignmentUnacknowledged> for DomainEvent {
+    fn from(value: JobAssignmentUnacknowledged) -> Self {
+        Self::JobAssignmentUnacknowledged(value)
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`identity`]: who is calling and what they may see.
 //! - [`ports`]: repositories, the unit of work, the EventLog and the publisher.
 
+pub mod acknowledgement;
 pub mod assignment;
 pub mod contractor;
 pub mod events;
@@ -22,6 +23,10 @@ pub mod job;
 pub mod ports;
 pub mod values;
 
+pub use acknowledgement::{
+    AcknowledgeRefusal, Acknowledged, Acknowledgement, AcknowledgementStatus, JobAssignmentAcknowledged,
+    JobAssignmentUnacknowledged,
+};
 pub use assignment::{Assignment, NewAssignment};
 pub use contractor::Contractor;
 pub use events::{DomainEvent, EventType, Group, JobAssigned, JobSnapshot, PublishedEvent, Sequence};

@@ -8,10 +8,11 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::acknowledgement::{JobAssignmentAcknowledged, JobAssignmentUnacknowledged};
 use crate::assignment::Assignment;
 use crate::contractor::Contractor;
 use crate::events::{DomainEvent, Group, Sequence};
-use crate::ids::{ContractorId, EventId, JobId};
+use crate::ids::{AssignmentId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
 use crate::values::{Region, Timestamp};
 
@@ -111,6 +112,16 @@ pub trait AssignmentRepository: Send + Sync {
     /// # Errors
     /// [`StoreError`] when storage fails.
     async fn of_contractor(&self, contractor: ContractorId, limit: u32) -> Result<Vec<(Assignment, Job)>, StoreError>;
+    /// The assignment `id`, with its acknowledgement.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn get(&self, id: AssignmentId) -> Result<Option<Assignment>, StoreError>;
+    /// The assignment whose `JobAssigned` is `event`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn of_event(&self, event: EventId) -> Result<Option<Assignment>, StoreError>;
 }
 
 /// Why the store refused to commit an assignment. The store re-checks inside
@@ -173,6 +184,32 @@ pub trait AssignmentStore: Send + Sync {
     /// # Errors
     /// [`StoreError`].
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// In ONE transaction: records the first acknowledgement of
+    /// `acknowledged.assignment_id` and appends `acknowledged` to the
+    /// EventLog as Pending. `false`, and nothing written, when the
+    /// assignment was acknowledged already (a racing repeat came first).
+    ///
+    /// # Errors
+    /// [`StoreError`]; nothing is written then.
+    async fn acknowledge(&self, acknowledged: &JobAssignmentAcknowledged) -> Result<bool, StoreError>;
+
+    /// Assignments whose acknowledgement deadline is at or before `now`,
+    /// not acknowledged and not escalated yet, earliest deadline first, at
+    /// most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    async fn overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<Assignment>, StoreError>;
+
+    /// In ONE transaction: records that `unacknowledged.assignment_id` was
+    /// escalated and appends `unacknowledged` to the EventLog as Pending.
+    /// `false`, and nothing written, when it was acknowledged or escalated
+    /// meanwhile (by another node, say): so an escalation is logged once.
+    ///
+    /// # Errors
+    /// [`StoreError`]; nothing is written then.
+    async fn escalate(&self, unacknowledged: &JobAssignmentUnacknowledged) -> Result<bool, StoreError>;
 }
 
 /// How long an `Idempotency-Key` is honoured: 24 hours. The use case asks

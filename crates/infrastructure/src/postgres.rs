@@ -245,8 +245,9 @@ impl SqlBackend for PostgresBackend {
             return Err(CommitAssignmentError::ContractorBusy);
         }
         sqlx::query(
-            "INSERT INTO assignments (id, job_id, contractor_id, start_at, end_at, source, audit_id, region, created_at, event_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO assignments
+                (id, job_id, contractor_id, start_at, end_at, source, audit_id, region, created_at, event_id, ack_deadline)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(assignment.id().as_uuid())
         .bind(assignment.job_id().as_uuid())
@@ -258,6 +259,7 @@ impl SqlBackend for PostgresBackend {
         .bind(assignment.region().as_str())
         .bind(assignment.created_at_utc().unix_millis())
         .bind(assignment.event_id().as_uuid())
+        .bind(assignment.acknowledgement().deadline_utc.map(Timestamp::unix_millis))
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {

@@ -73,6 +73,8 @@ struct AssignmentRow {
     audit_id: Option<String>,
     region: String,
     created_at: i64,
+    /// When the contractor should have acknowledged it (escalation on).
+    ack_deadline: Option<i64>,
     event_id: String,
     event_type: &'static str,
     aggregate_id: String,
@@ -90,7 +92,8 @@ impl AssignmentRow {
         serde_json::json!({
             "id": self.assignment_id, "job": self.job_id, "contractor": self.contractor_id,
             "start": self.start_at, "end": self.end_at, "source": self.source, "audit": self.audit_id,
-            "region": self.region, "created": self.created_at, "event": self.event_id, "type": self.event_type,
+            "region": self.region, "created": self.created_at, "deadline": self.ack_deadline,
+            "event": self.event_id, "type": self.event_type,
             "aggregate": self.aggregate_id, "payload": self.payload, "occurred": self.occurred_at,
             "groups": self.groups, "scope": key.map(|k| &k.scope), "key": key.map(|k| &k.key),
             "fingerprint": key.map(|k| &k.fingerprint),
@@ -110,6 +113,7 @@ impl AssignmentRow {
             audit_id: assignment.audit_id().map(|a| a.to_string()),
             region: assignment.region().as_str().to_owned(),
             created_at: assignment.created_at_utc().unix_millis(),
+            ack_deadline: assignment.acknowledgement().deadline_utc.map(Timestamp::unix_millis),
             event_id: event.event_id().to_string(),
             event_type: event.event_type().as_str(),
             aggregate_id: event.aggregate_id().to_string(),
@@ -351,9 +355,11 @@ async fn check_group(
 async fn write_group(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, accepted: &str) -> Result<(), StoreError> {
     const STATEMENTS: [&str; 5] = [
         "UPDATE jobs SET status = 'Assigned' WHERE id IN (SELECT value ->> '$.job' FROM json_each(?1))",
-        "INSERT INTO assignments (id, job_id, contractor_id, start_at, end_at, source, audit_id, region, created_at, event_id)
+        "INSERT INTO assignments
+            (id, job_id, contractor_id, start_at, end_at, source, audit_id, region, created_at, ack_deadline, event_id)
          SELECT value ->> '$.id', value ->> '$.job', value ->> '$.contractor', value ->> '$.start', value ->> '$.end',
-                value ->> '$.source', value ->> '$.audit', value ->> '$.region', value ->> '$.created', value ->> '$.event'
+                value ->> '$.source', value ->> '$.audit', value ->> '$.region', value ->> '$.created',
+                value ->> '$.deadline', value ->> '$.event'
          FROM json_each(?1) ORDER BY key",
         // Due at once (0): only a failed attempt sets a later time.
         "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)

@@ -6,9 +6,9 @@ use crate::errors::corrupt;
 use smartscheduler_domain::ports::{EventLogEntry, EventStatus, LoggedPayload, StoreError};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Assignment, AssignmentId, AssignmentSource, AuditId, Contractor, ContractorId, DomainEvent, DurationMinutes,
-    EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange,
-    Timestamp, Title,
+    Acknowledgement, Assignment, AssignmentId, AssignmentSource, AuditId, Contractor, ContractorId, DomainEvent,
+    DurationMinutes, EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence,
+    Skill, TimeRange, Timestamp, Title,
 };
 
 fn timestamp(row: &impl Columns, column: &str) -> Result<Timestamp, StoreError> {
@@ -63,7 +63,11 @@ pub(crate) fn assignment(row: &impl Columns) -> Result<Assignment, StoreError> {
         region(row)?,
         timestamp(row, "created_at")?,
         EventId::from_uuid(row.uuid("event_id")?),
-    ))
+    )
+    .with_acknowledgement(Acknowledgement {
+        acknowledged_at_utc: row.optional_int("acknowledged_at")?.map(Timestamp::from_unix_millis),
+        deadline_utc: row.optional_int("ack_deadline")?.map(Timestamp::from_unix_millis),
+    }))
 }
 
 /// The event in an `event_log` row's `payload`.

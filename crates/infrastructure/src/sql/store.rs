@@ -8,8 +8,8 @@ use smartscheduler_domain::ports::{
 };
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Assignment, Contractor, ContractorId, DomainEvent, EventId, Group, Job, JobId, JobStatus, Region, Sequence, Skill,
-    Timestamp, Title,
+    Assignment, AssignmentId, Contractor, ContractorId, DomainEvent, EventId, Group, Job, JobAssignmentAcknowledged,
+    JobAssignmentUnacknowledged, JobId, JobStatus, Region, Sequence, Skill, Timestamp, Title,
 };
 use tracing::instrument;
 
@@ -142,6 +142,16 @@ impl<B: SqlBackend> AssignmentRepository for SqlStore<B> {
         let jobs = self.backend.fetch_all(jobs).await?.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
         assignments.iter().map(|row| pair_with_job(rows::assignment(row)?, &jobs)).collect()
     }
+
+    async fn get(&self, id: AssignmentId) -> Result<Option<Assignment>, StoreError> {
+        let select = Statement::new("SELECT * FROM assignments WHERE id = $1").id(id.as_uuid());
+        self.backend.fetch_optional(select).await?.as_ref().map(rows::assignment).transpose()
+    }
+
+    async fn of_event(&self, event: EventId) -> Result<Option<Assignment>, StoreError> {
+        let select = Statement::new("SELECT * FROM assignments WHERE event_id = $1").id(event.as_uuid());
+        self.backend.fetch_optional(select).await?.as_ref().map(rows::assignment).transpose()
+    }
 }
 
 #[async_trait]
@@ -176,6 +186,91 @@ impl<B: SqlBackend> AssignmentStore for SqlStore<B> {
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
         let delete = Statement::new("DELETE FROM idempotency_keys WHERE created_at < $1").int(before.unix_millis());
         self.backend.execute(delete).await
+    }
+
+    #[instrument(skip_all, err, fields(assignment_id = %acknowledged.assignment_id))]
+    async fn acknowledge(&self, acknowledged: &JobAssignmentAcknowledged) -> Result<bool, StoreError> {
+        let record = Statement::new(
+            "UPDATE assignments SET acknowledged_at = $1, acknowledgement_event_id = $2
+             WHERE id = $3 AND acknowledged_at IS NULL",
+        )
+        .int(acknowledged.acknowledged_at_utc.unix_millis())
+        .id(acknowledged.event_id.as_uuid())
+        .id(acknowledged.assignment_id.as_uuid());
+        let event = DomainEvent::from(acknowledged.clone());
+        self.record_with_event(record, LOG_IF_ACKNOWLEDGED, &event, acknowledged.assignment_id).await
+    }
+
+    async fn overdue(&self, now: Timestamp, limit: u32) -> Result<Vec<Assignment>, StoreError> {
+        let select = Statement::new(
+            "SELECT * FROM assignments
+             WHERE ack_deadline <= $1 AND acknowledged_at IS NULL AND escalation_event_id IS NULL
+             ORDER BY ack_deadline LIMIT $2",
+        )
+        .int(now.unix_millis())
+        .int(i64::from(limit));
+        self.backend.fetch_all(select).await?.iter().map(rows::assignment).collect()
+    }
+
+    #[instrument(skip_all, err, fields(assignment_id = %unacknowledged.assignment_id))]
+    async fn escalate(&self, unacknowledged: &JobAssignmentUnacknowledged) -> Result<bool, StoreError> {
+        let record = Statement::new(
+            "UPDATE assignments SET escalation_event_id = $1
+             WHERE id = $2 AND acknowledged_at IS NULL AND escalation_event_id IS NULL",
+        )
+        .id(unacknowledged.event_id.as_uuid())
+        .id(unacknowledged.assignment_id.as_uuid());
+        let event = DomainEvent::from(unacknowledged.clone());
+        self.record_with_event(record, LOG_IF_ESCALATED, &event, unacknowledged.assignment_id).await
+    }
+}
+
+/// Logs an acknowledgement's event only if its assignment row names it, that
+/// is, if the conditional UPDATE before it in the transaction recorded it.
+const LOG_IF_ACKNOWLEDGED: &str =
+    "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
+     SELECT $1, $2, $3, $4, $5, 0 WHERE EXISTS
+       (SELECT 1 FROM assignments WHERE id = $6 AND acknowledgement_event_id = $1)";
+/// The same for an escalation's event.
+const LOG_IF_ESCALATED: &str =
+    "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
+     SELECT $1, $2, $3, $4, $5, 0 WHERE EXISTS
+       (SELECT 1 FROM assignments WHERE id = $6 AND escalation_event_id = $1)";
+
+impl<B: SqlBackend> SqlStore<B> {
+    /// Runs `record` (a conditional UPDATE of an assignment) and, in the same
+    /// transaction, `log` (the event's EventLog row, written only if `record`
+    /// changed the row) and the event's groups. Whether `record` changed it.
+    async fn record_with_event(
+        &self,
+        record: Statement<'_>,
+        log: &'static str,
+        event: &DomainEvent,
+        assignment: AssignmentId,
+    ) -> Result<bool, StoreError> {
+        let payload = serde_json::to_value(event).map_err(corrupt)?;
+        let event_id = event.event_id().as_uuid();
+        let groups = event.audience();
+        let mut statements = vec![
+            record,
+            Statement::new(log)
+                .id(event_id)
+                .text(event.event_type().as_str())
+                .id(event.aggregate_id())
+                .json(&payload)
+                .int(event.occurred_at_utc().unix_millis())
+                .id(assignment.as_uuid()),
+        ];
+        statements.extend(groups.iter().map(|group| {
+            Statement::new(
+                "INSERT INTO event_groups (group_name, event_id)
+                 SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM event_log WHERE event_id = $2)",
+            )
+            .text(group.as_str())
+            .id(event_id)
+        }));
+        let changed = self.backend.execute_in_transaction(statements).await?;
+        Ok(changed.first() == Some(&1))
     }
 }
 

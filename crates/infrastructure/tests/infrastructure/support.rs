@@ -12,8 +12,9 @@ use smartscheduler_domain::ports::{
     EventLogEntry, EventQuery, EventStatus, Fence, JobFilter, JobRepository, PublishedRow, RetryOutcome,
 };
 use smartscheduler_domain::{
-    Address, Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent, DurationMinutes, EventId, Group, Job,
-    JobId, JobStatus, JobType, NewAssignment, PersonName, Region, Sequence, Skill, TimeRange, Timestamp, Title,
+    Acknowledged, Acknowledgement, Address, Assignment, AssignmentSource, Contractor, ContractorId, DomainEvent,
+    DurationMinutes, EventId, Group, Job, JobId, JobStatus, JobType, NewAssignment, PersonName, Principal, Region,
+    Role, Sequence, Skill, TimeRange, Timestamp, Title,
 };
 use tokio::sync::Barrier;
 
@@ -86,12 +87,16 @@ macro_rules! store_suite {
             purging_deletes_old_published_rows_only_and_raises_the_watermark,
             highest_published_is_the_top_published_sequence_and_ignores_claimed_rows,
             held_sequences_are_those_of_claimed_and_published_rows_never_of_failed_or_reclaimed_attempts,
+            an_assignment_reads_back_with_its_deadline_by_id_and_by_its_event,
+            the_first_acknowledgement_is_recorded_with_its_event_and_a_repeat_writes_nothing,
+            overdue_assignments_are_listed_by_deadline_and_each_escalation_is_logged_once,
         );
         $crate::support::store_suite!(@multi $backend;
             twenty_concurrent_assignments_of_one_job_commit_exactly_one,
             twenty_concurrent_overlapping_assignments_of_one_contractor_commit_exactly_one,
             twenty_concurrent_back_to_back_assignments_of_one_contractor_all_commit,
             a_concurrent_burst_of_good_and_refused_assignments_gives_each_its_own_outcome,
+            ten_concurrent_escalations_of_one_assignment_log_exactly_one,
         );
     };
     (@current $backend:ty; $($name:ident),* $(,)?) => {
@@ -1213,4 +1218,143 @@ pub async fn a_concurrent_burst_of_good_and_refused_assignments_gives_each_its_o
     for id in untouched {
         assert_eq!(db.stored_job(id).await.status(), JobStatus::Unassigned);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Acknowledgements and escalation
+// ---------------------------------------------------------------------------
+
+/// Commits `job` to `contractor` with an acknowledgement deadline; the
+/// assignment as committed.
+async fn assign_with_deadline<B: Backend>(
+    db: &Db<B>,
+    job: &Job,
+    contractor: &Contractor,
+    deadline: Timestamp,
+) -> Assignment {
+    let (assigned, assignment, event) = plan(job, contractor, range(0, 60));
+    let assignment =
+        assignment.with_acknowledgement(Acknowledgement { acknowledged_at_utc: None, deadline_utc: Some(deadline) });
+    db.store.commit_assignment(&assigned, &assignment, &event, None).await.expect("the assignment commits");
+    assignment
+}
+
+fn the_contractor(assignment: &Assignment) -> Principal {
+    Principal {
+        subject: "c".into(),
+        role: Role::Contractor,
+        regions: vec![],
+        contractor_id: Some(assignment.contractor_id()),
+    }
+}
+
+pub async fn an_assignment_reads_back_with_its_deadline_by_id_and_by_its_event<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let ana = db.add_contractor("Ana", "north").await;
+    let assignment = assign_with_deadline(&db, &db.add_job("north").await, &ana, at(5)).await;
+    let by_id = AssignmentRepository::get(&db.store, assignment.id()).await.unwrap();
+    assert_eq!(by_id.as_ref(), Some(&assignment));
+    assert_eq!(by_id.unwrap().acknowledgement().deadline_utc, Some(at(5)));
+    let by_event = db.store.of_event(assignment.event_id()).await.unwrap();
+    assert_eq!(by_event, Some(assignment));
+    assert_eq!(AssignmentRepository::get(&db.store, smartscheduler_domain::AssignmentId::new()).await.unwrap(), None);
+    assert_eq!(db.store.of_event(EventId::new()).await.unwrap(), None);
+}
+
+pub async fn the_first_acknowledgement_is_recorded_with_its_event_and_a_repeat_writes_nothing<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let ana = db.add_contractor("Ana", "north").await;
+    let assignment = assign_with_deadline(&db, &db.add_job("north").await, &ana, at(5)).await;
+    let Ok(Acknowledged::First(first)) = assignment.acknowledge(&the_contractor(&assignment), at(1)) else {
+        panic!("a first acknowledgement")
+    };
+    assert!(db.store.acknowledge(&first).await.unwrap(), "the first is recorded");
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 2, event_groups: 3 });
+    let stored = AssignmentRepository::get(&db.store, assignment.id()).await.unwrap().unwrap();
+    assert_eq!(stored.acknowledgement().acknowledged_at_utc, Some(at(1)));
+    let entry = db.entry(first.event_id).await;
+    assert_eq!(entry.event_type, "JobAssignmentAcknowledged");
+    assert_eq!(entry.status, EventStatus::Pending);
+    assert_eq!(entry.payload.event, DomainEvent::from(first.clone()));
+
+    // A racing repeat that built its own event before seeing the first.
+    let Ok(Acknowledged::First(repeat)) = assignment.acknowledge(&the_contractor(&assignment), at(2)) else {
+        panic!("built from the stale assignment")
+    };
+    assert!(!db.store.acknowledge(&repeat).await.unwrap(), "a repeat records nothing");
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 2, event_groups: 3 });
+    assert!(EventLog::get(&db.store, repeat.event_id).await.unwrap().is_none());
+    let stored = AssignmentRepository::get(&db.store, assignment.id()).await.unwrap().unwrap();
+    assert_eq!(stored.acknowledgement().acknowledged_at_utc, Some(at(1)), "the first time stays");
+}
+
+pub async fn overdue_assignments_are_listed_by_deadline_and_each_escalation_is_logged_once<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let (ana, bo, cy) = (
+        db.add_contractor("Ana", "north").await,
+        db.add_contractor("Bo", "north").await,
+        db.add_contractor("Cy", "north").await,
+    );
+    let late = assign_with_deadline(&db, &db.add_job("north").await, &bo, at(20)).await;
+    let early = assign_with_deadline(&db, &db.add_job("north").await, &ana, at(10)).await;
+    let ahead = assign_with_deadline(&db, &db.add_job("north").await, &cy, at(90)).await;
+    // No deadline: escalation was off when it was made.
+    db.assign(&db.add_job("north").await, &db.add_contractor("Di", "north").await, range(0, 60)).await;
+
+    let overdue = db.store.overdue(at(30), 10).await.unwrap();
+    assert_eq!(overdue.iter().map(Assignment::id).collect::<Vec<_>>(), vec![early.id(), late.id()], "earliest first");
+    assert_eq!(db.store.overdue(at(30), 1).await.unwrap().len(), 1, "up to the limit");
+
+    // The late one is acknowledged after its deadline: never escalated.
+    let Ok(Acknowledged::First(ack)) = late.acknowledge(&the_contractor(&late), at(25)) else { panic!() };
+    assert!(db.store.acknowledge(&ack).await.unwrap());
+    let escalation = early.escalation_due(at(30)).expect("due");
+    assert!(db.store.escalate(&escalation).await.unwrap(), "escalated once");
+    let again = early.escalation_due(at(31)).expect("built from the stale assignment");
+    assert!(!db.store.escalate(&again).await.unwrap(), "never twice");
+    let stale = late.escalation_due(at(30)).expect("built before the acknowledgement was read");
+    assert!(!db.store.escalate(&stale).await.unwrap(), "an acknowledged assignment is not escalated");
+    assert!(db.store.overdue(at(30), 10).await.unwrap().is_empty());
+    assert_eq!(
+        db.store.overdue(at(100), 10).await.unwrap().iter().map(Assignment::id).collect::<Vec<_>>(),
+        vec![ahead.id()]
+    );
+
+    let entry = db.entry(escalation.event_id).await;
+    assert_eq!(entry.event_type, "JobAssignmentUnacknowledged");
+    assert_eq!(entry.payload.event, DomainEvent::from(escalation));
+    assert!(EventLog::get(&db.store, again.event_id).await.unwrap().is_none());
+    // 4 JobAssigned (2 groups each), 1 acknowledgement and 1 escalation (dispatch only).
+    assert_eq!(db.counts().await, Counts { assignments: 4, events: 6, event_groups: 10 });
+}
+
+pub async fn ten_concurrent_escalations_of_one_assignment_log_exactly_one<B: Backend>() {
+    let Some(db) = B::fresh().await else {
+        return;
+    };
+    let ana = db.add_contractor("Ana", "north").await;
+    let assignment = assign_with_deadline(&db, &db.add_job("north").await, &ana, at(10)).await;
+    let barrier = Arc::new(Barrier::new(10));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (store, barrier) = (db.store.clone(), barrier.clone());
+            let escalation = assignment.escalation_due(at(30)).expect("due");
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.escalate(&escalation).await.expect("no storage error")
+            })
+        })
+        .collect();
+    let mut escalated = 0;
+    for task in tasks {
+        escalated += usize::from(task.await.unwrap());
+    }
+    assert_eq!(escalated, 1, "exactly one escalation wins");
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 2, event_groups: 3 });
 }
