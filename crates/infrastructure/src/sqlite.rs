@@ -247,7 +247,7 @@ fn assignment_from_row(row: &SqliteRow) -> Result<Assignment, StoreError> {
 
 fn parse_id<T: FromStr>(row: &SqliteRow, column: &str) -> Result<T, StoreError>
 where
-    T::Err: std::fmt::Display,
+    T::Err: std::error::Error + Send + Sync + 'static,
 {
     let text: &str = row.try_get(column).map_err(store_error)?;
     text.parse().map_err(corrupt)
@@ -608,7 +608,7 @@ async fn check_group(
     .await
     .map_err(store_error)?;
     if found.len() != rows.len() {
-        return Err(StoreError::Unexpected(format!("checked {} of {} assignments", found.len(), rows.len())));
+        return Err(StoreError::Unexpected(format!("checked {} of {} assignments", found.len(), rows.len()).into()));
     }
     found
         .iter()
