@@ -50,7 +50,7 @@ pub struct Assigned {
 }
 
 /// Why a job was not assigned. Nothing was written and nothing published.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AssignJobError {
     /// No such job.
     #[error("job {0} does not exist")]
@@ -72,19 +72,18 @@ pub enum AssignJobError {
     IdempotencyKeyReused,
     /// Storage is unavailable; the caller may retry.
     #[error("storage is unavailable")]
-    Unavailable(String),
+    Unavailable(#[source] StoreError),
     /// Anything else.
     #[error("unexpected failure")]
-    Unexpected(String),
+    Unexpected(#[source] StoreError),
 }
 
 impl From<StoreError> for AssignJobError {
     fn from(value: StoreError) -> Self {
         match value {
-            StoreError::Unavailable(e) => Self::Unavailable(e),
-            StoreError::Unexpected(e) => Self::Unexpected(e),
-            // Assignments are not fenced; a store that says so anyway is wrong.
-            err @ StoreError::LeaseLost => Self::Unexpected(err.to_string()),
+            StoreError::Unavailable(_) => Self::Unavailable(value),
+            // Assignments are not fenced: a store that reports a lost lease is wrong.
+            StoreError::Unexpected(_) | StoreError::LeaseLost => Self::Unexpected(value),
         }
     }
 }
@@ -334,16 +333,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_commit_publishes_nothing() {
-        for (refusal, expected) in [
-            (CommitAssignmentError::JobAlreadyAssigned, "already assigned"),
-            (CommitAssignmentError::ContractorBusy, "overlapping"),
-            (CommitAssignmentError::Store(StoreError::Unavailable("down".into())), "unavailable"),
-        ] {
+        // Constructors, not values: an error with a cause is not `Clone`.
+        type Refusal = fn() -> CommitAssignmentError;
+        let refusals: [(Refusal, &str); 3] = [
+            (|| CommitAssignmentError::JobAlreadyAssigned, "already assigned"),
+            (|| CommitAssignmentError::ContractorBusy, "overlapping"),
+            (|| CommitAssignmentError::Store(StoreError::Unavailable("down".into())), "unavailable"),
+        ];
+        for (refusal, expected) in refusals {
             let (job, contractor, request) = fixtures();
             let (jobs, contractors) = repos(&job, &contractor);
             let mut store = MockAssignmentStore::new();
-            let r = refusal.clone();
-            store.expect_commit_assignment().returning(move |_, _, _, _| Err(r.clone()));
+            store.expect_commit_assignment().returning(move |_, _, _, _| Err(refusal()));
             let mut publisher = MockEventPublisher::new();
             publisher.expect_publish().never();
             let err =

@@ -13,7 +13,7 @@ use smartscheduler_domain::{
 use tracing::instrument;
 
 /// Why a catalog call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
     /// The caller's role or region does not allow it.
     #[error("{0}")]

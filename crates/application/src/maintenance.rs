@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartscheduler_domain::ports::{AssignmentStore, EventLog};
-use smartscheduler_domain::Timestamp;
+use smartscheduler_domain::{Chain, Timestamp};
 
 use smartscheduler_domain::ports::IDEMPOTENCY_WINDOW_MILLIS;
 
@@ -24,12 +24,12 @@ pub async fn run_retention(
         match log.purge(now.plus_millis(-(keep_events.as_millis() as i64))).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "purged events past their retention"),
-            Err(err) => tracing::warn!(error = %err, "could not purge old events"),
+            Err(err) => tracing::warn!(error = %Chain(&err), "could not purge old events"),
         }
         match store.purge_idempotency(now.plus_millis(-IDEMPOTENCY_WINDOW_MILLIS)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "purged expired idempotency keys"),
-            Err(err) => tracing::warn!(error = %err, "could not purge idempotency keys"),
+            Err(err) => tracing::warn!(error = %Chain(&err), "could not purge idempotency keys"),
         }
     }
 }

@@ -40,14 +40,16 @@ use rand::Rng;
 use smartscheduler_domain::ports::{
     ClaimedEvent, EventLog, EventPublisher, Fence, PublishedRow, PublisherLease, StoreError,
 };
-use smartscheduler_domain::{DomainEvent, EventId, EventType, PublishedEvent, Timestamp};
+use smartscheduler_domain::{Cause, Chain, DomainEvent, EventId, EventType, PublishedEvent, Timestamp};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
-/// A handler's failure: logged, recorded on the row, and retried.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
+/// A handler's failure: logged with its causes, recorded on the row (its
+/// message, as `lastError`), and retried. Wraps what failed (`"text".into()`
+/// where there is no error value).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HandlerError(pub Cause);
 
 /// Something that reacts to published events of one type.
 #[async_trait]
@@ -250,7 +252,7 @@ impl OutboxRelay {
             }
             Err(StoreError::LeaseLost) => lease_lost("claim"),
             Err(err) => {
-                tracing::warn!(error = %err, "could not claim queued events; they stay Pending for the next scan")
+                tracing::warn!(error = %Chain(&err), "could not claim queued events; they stay Pending for the next scan")
             }
         }
     }
@@ -271,7 +273,7 @@ impl OutboxRelay {
                 }
                 Err(StoreError::LeaseLost) => return lease_lost("claim"),
                 Err(err) => {
-                    tracing::warn!(error = %err, "could not scan the EventLog; will try again");
+                    tracing::warn!(error = %Chain(&err), "could not scan the EventLog; will try again");
                     return;
                 }
             }
@@ -316,19 +318,24 @@ impl OutboxRelay {
                     published.push(PublishedRow { event_id, sequence, groups });
                     lags.push(published_event.event.occurred_at_utc());
                 }
-                Some(error) => {
+                Some((handler, err)) => {
                     let attempt = attempts + 1;
                     let retry_at = (attempt < self.config.max_attempts)
                         .then(|| Timestamp::now().plus_millis(self.backoff(attempt)));
                     span.in_scope(|| {
-                        tracing::warn!(%event_id, attempt, %error, will_retry = retry_at.is_some(), "event handler failed");
+                        let error = Chain(&err);
+                        tracing::warn!(%event_id, attempt, handler, %error, will_retry = retry_at.is_some(), "event handler failed");
                     });
+                    // The row's `lastError` is read by clients: the message, not the causes below it.
+                    let error = format!("{handler}: {err}");
                     let outcome = if retry_at.is_some() { "retry_scheduled" } else { "failed" };
                     metrics::counter!("smartscheduler_event_failures_total", "outcome" => outcome).increment(1);
                     match self.log.record_failure(event_id, error, retry_at, fence).await {
                         Ok(()) => {}
                         Err(StoreError::LeaseLost) => lease_lost("record a failure"),
-                        Err(err) => tracing::warn!(%event_id, error = %err, "could not record a handler failure"),
+                        Err(err) => {
+                            tracing::warn!(%event_id, error = %Chain(&err), "could not record a handler failure")
+                        }
                     }
                 }
             }
@@ -347,7 +354,7 @@ impl OutboxRelay {
             }
             Err(err) => {
                 // The rows stay Pending and are delivered again: at-least-once.
-                tracing::warn!(error = %err, count, "could not mark events Published; they will be delivered again");
+                tracing::warn!(error = %Chain(&err), count, "could not mark events Published; they will be delivered again");
                 return false;
             }
         }
@@ -362,11 +369,12 @@ impl OutboxRelay {
         true
     }
 
-    /// Runs every handler of the event's type in order; the first failure stops it.
-    async fn run_handlers(&self, event: &PublishedEvent) -> Option<String> {
+    /// Runs every handler of the event's type in order; the first failure
+    /// stops it and is returned with the failing handler's name.
+    async fn run_handlers(&self, event: &PublishedEvent) -> Option<(&str, HandlerError)> {
         for handler in self.handlers.handlers(event.event.event_type()) {
             if let Err(err) = handler.handle(event).await {
-                return Some(format!("{}: {}", handler.name(), err));
+                return Some((handler.name(), err));
             }
         }
         None

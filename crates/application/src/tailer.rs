@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartscheduler_domain::ports::{EventLog, EventQuery};
-use smartscheduler_domain::{PublishedEvent, Sequence};
+use smartscheduler_domain::{Chain, PublishedEvent, Sequence};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -138,7 +138,7 @@ impl EventTailer {
                 match self.log.highest_published().await {
                     Ok(highest) => break highest.0,
                     Err(err) => {
-                        tracing::warn!(error = %err, "tailer: the EventLog is unavailable; retrying");
+                        tracing::warn!(error = %Chain(&err), "tailer: the EventLog is unavailable; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -165,7 +165,7 @@ impl EventTailer {
             let page = match self.log.list(query).await {
                 Ok(page) => page,
                 Err(err) => {
-                    tracing::warn!(error = %err, "tailer: could not read the EventLog");
+                    tracing::warn!(error = %Chain(&err), "tailer: could not read the EventLog");
                     return;
                 }
             };
@@ -196,7 +196,7 @@ impl EventTailer {
         let held = match self.log.held_sequences(from, to).await {
             Ok(held) => held,
             Err(err) => {
-                tracing::warn!(error = %err, "tailer: could not look into a hole in the EventLog; waiting");
+                tracing::warn!(error = %Chain(&err), "tailer: could not look into a hole in the EventLog; waiting");
                 return Hole::MayFill;
             }
         };
@@ -223,7 +223,7 @@ impl EventTailer {
         let mut backoff = Duration::from_millis(20);
         while let Err(err) = self.handler.handle(event).await {
             metrics::counter!("smartscheduler_tailer_delivery_retries_total").increment(1);
-            tracing::warn!(error = %err, sequence = %event.sequence, "tailer: local delivery failed; retrying");
+            tracing::warn!(error = %Chain(&err), sequence = %event.sequence, "tailer: local delivery failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }

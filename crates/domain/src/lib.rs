@@ -12,9 +12,11 @@
 //! - [`events`]: `JobAssigned`, the event envelope, groups and sequences.
 //! - [`identity`]: who is calling and what they may see.
 //! - [`ports`]: repositories, the unit of work, the EventLog and the publisher.
+//! - [`cause`]: the underlying error a failure keeps, and its chain for logs.
 
 pub mod acknowledgement;
 pub mod assignment;
+pub mod cause;
 pub mod contractor;
 pub mod events;
 pub mod identity;
@@ -28,6 +30,7 @@ pub use acknowledgement::{
     JobAssignmentUnacknowledged,
 };
 pub use assignment::{Assignment, NewAssignment};
+pub use cause::{Cause, Chain};
 pub use contractor::Contractor;
 pub use events::{DomainEvent, EventType, Group, JobAssigned, JobSnapshot, PublishedEvent, Sequence};
 pub use identity::{Principal, Role};

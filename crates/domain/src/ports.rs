@@ -10,26 +10,44 @@ use serde::Serialize;
 
 use crate::acknowledgement::{JobAssignmentAcknowledged, JobAssignmentUnacknowledged};
 use crate::assignment::Assignment;
+use crate::cause::Cause;
 use crate::contractor::Contractor;
 use crate::events::{DomainEvent, Group, Sequence};
 use crate::ids::{AssignmentId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
 use crate::values::{Region, Timestamp};
 
-/// A failure of storage itself, not of the request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A failure of storage itself, not of the request. The driver's error is
+/// kept as the `source()`, for the log; the message says only what failed.
+/// Two are equal when they are of one kind with causes that read the same
+/// (the cause itself has no equality): enough for tests and for matching.
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or is overloaded; the caller may retry.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    #[error("storage unavailable")]
+    Unavailable(#[source] Cause),
     /// Anything else (a bug, corrupt data).
-    #[error("storage failed: {0}")]
-    Unexpected(String),
+    #[error("storage failed")]
+    Unexpected(#[source] Cause),
     /// A claim or publish carried the proof of a publisher lease that has
     /// since moved to another holder: nothing was written.
     #[error("the publisher lease has moved to another holder")]
     LeaseLost,
 }
+
+impl PartialEq for StoreError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Unavailable(a), Self::Unavailable(b)) | (Self::Unexpected(a), Self::Unexpected(b)) => {
+                a.to_string() == b.to_string()
+            }
+            (Self::LeaseLost, Self::LeaseLost) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StoreError {}
 
 /// Proof of the publisher lease that a claim or a publish carries. The
 /// EventLog checks it in the same transaction as the write, so a holder that
@@ -126,7 +144,7 @@ pub trait AssignmentRepository: Send + Sync {
 
 /// Why the store refused to commit an assignment. The store re-checks inside
 /// its transaction, so these hold even when requests race.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CommitAssignmentError {
     /// The job no longer exists.
     #[error("job not found")]

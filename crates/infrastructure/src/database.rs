@@ -6,6 +6,7 @@ use smartscheduler_domain::ports::{
     AssignmentRepository, AssignmentStore, ContractorRepository, EventLog, JobRepository, StoreError,
     UsedConnectionTokens,
 };
+use smartscheduler_domain::Cause;
 
 use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
@@ -18,8 +19,14 @@ pub enum DatabaseError {
     #[error("unsupported database URL {0} (expected sqlite://PATH, sqlite::memory: or postgres://…)")]
     Unsupported(String),
     /// Connecting or migrating failed.
-    #[error("could not open the database {0}: {1}")]
-    Connect(String, String),
+    #[error("could not open the database {url}")]
+    Connect {
+        /// The URL, its password hidden.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: Cause,
+    },
 }
 
 /// The configured database, handing out its ports.
@@ -41,13 +48,13 @@ impl Database {
             return SqliteStore::connect(url)
                 .await
                 .map(Self::Sqlite)
-                .map_err(|e| DatabaseError::Connect(redact(url), e.to_string()));
+                .map_err(|e| DatabaseError::Connect { url: redact(url), source: Box::new(e) });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return PostgresStore::connect(url)
                 .await
                 .map(Self::Postgres)
-                .map_err(|e| DatabaseError::Connect(redact(url), e.to_string()));
+                .map_err(|e| DatabaseError::Connect { url: redact(url), source: Box::new(e) });
         }
         Err(DatabaseError::Unsupported(redact(url)))
     }

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use smartscheduler_domain::ports::{
     ClaimedEvent, CommitAssignmentError, Fence, IdempotencyKey, PublishedRow, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
-use smartscheduler_domain::{DomainEvent, JobStatus, Sequence, Timestamp};
+use smartscheduler_domain::{Chain, DomainEvent, JobStatus, Sequence, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -220,7 +220,7 @@ async fn group_commit(writer: SqlitePool, mut queue: mpsc::Receiver<PendingCommi
             }
             Err(err) => {
                 // Whatever failed the group must fail only its own request.
-                tracing::warn!(error = %err, size = group.len(), "group commit failed; committing one by one");
+                tracing::warn!(error = %Chain(&err), size = group.len(), "group commit failed; committing one by one");
                 for pending in group.drain(..) {
                     let outcome = match commit_group(&writer, std::slice::from_ref(&pending)).await {
                         Ok(mut outcomes) => outcomes.pop().expect("one outcome per assignment"),
@@ -333,7 +333,7 @@ async fn check_group(
     .await
     .map_err(store_error)?;
     if found.len() != rows.len() {
-        return Err(StoreError::Unexpected(format!("checked {} of {} assignments", found.len(), rows.len())));
+        return Err(StoreError::Unexpected(format!("checked {} of {} assignments", found.len(), rows.len()).into()));
     }
     found
         .iter()

@@ -102,7 +102,7 @@ impl EventHandler for HubDelivery {
 
     async fn handle(&self, event: &PublishedEvent) -> Result<(), HandlerError> {
         let frame = Arc::new(Frame::of_event(event));
-        self.hub.broadcast(frame.clone()).await.map_err(|e| HandlerError(e.to_string()))?;
+        self.hub.broadcast(frame.clone()).await.map_err(|e| HandlerError(Box::new(e)))?;
         self.in_flight.admit(frame).await;
         Ok(())
     }

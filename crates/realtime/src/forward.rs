@@ -8,6 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use smartscheduler_domain::Chain;
 
 use crate::HubContext;
 
@@ -62,7 +63,7 @@ impl Forwarder {
         let answer = match outgoing.send().await {
             Ok(answer) => answer,
             Err(err) => {
-                tracing::warn!(error = %err, %home, "a hub request could not reach its connection's node");
+                tracing::warn!(error = %Chain(&err), %home, "a hub request could not reach its connection's node");
                 return crate::http::problem(
                     StatusCode::BAD_GATEWAY,
                     "Bad gateway",

@@ -16,7 +16,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 use smartscheduler_application::{AuthError, ConnectionTicket, MAX_CONNECTION_TOKEN_LEN};
-use smartscheduler_domain::{Principal, Timestamp};
+use smartscheduler_domain::{Chain, Principal, Timestamp};
 use smartscheduler_problem::Problem;
 
 use crate::connection::{self, Opening};
@@ -273,7 +273,7 @@ async fn redeem(ctx: &HubContext, req: &HttpRequest, query: &HubQuery, id: &str)
             ))
         }
         Err(err) => {
-            tracing::warn!(error = %err, "could not record a connection token's use");
+            tracing::warn!(error = %Chain(&err), "could not record a connection token's use");
             return Err(unavailable());
         }
     }

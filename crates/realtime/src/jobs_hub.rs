@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use smartscheduler_application::tailer::FollowedPosition;
 use smartscheduler_domain::ports::EventLog;
-use smartscheduler_domain::{ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
+use smartscheduler_domain::{Chain, ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
 
 use crate::hub::{ConnKey, Frame, HubHandle, HubStopped};
 
@@ -197,7 +197,7 @@ impl JobsHub {
                 missed
             }
             Err(err) => {
-                tracing::warn!(error = %err, %group, "replay failed");
+                tracing::warn!(error = %Chain(&err), %group, "replay failed");
                 self.undo_join(key, membership, was_member, group).await;
                 return refuse("The missed events could not be read; try again.");
             }

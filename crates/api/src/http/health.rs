@@ -26,7 +26,7 @@ pub async fn live() -> HttpResponse {
 pub async fn ready(state: State) -> Result<HttpResponse, ApiError> {
     // Whatever the database answers, an error means "not ready": a dropped
     // database or a revoked role is as unready as a refused connection.
-    state.database.ping().await.map_err(|err| ApiError::Unavailable(err.to_string()))?;
+    state.database.ping().await.map_err(|err| ApiError::Unavailable(Box::new(err)))?;
     Ok(HttpResponse::Ok().json(match &state.bus {
         None => json!({ "status": "ready", "database": "up" }),
         Some(bus) if bus.is_up() => json!({ "status": "ready", "database": "up", "redis": "up" }),

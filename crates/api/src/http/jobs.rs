@@ -194,7 +194,7 @@ pub async fn assign(
     if let Some(key) = idempotency_key(&req)? {
         // The job and the body as parsed: a repeat matches whatever its spacing.
         let fingerprint = serde_json::to_string(&serde_json::json!({ "jobId": job_id, "body": &*body }))
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
         request.idempotency = Some(IdempotencyRequest { key, fingerprint });
     }
     let done = state.assign.execute(&principal, request).await?;

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use smartscheduler_application::{AssignJobError, AuthError, CatalogError};
 use smartscheduler_domain::ports::StoreError;
-use smartscheduler_domain::ValidationError;
+use smartscheduler_domain::{Cause, Chain, ValidationError};
 use smartscheduler_problem::Problem;
 
 /// An API failure, mapped to a status and a problem document.
@@ -48,12 +48,12 @@ pub enum ApiError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// 503: a dependency is down; retry later.
-    #[error("{0}")]
-    Unavailable(String),
+    /// 503: a dependency is down; retry later. The cause is logged, not shown.
+    #[error("dependency unavailable")]
+    Unavailable(#[source] Cause),
     /// 500: a bug; the cause is logged, not shown.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl ApiError {
@@ -109,14 +109,14 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let (slug, title) = self.kind();
+        // The causes are logged once, here at the edge; the client sees none.
         let detail = match self {
-            Self::Internal(cause) => {
-                // Logged once, here at the edge; the client sees no internals.
-                tracing::error!(%cause, "internal error");
+            Self::Internal(_) => {
+                tracing::error!(error = %Chain(self), "internal error");
                 "An unexpected error occurred.".to_owned()
             }
-            Self::Unavailable(cause) => {
-                tracing::warn!(%cause, "dependency unavailable");
+            Self::Unavailable(_) => {
+                tracing::warn!(error = %Chain(self), "dependency unavailable");
                 "A dependency is unavailable; retry later.".to_owned()
             }
             other => other.to_string(),
@@ -148,9 +148,8 @@ impl From<ValidationError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(value: StoreError) -> Self {
         match value {
-            StoreError::Unavailable(e) => Self::Unavailable(e),
-            StoreError::Unexpected(e) => Self::Internal(e),
-            err @ StoreError::LeaseLost => Self::Internal(err.to_string()),
+            StoreError::Unavailable(_) => Self::Unavailable(Box::new(value)),
+            StoreError::Unexpected(_) | StoreError::LeaseLost => Self::Internal(Box::new(value)),
         }
     }
 }
@@ -180,8 +179,8 @@ impl From<AssignJobError> for ApiError {
             AssignJobError::Forbidden(_) => Self::Forbidden(detail),
             AssignJobError::JobAlreadyAssigned(_) | AssignJobError::ContractorBusy(_) => Self::Conflict(detail),
             AssignJobError::IdempotencyKeyReused => Self::Unprocessable(detail),
-            AssignJobError::Unavailable(e) => Self::Unavailable(e),
-            AssignJobError::Unexpected(e) => Self::Internal(e),
+            AssignJobError::Unavailable(_) => Self::Unavailable(Box::new(value)),
+            AssignJobError::Unexpected(_) => Self::Internal(Box::new(value)),
         }
     }
 }
@@ -225,4 +224,51 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 /// The fallback for a known path asked with another method: 405 with `Allow`.
 pub async fn method_not_allowed(allowed: &'static [&'static str]) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed(format!("this path answers {}", allowed.join(", ")), allowed))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    const DRIVER_TEXT: &str = "connection refused by 10.1.2.3:5432 for user scheduler";
+
+    fn body_of(err: ApiError) -> (StatusCode, String) {
+        let response = err.error_response();
+        let body = response.into_body().try_into_bytes().expect("a complete body");
+        (err.status_code(), String::from_utf8(body.to_vec()).expect("UTF-8"))
+    }
+
+    fn driver_error() -> Cause {
+        Box::new(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, DRIVER_TEXT)))
+    }
+
+    #[test]
+    fn a_503_keeps_the_driver_text_out_of_the_body() {
+        let (status, body) = body_of(StoreError::Unavailable(driver_error()).into());
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("A dependency is unavailable; retry later."), "{body}");
+        assert!(!body.contains(DRIVER_TEXT), "{body}");
+    }
+
+    #[test]
+    fn a_500_keeps_the_driver_text_out_of_the_body() {
+        let (status, body) = body_of(AssignJobError::from(StoreError::Unexpected(driver_error())).into());
+
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("An unexpected error occurred."), "{body}");
+        assert!(!body.contains(DRIVER_TEXT), "{body}");
+    }
+
+    #[test]
+    fn the_logged_chain_keeps_the_driver_text() {
+        let err = ApiError::from(StoreError::Unavailable(driver_error()));
+
+        let logged = Chain(&err).to_string();
+
+        assert!(logged.starts_with("dependency unavailable: storage unavailable: "), "{logged}");
+        assert!(logged.contains(DRIVER_TEXT), "{logged}");
+    }
 }

@@ -12,7 +12,7 @@ use smartscheduler_application::publishing::OutboxRelay;
 use smartscheduler_application::tailer::{EventTailer, FollowedPosition};
 use smartscheduler_application::{HandlerRegistry, RelayConfig};
 use smartscheduler_domain::ports::EventLog;
-use smartscheduler_domain::{EventType, Sequence};
+use smartscheduler_domain::{Chain, EventType, Sequence};
 use smartscheduler_infrastructure::postgres_lease::PostgresLease;
 use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::Database;
@@ -171,7 +171,7 @@ async fn highest_published(event_log: &dyn EventLog) -> anyhow::Result<Sequence>
             Ok(highest) => return Ok(highest),
             Err(err) if attempt < 20 => {
                 attempt += 1;
-                tracing::warn!(error = %err, "cannot read where the EventLog stands yet; retrying");
+                tracing::warn!(error = %Chain(&err), "cannot read where the EventLog stands yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(err) => return Err(err).context("cannot read where the EventLog stands"),
