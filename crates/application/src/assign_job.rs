@@ -3,14 +3,15 @@
 //! the commit, and the call returns without waiting for delivery.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use smartscheduler_domain::ports::{
     AssignmentStore, CommitAssignmentError, ContractorRepository, EventPublisher, IdempotencyKey, JobRepository,
     StoreError, IDEMPOTENCY_WINDOW_MILLIS,
 };
 use smartscheduler_domain::{
-    AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, Job, JobId, NewAssignment,
-    Principal, TimeRange, Timestamp,
+    Acknowledgement, AssignRefusal, Assignment, AssignmentSource, AuditId, ContractorId, DomainEvent, Job, JobId,
+    NewAssignment, Principal, TimeRange, Timestamp,
 };
 use tracing::instrument;
 
@@ -95,6 +96,8 @@ pub struct AssignJob {
     contractors: Arc<dyn ContractorRepository>,
     store: Arc<dyn AssignmentStore>,
     publisher: Arc<dyn EventPublisher>,
+    /// How long the contractor has to acknowledge; `None`: no escalation.
+    acknowledgement_deadline: Option<Duration>,
 }
 
 impl AssignJob {
@@ -105,7 +108,15 @@ impl AssignJob {
         store: Arc<dyn AssignmentStore>,
         publisher: Arc<dyn EventPublisher>,
     ) -> Self {
-        Self { jobs, contractors, store, publisher }
+        Self { jobs, contractors, store, publisher, acknowledgement_deadline: None }
+    }
+
+    /// New assignments get a deadline `deadline` after they are made, past
+    /// which an unacknowledged one is escalated (`None`, the default: never).
+    #[must_use]
+    pub fn with_acknowledgement_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.acknowledgement_deadline = deadline;
+        self
     }
 
     /// Assigns the job for `principal`.
@@ -198,6 +209,9 @@ impl AssignJob {
             AssignRefusal::AlreadyAssigned(id) => AssignJobError::JobAlreadyAssigned(id),
         })?;
         let event = DomainEvent::from(event);
+        let deadline_utc =
+            self.acknowledgement_deadline.map(|d| assignment.created_at_utc().plus_millis(d.as_millis() as i64));
+        let assignment = assignment.with_acknowledgement(Acknowledgement { acknowledged_at_utc: None, deadline_utc });
 
         let key = request.idempotency.as_ref().map(|i| IdempotencyKey {
             scope: principal.subject.clone(),
@@ -329,6 +343,33 @@ mod tests {
             .assignment;
         assert_eq!(assignment.job_id(), job.id());
         assert_eq!(assignment.region().as_str(), "north");
+    }
+
+    #[tokio::test]
+    async fn with_a_deadline_the_assignment_is_committed_with_it_and_without_one_with_none() {
+        for deadline in [Some(Duration::from_secs(300)), None] {
+            let (job, contractor, request) = fixtures();
+            let (jobs, contractors) = repos(&job, &contractor);
+            let mut store = MockAssignmentStore::new();
+            store
+                .expect_commit_assignment()
+                .times(1)
+                .withf(move |_, assignment, _, _| {
+                    let ack = assignment.acknowledgement();
+                    ack.acknowledged_at_utc.is_none()
+                        && ack.deadline_utc
+                            == deadline.map(|d| assignment.created_at_utc().plus_millis(d.as_millis() as i64))
+                })
+                .returning(|_, _, _, _| Ok(()));
+            let mut publisher = MockEventPublisher::new();
+            publisher.expect_publish().return_const(());
+            let assigned = use_case(jobs, contractors, store, publisher)
+                .with_acknowledgement_deadline(deadline)
+                .execute(&dispatcher("north"), request)
+                .await
+                .unwrap();
+            assert_eq!(assigned.assignment.acknowledgement().deadline_utc.is_some(), deadline.is_some());
+        }
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //! - [`tailer`]: follows the EventLog into local delivery (several nodes).
 //! - [`maintenance`]: retention of events and idempotency keys.
 
+pub mod acknowledgements;
 pub mod assign_job;
 pub mod auth;
 pub mod catalog;
@@ -19,6 +20,7 @@ pub mod maintenance;
 pub mod publishing;
 pub mod tailer;
 
+pub use acknowledgements::{AcknowledgeAssignment, AcknowledgeError, AcknowledgedAt};
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};
 pub use auth::{AuthError, ConnectionTicket, ConnectionTokens, TokenVerifier, MAX_CONNECTION_TOKEN_LEN};
 pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
