@@ -69,7 +69,7 @@ impl Traces {
         Ok(Self { provider })
     }
 
-    /// The tracing layer that turns spans (but [`BACKGROUND_POLLS`]) into exported ones.
+    /// The tracing layer that turns spans (but `BACKGROUND_POLLS`) into exported ones.
     pub fn layer<S>(&self) -> impl Layer<S>
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
