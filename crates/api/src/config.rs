@@ -23,8 +23,8 @@ pub struct Cli {
 /// The sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service (the default).
-    Serve(ServeConfig),
+    /// Run the service (the default). Boxed: far larger than the other commands.
+    Serve(Box<ServeConfig>),
     /// Print a signed bearer token for local use.
     Token(TokenArgs),
     /// Seed sample regions, contractors and jobs, and print tokens to try the console with.
@@ -55,6 +55,72 @@ pub struct ServeConfig {
     /// Delivery settings.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    /// Trace export (OpenTelemetry).
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// Trace export over OTLP/HTTP, by the OpenTelemetry variables' names. With
+/// neither an endpoint nor `OTEL_TRACES_EXPORTER`, nothing is exported.
+/// The SDK reads the other standard variables itself (`OTEL_BSP_*`,
+/// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_RESOURCE_ATTRIBUTES`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TraceArgs {
+    /// OTLP/HTTP base URL, e.g. `http://localhost:4318` (`/v1/traces` is appended); turns export on.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The traces URL, used as is (wins over the base URL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+    /// OTLP encoding; `grpc` is not supported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf)]
+    pub otel_exporter_otlp_protocol: OtlpProtocol,
+    /// `otlp` exports (to http://localhost:4318 without an endpoint); `none` never does.
+    #[arg(long, env = "OTEL_TRACES_EXPORTER", value_enum)]
+    pub otel_traces_exporter: Option<TracesExporter>,
+    /// The `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "smartscheduler")]
+    pub otel_service_name: String,
+}
+
+/// The OTLP/HTTP encodings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// Protobuf, the specification's default.
+    #[default]
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON.
+    #[value(name = "http/json")]
+    HttpJson,
+}
+
+/// Values of `OTEL_TRACES_EXPORTER` this service knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TracesExporter {
+    /// Export over OTLP.
+    Otlp,
+    /// Export nothing.
+    None,
+}
+
+impl TraceArgs {
+    /// Whether spans are exported: `OTEL_TRACES_EXPORTER` decides when set,
+    /// else an endpoint does.
+    pub fn enabled(&self) -> bool {
+        match self.otel_traces_exporter {
+            Some(exporter) => exporter == TracesExporter::Otlp,
+            None => self.otel_exporter_otlp_endpoint.is_some() || self.otel_exporter_otlp_traces_endpoint.is_some(),
+        }
+    }
+
+    /// The URL spans are posted to, per the specification's rules; `None`:
+    /// the SDK's default (`http://localhost:4318/v1/traces`).
+    pub fn traces_url(&self) -> Option<String> {
+        self.otel_exporter_otlp_traces_endpoint.clone().or_else(|| {
+            self.otel_exporter_otlp_endpoint.as_deref().map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        })
+    }
 }
 
 /// How events are delivered and kept, and the hub's limits.
@@ -233,6 +299,7 @@ impl ServeConfig {
             cors_origins: Vec::new(),
             log_format: "text".into(),
             delivery: DeliveryArgs::default(),
+            traces: TraceArgs::default(),
         }
     }
 }
@@ -293,4 +360,39 @@ pub enum HubWebSocket {
     ActixWs,
     /// tungstenite on the bare socket, on socket threads of their own.
     Dedicated,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traces(endpoint: Option<&str>, traces_endpoint: Option<&str>, exporter: Option<TracesExporter>) -> TraceArgs {
+        TraceArgs {
+            otel_exporter_otlp_endpoint: endpoint.map(str::to_owned),
+            otel_exporter_otlp_traces_endpoint: traces_endpoint.map(str::to_owned),
+            otel_traces_exporter: exporter,
+            ..TraceArgs::default()
+        }
+    }
+
+    #[test]
+    fn traces_are_exported_only_when_an_endpoint_or_the_otlp_exporter_is_named() {
+        assert!(!traces(None, None, None).enabled(), "unset: no export, no layer");
+        assert!(traces(Some("http://c:4318"), None, None).enabled());
+        assert!(traces(None, Some("http://c:4318/v1/traces"), None).enabled());
+        assert!(traces(None, None, Some(TracesExporter::Otlp)).enabled());
+        assert!(!traces(Some("http://c:4318"), None, Some(TracesExporter::None)).enabled());
+    }
+
+    #[test]
+    fn the_traces_url_is_the_base_endpoint_plus_v1_traces_unless_given_whole() {
+        assert_eq!(traces(Some("http://c:4318"), None, None).traces_url().unwrap(), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces(Some("http://c:4318/otlp/"), None, None).traces_url().unwrap(),
+            "http://c:4318/otlp/v1/traces"
+        );
+        let whole = traces(Some("http://c:4318"), Some("http://t:1/x"), None);
+        assert_eq!(whole.traces_url().unwrap(), "http://t:1/x");
+        assert_eq!(traces(None, None, Some(TracesExporter::Otlp)).traces_url(), None, "the SDK's default");
+    }
 }

@@ -11,7 +11,7 @@
 //! - [`startup`]: the composition root, one module per phase (auth,
 //!   storage, delivery, server).
 //! - [`http`]: routes, the bearer-token extractor and problem+json errors.
-//! - [`telemetry`]: the tracing subscriber.
+//! - [`telemetry`]: the tracing subscriber: logs, and spans over OTLP when asked.
 
 pub mod app;
 pub mod config;

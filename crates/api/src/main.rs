@@ -16,25 +16,28 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit());
     match cli.command {
         Some(Command::Token(args)) => {
-            telemetry::init("text");
+            let _logs = telemetry::init("text", None)?;
             println!("{}", mint(&args)?);
             Ok(())
         }
         Some(Command::Demo(args)) => {
-            telemetry::init("text");
+            let _logs = telemetry::init("text", None)?;
             demo::run(&args)
         }
-        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Serve(config)) => serve(*config),
         None => serve(cli.serve),
     }
 }
 
 fn serve(config: smartscheduler_api::ServeConfig) -> anyhow::Result<()> {
-    telemetry::init(&config.log_format);
-    actix_web::rt::System::new().block_on(async move {
+    let telemetry = telemetry::init(&config.log_format, Some(&config.traces))?;
+    let served = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config).await?;
         app.run_until_stopped().await
-    })
+    });
+    // After the runtime: the spans of the last requests and deliveries are flushed.
+    telemetry.shutdown();
+    served
 }
 
 fn is_builtin(arg: &clap::Arg) -> bool {

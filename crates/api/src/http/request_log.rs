@@ -1,6 +1,7 @@
 //! One log line per request, in a span that carries its request id: the
 //! caller's `X-Request-Id` when it is sane, else a new one, echoed on the
-//! response so a client can quote it.
+//! response so a client can quote it. With trace export on, the span
+//! continues the caller's W3C trace (`traceparent`).
 
 use std::time::Instant;
 
@@ -25,6 +26,7 @@ pub async fn log_request(
     let path = req.path().to_owned();
     let request_id = request_id(req.headers());
     let span = tracing::info_span!("http_request", %request_id);
+    crate::telemetry::otlp::continue_callers_trace(&span, req.headers());
     let started = Instant::now();
     // Entered while the service is called too: routing and extraction log in it.
     let answered = {

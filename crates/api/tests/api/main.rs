@@ -15,4 +15,5 @@ mod negotiate;
 mod process;
 mod service;
 mod support;
+mod telemetry;
 mod upgrade;

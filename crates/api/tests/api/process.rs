@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "process-test-secret-0123456789abcdef";
 
-struct Server {
-    child: Child,
-    base: String,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) base: String,
     /// Every stderr line, for assertions about logs.
-    lines: mpsc::Receiver<String>,
+    pub(super) lines: mpsc::Receiver<String>,
 }
 
 fn start(dir: &Path) -> Server {
@@ -23,7 +23,7 @@ fn start(dir: &Path) -> Server {
 }
 
 /// Starts the binary with `env` added (or overriding the defaults below).
-fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+pub(super) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     start_without(dir, &[], env)
 }
 
@@ -77,7 +77,7 @@ fn start_without(dir: &Path, unset: &[&str], env: &[(&str, &str)]) -> Server {
     }
 }
 
-fn token(role: &str, regions: &[&str]) -> String {
+pub(super) fn token(role: &str, regions: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_smartscheduler"))
         .args(["token", "--role", role, "--jwt-secret", SECRET])
         .args(regions.iter().flat_map(|r| ["--region", r]))
@@ -92,7 +92,12 @@ async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -
 }
 
 /// A new contractor named `name` and a new job, both in `north`.
-async fn contractor_and_job(client: &reqwest::Client, base: &str, token: &str, name: &str) -> (Value, Value) {
+pub(super) async fn contractor_and_job(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+) -> (Value, Value) {
     let contractor = post(client, format!("{base}/api/contractors"), token, json!({"name": name, "region": "north"}))
         .await
         .unwrap()
