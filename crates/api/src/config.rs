@@ -2,6 +2,7 @@
 //! the same name, read here and passed inward as plain typed structs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use smartscheduler_infrastructure::tokens::{load_or_create_secret, SecretFileOrigin};
@@ -123,6 +124,13 @@ impl TraceArgs {
     }
 }
 
+impl DeliveryArgs {
+    /// How long a contractor has to acknowledge; `None` when escalation is off.
+    pub fn acknowledgement_deadline(&self) -> Option<Duration> {
+        (self.ack_deadline_seconds > 0).then(|| Duration::from_secs(self.ack_deadline_seconds))
+    }
+}
+
 /// How events are delivered and kept, and the hub's limits.
 #[derive(Debug, Clone, Args)]
 pub struct DeliveryArgs {
@@ -132,6 +140,9 @@ pub struct DeliveryArgs {
     /// First retry delay in milliseconds; doubles per attempt (with jitter), up to 60 s.
     #[arg(long, env = "SMARTSCHEDULER_RETRY_BACKOFF_MS", default_value_t = 200)]
     pub retry_backoff_ms: u64,
+    /// Seconds the assigned contractor has to acknowledge a JobAssigned before dispatchers are told (0: never).
+    #[arg(long, env = "SMARTSCHEDULER_ACK_DEADLINE_SECONDS", default_value_t = 300)]
+    pub ack_deadline_seconds: u64,
     /// Days published events are kept for replay; older positions must reload over HTTP.
     #[arg(long, env = "SMARTSCHEDULER_EVENT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub event_retention_days: u32,
@@ -185,6 +196,7 @@ impl Default for DeliveryArgs {
         Self {
             max_delivery_attempts: 10,
             retry_backoff_ms: 200,
+            ack_deadline_seconds: 300,
             event_retention_days: 30,
             hub_queue_messages: 1024,
             hub_queue_bytes: 1024 * 1024,

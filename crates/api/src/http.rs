@@ -1,5 +1,6 @@
 //! The HTTP API of the contract: routes, authentication and errors.
 
+pub mod assignments;
 pub mod auth;
 pub mod console;
 pub mod contractors;
@@ -51,6 +52,7 @@ routes! {
     "/api/jobs" => { POST => jobs::create, GET => jobs::list },
     "/api/jobs/{id}" => { GET => jobs::get },
     "/api/jobs/{id}/assign" => { POST => jobs::assign },
+    "/api/assignments/{id}" => { GET => assignments::get },
     "/api/events" => { GET => events::list },
     "/api/events/{id}" => { GET => events::get },
     "/api/events/{id}/retry" => { POST => events::retry },

@@ -39,6 +39,7 @@ use crate::http;
         http::jobs::list,
         http::jobs::get,
         http::jobs::assign,
+        http::assignments::get,
         http::events::list,
         http::events::get,
         http::events::retry,
@@ -61,6 +62,7 @@ use crate::http;
     tags(
         (name = "contractors", description = "Contractors, each working in one region."),
         (name = "jobs", description = "Jobs and their assignment (which publishes JobAssigned)."),
+        (name = "assignments", description = "Assignments and whether their contractor has acknowledged them."),
         (name = "events", description = "The EventLog: every event, its groups and its delivery state."),
         (name = "hub", description = "The real-time hub's HTTP endpoints (SignalR negotiate and the WebSocket)."),
         (name = "operations", description = "Health, metrics, this document and the console."),
@@ -339,6 +341,38 @@ pub struct Assignment {
     /// The JobAssigned event this assignment published.
     #[schema(format = Uuid)]
     event_id: String,
+}
+
+/// Where an assignment's acknowledgement stands.
+#[derive(Serialize, ToSchema)]
+pub enum AcknowledgementStatus {
+    /// Not acknowledged; the deadline (if any) is ahead.
+    Pending,
+    /// Acknowledged by the contractor (before or after the deadline).
+    Acknowledged,
+    /// Not acknowledged, and the deadline has passed.
+    Overdue,
+}
+
+/// Whether the contractor has acknowledged an assignment.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Acknowledgement {
+    status: AcknowledgementStatus,
+    /// The first acknowledgement's time.
+    #[schema(format = DateTime)]
+    acknowledged_at_utc: Option<String>,
+    /// When dispatchers are told it has not come (null: no deadline).
+    #[schema(format = DateTime)]
+    deadline_utc: Option<String>,
+}
+
+/// An assignment with its acknowledgement.
+#[derive(Serialize, ToSchema)]
+pub struct AssignmentWithAcknowledgement {
+    #[serde(flatten)]
+    assignment: Assignment,
+    acknowledgement: Acknowledgement,
 }
 
 /// An assignment with the job it gives.

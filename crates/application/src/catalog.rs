@@ -7,8 +7,8 @@ use std::sync::Arc;
 use smartscheduler_domain::ports::{AssignmentRepository, ContractorRepository, JobFilter, JobRepository, StoreError};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Assignment, Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName, Principal,
-    Region, Skill, Timestamp, Title, ValidationError,
+    Assignment, AssignmentId, Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName,
+    Principal, Region, Skill, Timestamp, Title, ValidationError,
 };
 use tracing::instrument;
 
@@ -195,6 +195,29 @@ impl Catalog {
             }
         }
         Ok(self.assignments.of_contractor(id, limit).await?)
+    }
+
+    /// One assignment with its acknowledgement: for an admin, a dispatcher of
+    /// its region, or the contractor it was given to.
+    ///
+    /// # Errors
+    /// [`CatalogError::Forbidden`] for anyone else (a contractor asking for
+    /// another's assignment learns nothing more), else [`CatalogError`].
+    pub async fn assignment(
+        &self,
+        principal: &Principal,
+        id: AssignmentId,
+    ) -> Result<Option<Assignment>, CatalogError> {
+        let Some(assignment) = self.assignments.get(id).await? else { return Ok(None) };
+        let allowed = if principal.is_back_office() {
+            principal.dispatches(assignment.region())
+        } else {
+            principal.contractor_id == Some(assignment.contractor_id())
+        };
+        if !allowed {
+            return Err(CatalogError::Forbidden("you may not read this assignment".into()));
+        }
+        Ok(Some(assignment))
     }
 
     /// Jobs, optionally of one region and status.

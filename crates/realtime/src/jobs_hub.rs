@@ -12,8 +12,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use smartscheduler_application::tailer::FollowedPosition;
+use smartscheduler_application::{AcknowledgeAssignment, AcknowledgeError};
 use smartscheduler_domain::ports::EventLog;
-use smartscheduler_domain::{Chain, ContractorId, Group, Principal, PublishedEvent, Region, Sequence};
+use smartscheduler_domain::{
+    Chain, ContractorId, EventId, Group, Principal, PublishedEvent, Region, Sequence, ValidationError,
+};
 
 use crate::hub::{ConnKey, Frame, HubHandle, HubStopped};
 
@@ -35,6 +38,7 @@ impl Called {
 }
 
 /// The hub's methods, authorization and replay, shared by every connection.
+#[derive(Clone)]
 pub struct JobsHub {
     /// The hub task, which keeps the groups.
     groups: HubHandle,
@@ -47,6 +51,8 @@ pub struct JobsHub {
     max_replay: u32,
     /// Groups one connection may be in.
     max_groups: usize,
+    /// Behind `AcknowledgeEvent`; `None`: the method is refused.
+    acknowledge: Option<AcknowledgeAssignment>,
 }
 
 /// What this connection has joined, and what it must not receive twice.
@@ -96,14 +102,22 @@ impl Membership {
 
 impl JobsHub {
     /// The hub's behaviour over `groups`, replaying from `event_log`.
-    pub fn new(
-        groups: HubHandle,
-        event_log: Arc<dyn EventLog>,
-        followed: Option<Arc<FollowedPosition>>,
-        max_replay: u32,
-        max_groups: usize,
-    ) -> Self {
-        Self { groups, event_log, followed, max_replay, max_groups }
+    pub fn new(groups: HubHandle, event_log: Arc<dyn EventLog>, max_replay: u32, max_groups: usize) -> Self {
+        Self { groups, event_log, followed: None, max_replay, max_groups, acknowledge: None }
+    }
+
+    /// Replays stop where this node's follower is (several nodes).
+    #[must_use]
+    pub fn bounded_by(mut self, followed: Arc<FollowedPosition>) -> Self {
+        self.followed = Some(followed);
+        self
+    }
+
+    /// Serves `AcknowledgeEvent` with `acknowledge`.
+    #[must_use]
+    pub fn with_acknowledgements(mut self, acknowledge: AcknowledgeAssignment) -> Self {
+        self.acknowledge = Some(acknowledge);
+        self
     }
 
     /// Runs the hub method `target` for the connection `key` of
@@ -120,6 +134,9 @@ impl JobsHub {
         args: &[Value],
     ) -> Result<Called, HubStopped> {
         let method = target.to_ascii_lowercase();
+        if method == "acknowledgeevent" {
+            return Ok(Called::answer(self.acknowledge(principal, target, args).await));
+        }
         let parsed = match method.as_str() {
             "joindispatchgroup" | "leavedispatchgroup" => region_group(target, args),
             "joincontractorgroup" | "leavecontractorgroup" => contractor_group(target, args),
@@ -219,6 +236,32 @@ impl JobsHub {
         }
         membership.floors.insert(group.clone(), floor);
         Ok(Called { result: Ok(json!({ "group": group, "replayed": replayed })), replay })
+    }
+}
+
+impl JobsHub {
+    /// `AcknowledgeEvent(eventId)`: the assigned contractor has handled a `JobAssigned`.
+    async fn acknowledge(&self, principal: &Principal, target: &str, args: &[Value]) -> Result<Value, CallError> {
+        check_arity(target, args, 1)?;
+        let Some(acknowledge) = &self.acknowledge else {
+            return Err(refused(target, "Acknowledgements are not served here."));
+        };
+        let event_id = args[0].as_str().ok_or_else(|| refused(target, "eventId must be a string."))?;
+        let event_id: EventId = event_id.parse().map_err(|e: ValidationError| refused(target, &e.to_string()))?;
+        match acknowledge.execute(principal, event_id).await {
+            Ok(done) => Ok(json!({ "eventId": done.event_id, "acknowledgedAtUtc": done.acknowledged_at_utc })),
+            Err(AcknowledgeError::NotFound(_)) => {
+                Err(refused(target, &format!("No JobAssigned event has the id {event_id}.")))
+            }
+            Err(AcknowledgeError::Refused(_)) => {
+                tracing::info!(subject = %principal.subject, %event_id, "acknowledgement refused");
+                Err(refused(target, "Only the contractor the job was assigned to may acknowledge it."))
+            }
+            Err(err @ AcknowledgeError::Store(_)) => {
+                tracing::warn!(error = %Chain(&err), %event_id, "acknowledgement failed");
+                Err(refused(target, "The acknowledgement could not be recorded; try again."))
+            }
+        }
     }
 }
 

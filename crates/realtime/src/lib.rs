@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartscheduler_application::tailer::FollowedPosition;
-use smartscheduler_application::{ConnectionTokens, TokenVerifier};
+use smartscheduler_application::{AcknowledgeAssignment, ConnectionTokens, TokenVerifier};
 use smartscheduler_domain::ports::{EventLog, UsedConnectionTokens};
 
 pub use delivery::HubDelivery;
@@ -168,7 +168,6 @@ impl HubContext {
         let jobs = Arc::new(jobs_hub::JobsHub::new(
             hub.clone(),
             event_log.clone(),
-            None,
             config.max_replay,
             config.max_groups_per_connection,
         ));
@@ -188,15 +187,17 @@ impl HubContext {
     }
 
     /// Bounds replays by this node's follower (several nodes).
+    #[must_use]
     pub fn with_followed_position(mut self, followed: Arc<FollowedPosition>) -> Self {
-        self.jobs = Arc::new(jobs_hub::JobsHub::new(
-            self.hub.clone(),
-            self.event_log.clone(),
-            Some(followed.clone()),
-            self.config.max_replay,
-            self.config.max_groups_per_connection,
-        ));
+        self.jobs = Arc::new(self.jobs.as_ref().clone().bounded_by(followed.clone()));
         self.followed = Some(followed);
+        self
+    }
+
+    /// Serves the hub's `AcknowledgeEvent` with `acknowledge`.
+    #[must_use]
+    pub fn with_acknowledgements(mut self, acknowledge: AcknowledgeAssignment) -> Self {
+        self.jobs = Arc::new(self.jobs.as_ref().clone().with_acknowledgements(acknowledge));
         self
     }
 }

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smartscheduler_application::acknowledgements::run_escalation;
 use smartscheduler_application::publishing::outbox;
 use smartscheduler_application::tailer::FollowedPosition;
-use smartscheduler_application::{HandlerRegistry, InProcessPublisher};
+use smartscheduler_application::{AcknowledgeAssignment, HandlerRegistry, InProcessPublisher};
 use smartscheduler_infrastructure::SignedConnectionTokens;
 use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery, WebSocketAdapter};
 use tokio::sync::Notify;
@@ -16,6 +17,10 @@ use tokio::task::JoinHandle;
 use super::topology::{DeliveryTopology, Wired};
 use super::{Auth, Storage};
 use crate::config::{DeliveryArgs, HubWebSocket};
+
+/// How often overdue assignments are looked for: an escalation comes at
+/// most this long after its deadline.
+const ESCALATION_SCAN: Duration = Duration::from_secs(1);
 
 /// What the delivery phase yields: the running hub and relay.
 pub(crate) struct Delivery {
@@ -27,8 +32,11 @@ pub(crate) struct Delivery {
     pub relay: JoinHandle<()>,
     /// Tells the relay to publish what it holds and stop.
     pub stop_relay: Arc<Notify>,
-    /// Tasks aborted at shutdown: the follower and its wake-ups, retention.
+    /// Tasks aborted at shutdown: the follower and its wake-ups, retention,
+    /// the escalation scan.
     pub background: Vec<JoinHandle<()>>,
+    /// How long a contractor has to acknowledge a new assignment (`None`: no escalation).
+    pub acknowledgement_deadline: Option<Duration>,
 }
 
 /// Starts the hub, the relay and the background tasks. `address` is where
@@ -44,6 +52,7 @@ pub(crate) async fn delivery(
     handlers: HandlerRegistry,
 ) -> anyhow::Result<Delivery> {
     let Storage { db, event_log, topology } = storage;
+    let acknowledgement_deadline = config.acknowledgement_deadline();
     let hub_config = hub_config(config, topology.node_url(config.node_url.as_deref(), address));
     let tickets = Arc::new(SignedConnectionTokens::new(auth.secret.as_bytes()));
     let follow_from = topology.follow_from(event_log.as_ref()).await?;
@@ -59,6 +68,11 @@ pub(crate) async fn delivery(
     let relay_config =
         topology.relay_config(config.max_delivery_attempts, Duration::from_millis(config.retry_backoff_ms));
     let (publisher, relay) = outbox(event_log.clone(), handlers, relay_config);
+    let hub = hub.with_acknowledgements(AcknowledgeAssignment::new(
+        db.assignment_reads(),
+        db.assignments(),
+        publisher.clone(),
+    ));
     let Wired { relay, mut background } =
         topology.wire(relay, event_log.clone(), hub_delivery, follow_from, followed)?;
     let stop_relay = Arc::new(Notify::new());
@@ -71,7 +85,11 @@ pub(crate) async fn delivery(
         Duration::from_secs(u64::from(config.event_retention_days) * 24 * 3600),
         Duration::from_secs(3600),
     )));
-    Ok(Delivery { hub, publisher, relay, stop_relay, background })
+    if acknowledgement_deadline.is_some() {
+        // Every node scans; the store lets one of them escalate each assignment.
+        background.push(tokio::spawn(run_escalation(db.assignments(), publisher.clone(), ESCALATION_SCAN)));
+    }
+    Ok(Delivery { hub, publisher, relay, stop_relay, background, acknowledgement_deadline })
 }
 
 /// The hub's limits and transports, from the delivery settings.

@@ -38,7 +38,8 @@ pub(crate) fn server(
     let Storage { db, event_log, topology } = storage;
     let cors_origins = cors_origins.to_vec();
     let catalog = Catalog::new(db.contractors(), db.jobs(), db.assignment_reads());
-    let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), delivery.publisher.clone());
+    let assign = AssignJob::new(db.jobs(), db.contractors(), db.assignments(), delivery.publisher.clone())
+        .with_acknowledgement_deadline(delivery.acknowledgement_deadline);
     let state = web::Data::new(AppState {
         catalog,
         assign,

@@ -114,7 +114,9 @@ impl DeliveryTopology {
     /// cluster the follower delivers to it instead.
     pub fn handlers(&self, handlers: HandlerRegistry, hub_delivery: &Arc<HubDelivery>) -> HandlerRegistry {
         match self {
-            Self::SingleNode => handlers.register(EventType::JobAssigned, hub_delivery.clone()),
+            Self::SingleNode => EventType::ALL
+                .into_iter()
+                .fold(handlers, |handlers, event_type| handlers.register(event_type, hub_delivery.clone())),
             Self::Cluster { .. } => handlers,
         }
     }

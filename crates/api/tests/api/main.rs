@@ -2,6 +2,7 @@
 //! (in-memory SQLite unless a test says otherwise) driven over HTTP, plus
 //! the binary itself as a process. One module per area.
 
+mod acknowledgements;
 mod assignments;
 mod authorization_matrix;
 mod contractor_reads;
