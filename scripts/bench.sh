@@ -13,17 +13,19 @@
 #   SS_SERVER_BIN   a smartscheduler binary to measure instead of building one
 #                   (e.g. one built from a clean checkout of a revision)
 #   SS_SERVER_REV   the revision that binary was built from (recorded in the results)
-#   SCENARIOS       which to run, of: idle persist persist-pg fanout broadcast broadcast-lp broadcast-sse
-#                   stalled rate (default: all); broadcast-lp / broadcast-sse: (c) for our service only, its
-#                   clients over Long Polling / Server-Sent Events, SCALE_CLIENTS_HTTP of them
-#   SS_BENCH_POSTGRES_URL  the PostgreSQL server for persist-pg (default: SMARTSCHEDULER_TEST_POSTGRES_URL,
+#   SCENARIOS       which to run, of: idle persist persist-pg cost cost-pg fanout broadcast broadcast-lp
+#                   broadcast-sse stalled rate (default: all); broadcast-lp / broadcast-sse: (c) for our service
+#                   only, its clients over Long Polling / Server-Sent Events, SCALE_CLIENTS_HTTP of them;
+#                   cost / cost-pg: the service's CPU time per assignment and per GET at COST_RATE, on a fresh
+#                   service over SQLite / PostgreSQL (cost-pg: and PostgreSQL's own CPU per operation)
+#   SS_BENCH_POSTGRES_URL  the PostgreSQL server for persist-pg and cost-pg (default: SMARTSCHEDULER_TEST_POSTGRES_URL,
 #                   else postgres://postgres@127.0.0.1:5432/postgres); a fresh database is made there and
 #                   dropped after. Unreachable: the scenario is skipped, with CI=true it fails.
 #   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
 # FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, SCALE_CLIENTS_HTTP, BROADCAST_EVENTS,
 # STALLED_EVENTS, STALLED_RATE, SLOW_EVENTS, RATE_STEPS ("rate:events …"), CONTRACTOR_FRACTION, IDLE_CLIENTS,
-# IDLE_HOLD.
+# IDLE_HOLD, COST_RATE, COST_COUNT, COST_WARMUP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -45,7 +47,8 @@ if $smoke; then
     cargo build -q --workspace --all-targets
   fi
   : "${PERSIST_COUNT:=200}" "${PERSIST_CONCURRENCY:=16}" "${FANOUT_CLIENTS:=50}" "${FANOUT_EVENTS:=20}"
-  : "${SCENARIOS:=persist persist-pg fanout broadcast broadcast-lp broadcast-sse stalled rate idle}"
+  : "${SCENARIOS:=persist persist-pg cost cost-pg fanout broadcast broadcast-lp broadcast-sse stalled rate idle}"
+  : "${COST_RATE:=100}" "${COST_COUNT:=100}" "${COST_WARMUP:=20}"
   : "${SCALE_CLIENTS:=200}" "${SCALE_CLIENTS_HTTP:=50}" "${BROADCAST_EVENTS:=20}" "${STALLED_EVENTS:=40}" "${STALLED_RATE:=100}" "${SLOW_EVENTS:=40}"
   : "${RATE_STEPS:=200:40 50:20}"
   : "${IDLE_CLIENTS:=100}" "${IDLE_HOLD:=1}"
@@ -58,7 +61,9 @@ else
     cargo build --release -p smartscheduler-api -p smartscheduler-bench
   fi
   : "${PERSIST_COUNT:=5000}" "${PERSIST_CONCURRENCY:=32}" "${FANOUT_CLIENTS:=1000}" "${FANOUT_EVENTS:=500}"
-  : "${SCENARIOS:=persist persist-pg fanout broadcast broadcast-lp broadcast-sse stalled rate idle}"
+  : "${SCENARIOS:=persist persist-pg cost cost-pg fanout broadcast broadcast-lp broadcast-sse stalled rate idle}"
+  # Issue 18's figures: 3,000 operations at 400/s (7.5 s, 3.3 µs per operation at 100 ticks/s).
+  : "${COST_RATE:=400}" "${COST_COUNT:=3000}" "${COST_WARMUP:=300}"
   : "${SCALE_CLIENTS:=10000}" "${SCALE_CLIENTS_HTTP:=1000}" "${BROADCAST_EVENTS:=100}" "${STALLED_EVENTS:=1500}" "${STALLED_RATE:=100}"
   # a-slow: as many events as a-stalled. On loopback the kernel's send buffer (autotuned up to
   # 4 MB) absorbs ~6,500 messages of a client that never reads before the service's 1,024-message
@@ -107,7 +112,7 @@ fi
 tmp=$(mktemp -d)
 pids=()
 pg_admin="${SS_BENCH_POSTGRES_URL:-${SMARTSCHEDULER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
-pg_db=""
+pg_dbs=()
 cleanup() {
   for p in "${pids[@]}"; do
     kill -TERM "$p" 2>/dev/null || true
@@ -116,9 +121,9 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
-  if [ -n "$pg_db" ]; then
-    psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
+  for db in "${pg_dbs[@]}"; do
+    psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -183,6 +188,35 @@ run() {
   grep -E '^\{"scenario"' "$tmp/run.out" |
     sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\",\"pinned\":$pinned,\"failed\":$failed}/" >>"$out" || true
 }
+# fresh_pg_db LABEL: a new database on $pg_admin (dropped at exit); sets $pg_db and $pg_url.
+# Unreachable: says so and returns 1; with CI=true that fails the run.
+fresh_pg_db() {
+  pg_db="ss_bench_$$_$RANDOM"
+  if command -v psql >/dev/null && psql "$pg_admin" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $pg_db" >/dev/null 2>"$tmp/psql.err"; then
+    pg_dbs+=("$pg_db")
+    pg_url="${pg_admin%/*}/$pg_db"
+    return 0
+  fi
+  echo "bench: [$1] PostgreSQL is not reachable at $pg_admin (or psql is missing):" \
+    "$(head -c 300 "$tmp/psql.err" 2>/dev/null)" >&2
+  if [ "${CI:-}" = "true" ]; then
+    echo "bench: [$1] FAILED: CI=true needs PostgreSQL" >&2
+    status=1
+  else
+    echo "bench: [$1] skipped" >&2
+  fi
+  return 1
+}
+# cost LABEL [--postgres DB]: an assignment run then a GET run on the service just started.
+cost() {
+  local label=$1
+  shift
+  for operation in assign get; do
+    run "$label-$operation" cost --base "$started_base" --server-pid "$started_pid" --operation "$operation" \
+      --rate "$COST_RATE" --count "$COST_COUNT" --warmup "$COST_WARMUP" --clk-tck "$(getconf CLK_TCK)" "$@"
+  done
+  kill -TERM "$started_pid" 2>/dev/null || true
+}
 # The service's count of connections it closed as too slow (smartscheduler_hub_slow_client_closes).
 slow_closes() {
   curl -fsS -H "Authorization: Bearer $SS_BENCH_TOKEN" "$base/metrics" 2>/dev/null |
@@ -211,24 +245,19 @@ if wants persist; then
 fi
 # (e) on PostgreSQL: the same binary on a fresh database of its own (run after the SQLite one,
 # while the SQLite service idles).
-if wants persist-pg; then
-  pg_db="ss_bench_$$_$RANDOM"
-  if command -v psql >/dev/null && psql "$pg_admin" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE $pg_db" >/dev/null 2>"$tmp/psql.err"; then
-    pg_url="${pg_admin%/*}/$pg_db"
-    start service-pg env SMARTSCHEDULER_DATABASE_URL="$pg_url" "$bin" serve
-    run persist-pg persist --base "$started_base" --count "$PERSIST_COUNT" --concurrency "$PERSIST_CONCURRENCY"
-    kill -TERM "$started_pid" 2>/dev/null || true
-  else
-    pg_db=""
-    echo "bench: [persist-pg] PostgreSQL is not reachable at $pg_admin (or psql is missing):" \
-      "$(head -c 300 "$tmp/psql.err" 2>/dev/null)" >&2
-    if [ "${CI:-}" = "true" ]; then
-      echo "bench: [persist-pg] FAILED: CI=true needs PostgreSQL" >&2
-      status=1
-    else
-      echo "bench: [persist-pg] skipped" >&2
-    fi
-  fi
+if wants persist-pg && fresh_pg_db persist-pg; then
+  start service-pg env SMARTSCHEDULER_DATABASE_URL="$pg_url" "$bin" serve
+  run persist-pg persist --base "$started_base" --count "$PERSIST_COUNT" --concurrency "$PERSIST_CONCURRENCY"
+  kill -TERM "$started_pid" 2>/dev/null || true
+fi
+# CPU time per operation at a steady rate (issue 18), each database on a fresh service of its own.
+if wants cost; then
+  start service-cost env SMARTSCHEDULER_DATABASE_URL="sqlite://$tmp/cost.db" "$bin" serve
+  cost cost
+fi
+if wants cost-pg && fresh_pg_db cost-pg; then
+  start service-cost-pg env SMARTSCHEDULER_DATABASE_URL="$pg_url" "$bin" serve
+  cost cost-pg --postgres "$pg_db"
 fi
 # Fan-out to one group of FANOUT_CLIENTS (the first pass's scenario, kept for comparison).
 if wants fanout; then

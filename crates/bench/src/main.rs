@@ -11,11 +11,14 @@
 //!   (publish sent → event read by a client), messages delivered per second.
 //! - `idle`: N joined connections held idle: the server's RSS per connection
 //!   and the CPU it spends on keep-alives (from `/proc/PID`).
+//! - `cost`: assignments or GETs open loop at a steady rate: the server's CPU
+//!   time per operation (from `/proc/PID`), optionally PostgreSQL's too.
 //!
 //! Each scenario prints one human line and one JSON line (`{"scenario":…}`).
 //! The exit status is 1 when a publish, a connection or a delivery failed.
 
 mod conn;
+mod cost;
 mod stats;
 
 use std::collections::HashMap;
@@ -49,6 +52,8 @@ enum Command {
     Fanout(FanoutArgs),
     /// Hold N joined connections idle: server RSS per connection, CPU on keep-alives.
     Idle(IdleArgs),
+    /// Operations at a steady rate: the server's CPU time per operation.
+    Cost(cost::CostArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,6 +165,7 @@ async fn main() {
         Command::Persist(args) => persist(args).await,
         Command::Fanout(args) => fanout(args).await,
         Command::Idle(args) => idle(args).await,
+        Command::Cost(args) => cost::cost(args).await,
     };
     match result {
         Ok(true) => {}

@@ -1,6 +1,7 @@
 //! Percentiles, rounding and the one-line JSON results, plus the server-side
-//! samples read from `/proc` (RSS, CPU time).
+//! samples read from `/proc` (RSS, CPU time; the server's, and PostgreSQL's processes').
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -83,11 +84,83 @@ impl ProcSample {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| std::io::Error::other("no VmRSS"))?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        Ok(Self { rss_kib, cpu_ticks: tick(11) + tick(12) })
+        Ok(Self { rss_kib, cpu_ticks: cpu_ticks(pid)? })
+    }
+}
+
+/// A process's CPU time, user + system, in clock ticks (`/proc/{pid}/stat`).
+pub fn cpu_ticks(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Ok(tick(11) + tick(12))
+}
+
+/// The CPU ticks of every process named `postgres` (`/proc/PID/comm`), each marked when it is
+/// a backend of one database: the server is shared, and its other clients' work is not ours.
+pub struct PostgresSample {
+    /// pid → (ticks, a backend of the database).
+    processes: HashMap<u32, (u64, bool)>,
+}
+
+/// What the `postgres` processes spent between two samples.
+pub struct PostgresCpu {
+    /// Every `postgres` process (including other clients' backends and the shared writers).
+    pub all_ticks: u64,
+    /// The backends of the database only.
+    pub database_ticks: u64,
+    /// Processes in both samples.
+    pub kept: usize,
+    /// Started between the samples: all their ticks are counted, since a process's
+    /// counters start at zero when it is forked.
+    pub appeared: usize,
+    /// Ended between the samples: what they spent after the first sample is lost.
+    pub gone: usize,
+}
+
+impl PostgresSample {
+    /// Reads every `/proc/PID`; a backend of `database` has it as a word of its title
+    /// (`postgres: [CLUSTER:] USER DATABASE HOST(PORT) STATE`): give it a name no user has.
+    pub fn read(database: &str) -> std::io::Result<Self> {
+        let mut processes = HashMap::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+            // A process may end between the listing and the reads: skip it.
+            let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
+            if comm.trim_end() != "postgres" {
+                continue;
+            }
+            let Ok(ticks) = cpu_ticks(pid) else { continue };
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let title = String::from_utf8_lossy(&title);
+            let ours = title.starts_with("postgres:") && title.split_whitespace().any(|word| word == database);
+            processes.insert(pid, (ticks, ours));
+        }
+        Ok(Self { processes })
+    }
+
+    /// The ticks spent since `before`.
+    pub fn since(&self, before: &Self) -> PostgresCpu {
+        let mut cpu = PostgresCpu { all_ticks: 0, database_ticks: 0, kept: 0, appeared: 0, gone: 0 };
+        for (pid, &(ticks, ours)) in &self.processes {
+            let spent = match before.processes.get(pid) {
+                Some(&(earlier, _)) => {
+                    cpu.kept += 1;
+                    ticks.saturating_sub(earlier)
+                }
+                None => {
+                    cpu.appeared += 1;
+                    ticks
+                }
+            };
+            cpu.all_ticks += spent;
+            if ours {
+                cpu.database_ticks += spent;
+            }
+        }
+        cpu.gone = before.processes.keys().filter(|pid| !self.processes.contains_key(pid)).count();
+        cpu
     }
 }
