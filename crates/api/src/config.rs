@@ -143,6 +143,9 @@ pub struct DeliveryArgs {
     /// Seconds the assigned contractor has to acknowledge a JobAssigned before dispatchers are told (0: never).
     #[arg(long, env = "SMARTSCHEDULER_ACK_DEADLINE_SECONDS", default_value_t = 300)]
     pub ack_deadline_seconds: u64,
+    /// Seconds a contractor whose last hub connection closed still counts as online (absorbs reconnects).
+    #[arg(long, env = "SMARTSCHEDULER_PRESENCE_GRACE_SECONDS", default_value_t = 10)]
+    pub presence_grace_seconds: u64,
     /// Days published events are kept for replay; older positions must reload over HTTP.
     #[arg(long, env = "SMARTSCHEDULER_EVENT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub event_retention_days: u32,
@@ -197,6 +200,7 @@ impl Default for DeliveryArgs {
             max_delivery_attempts: 10,
             retry_backoff_ms: 200,
             ack_deadline_seconds: 300,
+            presence_grace_seconds: 10,
             event_retention_days: 30,
             hub_queue_messages: 1024,
             hub_queue_bytes: 1024 * 1024,

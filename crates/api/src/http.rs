@@ -10,6 +10,7 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+pub mod presence;
 pub mod problem;
 pub mod request_log;
 
@@ -53,6 +54,7 @@ routes! {
     "/api/jobs/{id}" => { GET => jobs::get },
     "/api/jobs/{id}/assign" => { POST => jobs::assign },
     "/api/assignments/{id}" => { GET => assignments::get },
+    "/api/presence" => { GET => presence::get },
     "/api/events" => { GET => events::list },
     "/api/events/{id}" => { GET => events::get },
     "/api/events/{id}/retry" => { POST => events::retry },

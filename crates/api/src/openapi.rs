@@ -40,6 +40,7 @@ use crate::http;
         http::jobs::get,
         http::jobs::assign,
         http::assignments::get,
+        http::presence::get,
         http::events::list,
         http::events::get,
         http::events::retry,
@@ -373,6 +374,29 @@ pub struct AssignmentWithAcknowledgement {
     #[serde(flatten)]
     assignment: Assignment,
     acknowledgement: Acknowledgement,
+}
+
+/// One contractor's presence.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractorPresence {
+    #[schema(format = Uuid)]
+    contractor_id: String,
+    name: String,
+    /// Connected to the hub now, or within the grace after its last connection closed.
+    online: bool,
+    /// Its open hub connections.
+    connections: u32,
+    /// Last seen connected (now while connected); null when never seen.
+    #[schema(format = DateTime)]
+    last_seen_utc: Option<String>,
+}
+
+/// Every contractor of a region with its presence.
+#[derive(Serialize, ToSchema)]
+pub struct RegionPresence {
+    region: String,
+    contractors: Vec<ContractorPresence>,
 }
 
 /// An assignment with the job it gives.

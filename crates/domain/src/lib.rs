@@ -23,6 +23,7 @@ pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod ports;
+pub mod presence;
 pub mod values;
 
 pub use acknowledgement::{
@@ -36,6 +37,7 @@ pub use events::{DomainEvent, EventType, Group, JobAssigned, JobSnapshot, Publis
 pub use identity::{Principal, Role};
 pub use ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 pub use job::{AssignRefusal, Job, JobStatus};
+pub use presence::{Presence, PresenceChanged};
 pub use values::{
     Address, AssignmentSource, DurationMinutes, JobType, PersonName, Region, Skill, TimeRange, Timestamp, Title,
     ValidationError,

@@ -15,6 +15,7 @@ use crate::contractor::Contractor;
 use crate::events::{DomainEvent, Group, Sequence};
 use crate::ids::{AssignmentId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
+use crate::presence::PresenceChanged;
 use crate::values::{Region, Timestamp};
 
 /// A failure of storage itself, not of the request. The driver's error is
@@ -489,6 +490,15 @@ pub trait EventPublisher: Send + Sync {
     /// and never fails: an event it cannot take now waits in the EventLog
     /// and is picked up from there.
     fn publish(&self, event: DomainEvent);
+}
+
+/// Tells a region's dispatchers that a contractor came online or went
+/// offline (the hub's `PresenceChanged`).
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait PresenceNotifier: Send + Sync {
+    /// Sends `change` to its audience now. Never blocks and never fails:
+    /// presence is not durable, and `GET /api/presence` has the state.
+    fn notify(&self, change: PresenceChanged);
 }
 
 /// Hub connection tokens already used. A token opens one connection: with

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use smartscheduler_application::PresenceGuard;
 use smartscheduler_domain::Principal;
 use tokio::sync::oneshot;
 
@@ -160,6 +161,8 @@ impl Stateful {
 pub struct Conn {
     /// This user's slot among its open connections, released on drop.
     _permit: ConnectionPermit,
+    /// A contractor's presence, counted until the connection is dropped.
+    _presence: Option<PresenceGuard>,
     /// Invocations per second.
     calls: RateLimiter,
     ctx: HubContext,
@@ -246,8 +249,13 @@ pub(crate) async fn run<T: Transport>(ctx: HubContext, fanout: Fanout, opening: 
     metrics::counter!("smartscheduler_hub_connections_total", "transport" => writer.transport.name(), "protocol" => codec.name())
         .increment(1);
     let calls = RateLimiter::new(ctx.config.invocations_per_second, ctx.config.invocations_per_second * 2);
+    let presence = match &ctx.presence {
+        Some(tracker) => tracker.opened(&principal).await,
+        None => None,
+    };
     let conn = Box::new(Conn {
         _permit: permit,
+        _presence: presence,
         calls,
         ctx,
         principal,

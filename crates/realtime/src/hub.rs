@@ -49,6 +49,9 @@ pub struct Frame {
     event: Option<PublishedEvent>,
     /// The event's sequence.
     pub sequence: i64,
+    /// Whether it carries an event with its sequence; a hub message that is
+    /// not an event (`PresenceChanged`) has none, and goes to every member.
+    pub sequenced: bool,
     /// The groups the event was sent to.
     pub groups: Arc<[Group]>,
     /// How many connections the fan-out tasks have queued it to so far.
@@ -64,7 +67,22 @@ impl Frame {
             messagepack: OnceLock::new(),
             event: Some(event.clone()),
             sequence: event.sequence.0,
+            sequenced: true,
             groups: event.event.audience().into(),
+            queued_to: AtomicUsize::new(0),
+        }
+    }
+
+    /// The frame of a hub message that is not an event (no sequence, no
+    /// replay): `target` with `argument`, for the members of `groups`.
+    pub fn message(target: &str, argument: &impl serde::Serialize, groups: Arc<[Group]>) -> Self {
+        Self {
+            json: ByteString::from(protocol::invocation(target, argument)),
+            messagepack: OnceLock::from(Bytes::from(protocol::messagepack::invocation(target, argument))),
+            event: None,
+            sequence: 0,
+            sequenced: false,
+            groups,
             queued_to: AtomicUsize::new(0),
         }
     }
@@ -72,11 +90,22 @@ impl Frame {
     /// A frame of whole JSON records `json` for the members of `groups`
     /// (tests and benchmarks); a MessagePack connection gets the same bytes.
     pub fn new(json: ByteString, sequence: i64, groups: Arc<[Group]>) -> Self {
-        Self { json, messagepack: OnceLock::new(), event: None, sequence, groups, queued_to: AtomicUsize::new(0) }
+        Self {
+            json,
+            messagepack: OnceLock::new(),
+            event: None,
+            sequence,
+            sequenced: true,
+            groups,
+            queued_to: AtomicUsize::new(0),
+        }
     }
 
     /// Its records in `codec`'s form.
     pub fn encoded(&self, codec: Codec) -> Encoded {
+        if let (Codec::MessagePack, Some(written)) = (codec, self.messagepack.get()) {
+            return Encoded::Binary(written.clone());
+        }
         match (codec, &self.event) {
             (Codec::MessagePack, Some(event)) => Encoded::Binary(
                 self.messagepack

@@ -82,6 +82,10 @@ impl Membership {
         if !self.has_left && self.floors.is_empty() && self.replayed.is_empty() {
             return true;
         }
+        // A message that is not an event has no place in the sequence.
+        if !frame.sequenced {
+            return frame.groups.iter().any(|g| self.groups.contains(g));
+        }
         // Forget replayed sequences that live delivery has passed.
         while let Some(&first) = self.replayed.first() {
             if first < frame.sequence {
@@ -315,6 +319,7 @@ fn contractor_group(target: &str, args: &[Value]) -> Result<(Group, Option<i64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Encoded;
 
     fn frame(sequence: i64, groups: &[&Group]) -> Frame {
         let groups: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
@@ -357,5 +362,27 @@ mod tests {
         assert!(!membership.wants(&frame(10, &[&north])), "replayed");
         assert!(membership.wants(&frame(11, &[&north])), "after the floor");
         assert!(membership.replayed.is_empty(), "replayed sequences passed by live delivery are forgotten");
+    }
+
+    #[test]
+    fn a_message_that_is_not_an_event_reaches_members_past_any_floor_and_leaves_replay_bookkeeping_alone() {
+        let north = Group::dispatch(&smartscheduler_domain::Region::new("north").unwrap());
+        let south = Group::dispatch(&smartscheduler_domain::Region::new("south").unwrap());
+        let mut membership = member_of(&[&north]);
+        membership.floors.insert(north.clone(), 10);
+        membership.replayed.extend([9, 10]);
+        let message =
+            |group: &Group| Frame::message("PresenceChanged", &json!({ "online": true }), vec![group.clone()].into());
+        assert!(membership.wants(&message(&north)), "a member gets it whatever its floor");
+        assert!(!membership.wants(&message(&south)), "not a member: not wanted");
+        assert_eq!(membership.replayed.len(), 2, "replayed sequences are kept for the live events");
+        assert!(!membership.wants(&frame(10, &[&north])), "still not sent twice");
+        let json = message(&north).encoded(crate::protocol::Codec::Json);
+        let binary = message(&north).encoded(crate::protocol::Codec::MessagePack);
+        assert!(matches!(json, Encoded::Text(text) if text.contains("PresenceChanged")));
+        assert!(
+            matches!(binary, Encoded::Binary(bytes) if bytes.first() != Some(&b'{')),
+            "MessagePack, not JSON bytes"
+        );
     }
 }

@@ -30,6 +30,7 @@ pub mod http;
 pub mod hub;
 pub mod jobs_hub;
 pub mod limits;
+pub mod presence;
 pub mod protocol;
 pub mod transport;
 
@@ -37,11 +38,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartscheduler_application::tailer::FollowedPosition;
-use smartscheduler_application::{AcknowledgeAssignment, ConnectionTokens, TokenVerifier};
+use smartscheduler_application::{AcknowledgeAssignment, ConnectionTokens, PresenceTracker, TokenVerifier};
 use smartscheduler_domain::ports::{EventLog, UsedConnectionTokens};
 
 pub use delivery::HubDelivery;
 pub use hub::{HubHandle, HubStats};
+pub use presence::HubPresence;
 
 /// The hub's limits and timers. Defaults follow ASP.NET Core SignalR.
 #[derive(Debug, Clone)]
@@ -151,6 +153,8 @@ pub struct HubContext {
     /// stops there; the follower brings the rest live (see
     /// [`smartscheduler_application::tailer`]).
     pub followed: Option<Arc<FollowedPosition>>,
+    /// Counts contractors' connections for presence; `None`: not tracked.
+    pub presence: Option<PresenceTracker>,
 }
 
 impl HubContext {
@@ -183,6 +187,7 @@ impl HubContext {
             forwarder: forward::Forwarder::default(),
             jobs,
             followed: None,
+            presence: None,
         }
     }
 
@@ -191,6 +196,13 @@ impl HubContext {
     pub fn with_followed_position(mut self, followed: Arc<FollowedPosition>) -> Self {
         self.jobs = Arc::new(self.jobs.as_ref().clone().bounded_by(followed.clone()));
         self.followed = Some(followed);
+        self
+    }
+
+    /// Counts contractors' connections in `presence`.
+    #[must_use]
+    pub fn with_presence(mut self, presence: PresenceTracker) -> Self {
+        self.presence = Some(presence);
         self
     }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use smartscheduler_application::acknowledgements::run_escalation;
 use smartscheduler_application::publishing::outbox;
 use smartscheduler_application::tailer::FollowedPosition;
-use smartscheduler_application::{AcknowledgeAssignment, HandlerRegistry, InProcessPublisher};
+use smartscheduler_application::{AcknowledgeAssignment, HandlerRegistry, InProcessPublisher, PresenceTracker};
 use smartscheduler_infrastructure::SignedConnectionTokens;
-use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery, WebSocketAdapter};
+use smartscheduler_realtime::{HubConfig, HubContext, HubDelivery, HubPresence, WebSocketAdapter};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -63,6 +63,12 @@ pub(crate) async fn delivery(
         // Replays stop where this node's follower is.
         hub = hub.with_followed_position(followed.clone());
     }
+    let presence = PresenceTracker::new(
+        db.contractors(),
+        Arc::new(HubPresence::new(hub.hub.clone())),
+        Duration::from_secs(config.presence_grace_seconds),
+    );
+    hub = hub.with_presence(presence);
     let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
     let handlers = topology.handlers(handlers, &hub_delivery);
     let relay_config =

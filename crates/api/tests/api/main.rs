@@ -13,6 +13,7 @@ mod hostile_http;
 mod idempotency;
 mod jobs;
 mod negotiate;
+mod presence;
 mod process;
 mod service;
 mod support;

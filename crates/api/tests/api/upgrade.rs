@@ -14,7 +14,7 @@ const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// RFC 6455's example answer to `KEY`.
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-fn upgrade_request(path: &str, port: &str, bearer: Option<&str>) -> String {
+pub(crate) fn upgrade_request(path: &str, port: &str, bearer: Option<&str>) -> String {
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -23,7 +23,7 @@ fn upgrade_request(path: &str, port: &str, bearer: Option<&str>) -> String {
 }
 
 /// A client text frame (masked, as RFC 6455 requires of clients).
-fn client_text(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn client_text(payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() < 126);
     let mask = [0x11, 0x22, 0x33, 0x44];
     let mut frame = vec![0x81, 0x80 | payload.len() as u8];
@@ -34,7 +34,7 @@ fn client_text(payload: &[u8]) -> Vec<u8> {
 
 /// Reads until `done` says the bytes so far are enough, or the peer closes;
 /// panics after 10 s.
-async fn read_until(socket: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+pub(crate) async fn read_until(socket: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -50,11 +50,11 @@ async fn read_until(socket: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec
     seen
 }
 
-fn head_end(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(bytes: &[u8]) -> Option<usize> {
     bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-fn port(address: &str) -> &str {
+pub(crate) fn port(address: &str) -> &str {
     address.rsplit(':').next().expect("a port")
 }
 
