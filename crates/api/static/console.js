@@ -17,6 +17,10 @@
 //   are chosen in the page and kept in localStorage; the banner names the
 //   transport the client actually uses. MessagePack is binary and Server-Sent
 //   Events carry text only, so that pair is refused in the page, not tried.
+// - Acknowledgements: a contractor's page acknowledges each JobAssigned it shows
+//   (AcknowledgeEvent); a dispatcher's feed row says "delivered", then
+//   "acknowledged at …" or "overdue" as JobAssignmentAcknowledged /
+//   JobAssignmentUnacknowledged arrive for it (their jobAssignedEventId).
 "use strict";
 
 (() => {
@@ -47,6 +51,7 @@
     seen: new Set(), // eventIds shown
     assignees: new Map(), // jobId -> contractorId, from assignments and events
     refusedRegion: "", // the region the service refused to let this token dispatch
+    acknowledging: Promise.resolve(), // the contractor's AcknowledgeEvent calls, one at a time
     loadGeneration: 0,
   };
 
@@ -78,6 +83,13 @@
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return iso;
     return d.toISOString().slice(0, 16).replace("T", " ");
+  }
+
+  /** "2026-12-01T09:00:07.123Z" -> "09:00:07 UTC": acknowledgements come seconds apart, so with seconds. */
+  function utcTime(iso) {
+    const d = new Date(iso);
+    if (!iso || Number.isNaN(d.getTime())) return String(iso || "");
+    return `${d.toISOString().slice(11, 19)} UTC`;
   }
 
   /** A time range in UTC, the end's date omitted when it is the start's. */
@@ -745,6 +757,11 @@
     connection.on("JobAssigned", (payload) => {
       if (current()) onJobAssigned(payload);
     });
+    for (const type of ["JobAssignmentAcknowledged", "JobAssignmentUnacknowledged"]) {
+      connection.on(type, (payload) => {
+        if (current()) onAcknowledgement(payload);
+      });
+    }
     connection.onreconnecting((err) => {
       if (!current()) return;
       state.joined.clear();
@@ -757,6 +774,7 @@
       try {
         const replayed = await joinAll(connection);
         setJoinedStatus(`Reconnected: live on ${groupNames()}; ${replayed} missed event${replayed === 1 ? "" : "s"} replayed.`);
+        retryAcknowledgements();
         loadRegion();
       } catch (err) {
         setStatus("closed", `Reconnected, but rejoining failed: ${plainReason(err)}`);
@@ -829,16 +847,20 @@
     $("feed-empty").hidden = false;
   }
 
-  function onJobAssigned(e) {
-    if (!e || typeof e !== "object" || !e.eventId) return;
-    // Track the position of every joined group the event belongs to.
-    for (const group of [`dispatch/${e.region}`, `contractor/${e.contractorId}`]) {
+  /** Records `e.sequence` as the position of each of `groups` this page is in (for the replay after a reconnect). */
+  function trackSequence(e, groups) {
+    for (const group of groups) {
       if (state.joined.has(group) || state.lastSequence.has(group) || wantedGroups().has(group)) {
         if (typeof e.sequence === "number" && e.sequence > (state.lastSequence.get(group) ?? -1)) {
           state.lastSequence.set(group, e.sequence);
         }
       }
     }
+  }
+
+  function onJobAssigned(e) {
+    if (!e || typeof e !== "object" || !e.eventId) return;
+    trackSequence(e, [`dispatch/${e.region}`, `contractor/${e.contractorId}`]);
     if (state.seen.has(e.eventId)) {
       // At-least-once delivery: de-duplicate, counting the copies on the item shown.
       const item = [...$("feed").children].find((li) => li.dataset.eventId === e.eventId);
@@ -890,13 +912,86 @@
         `→ ${who} · ${utcRange(e.startUtc, e.endUtc)}`,
         el("span", { className: "muted", text: ` · ${job.jobType ? `${job.jobType}, ` : ""}${e.source}` }),
       ),
+      el("div", { className: "event-ack" }, el("span", { className: "ack", "data-testid": "event-ack" })),
     );
+    setAck(item, "delivered", "delivered");
     const feed = $("feed");
     // Newest first by sequence (a replay can arrive after a live event).
     const after = [...feed.children].find((li) => Number(li.dataset.sequence) < e.sequence);
     feed.insertBefore(item, after || null);
     while (feed.children.length > FEED_LIMIT) feed.lastElementChild.remove();
     $("feed-empty").hidden = true;
+    if (isContractor()) acknowledge(e.eventId);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Acknowledgements
+
+  const feedItemOf = (eventId) => [...$("feed").children].find((li) => li.dataset.eventId === eventId);
+
+  /**
+   * Shows a row's acknowledgement: `status` is delivered | acknowledging |
+   * acknowledged | overdue | refused | failed; `at` (ISO) becomes a <time>.
+   */
+  function setAck(item, status, text, at) {
+    item.dataset.ack = status;
+    const badge = item.querySelector(".ack");
+    badge.dataset.ack = status;
+    badge.replaceChildren(text);
+    if (at) badge.append(" ", el("time", { dateTime: at, text: utcTime(at) }));
+  }
+
+  /**
+   * A dispatcher's JobAssignmentAcknowledged or JobAssignmentUnacknowledged:
+   * updates the row of its JobAssigned, if shown. An acknowledgement wins over
+   * "overdue" (a late one can still come), never the other way round.
+   */
+  function onAcknowledgement(e) {
+    if (!e || typeof e !== "object" || !e.eventId) return;
+    trackSequence(e, [`dispatch/${e.region}`]);
+    if (state.seen.has(e.eventId)) return;
+    if (isBackOffice() && e.region !== state.region) return;
+    state.seen.add(e.eventId);
+    const item = feedItemOf(e.jobAssignedEventId);
+    if (!item) return; // assigned before this page watched the region
+    if (e.type === "JobAssignmentAcknowledged") {
+      const late = item.dataset.ack === "overdue" ? " (after its deadline)" : "";
+      setAck(item, "acknowledged", "acknowledged at", e.acknowledgedAtUtc);
+      if (late) item.querySelector(".ack").append(late);
+    } else if (e.type === "JobAssignmentUnacknowledged" && item.dataset.ack !== "acknowledged") {
+      setAck(item, "overdue", "overdue: not acknowledged by", e.deadlineUtc);
+    }
+  }
+
+  /**
+   * A contractor's page acknowledges each JobAssigned it shows, one call at a
+   * time (a replayed history would otherwise be a burst of invocations). A
+   * repeat is harmless: the service answers the first acknowledgement's time.
+   */
+  function acknowledge(eventId) {
+    const connection = state.connection;
+    const item = feedItemOf(eventId);
+    if (!connection || !item) return;
+    setAck(item, "acknowledging", "acknowledging…");
+    state.acknowledging = state.acknowledging.then(async () => {
+      if (state.connection !== connection) return;
+      try {
+        const result = await connection.invoke("AcknowledgeEvent", eventId);
+        setAck(item, "acknowledged", "acknowledged at", result && result.acknowledgedAtUtc);
+      } catch (err) {
+        // A refusal is the service's answer; anything else (a lost connection) is tried again after the rejoin.
+        const refused = /HubException:/.test((err && err.message) || "");
+        setAck(item, refused ? "refused" : "failed", `not acknowledged: ${plainReason(err)}`);
+      }
+    });
+  }
+
+  /** After a reconnect: acknowledges the rows whose acknowledgement did not get through. */
+  function retryAcknowledgements() {
+    if (!isContractor()) return;
+    for (const item of $("feed").children) {
+      if (item.dataset.ack === "failed" || item.dataset.ack === "delivered") acknowledge(item.dataset.eventId);
+    }
   }
 
   // ---------------------------------------------------------------------------

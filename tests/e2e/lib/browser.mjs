@@ -1,4 +1,5 @@
-// Browser helpers of the console tests (browser.test.mjs, browser-transports.test.mjs):
+// Browser helpers of the console tests (browser.test.mjs, browser-transports.test.mjs,
+// browser-acknowledgements.test.mjs):
 // Debian's Chromium driven by playwright-core.
 //
 // Without /usr/bin/chromium (apt-get install chromium) a test that launches
