@@ -8,6 +8,7 @@ import {
   HttpTransportType,
   HubConnection,
   HubConnectionBuilder,
+  HubConnectionState,
   IHubProtocol,
   IHttpConnectionOptions,
   LogLevel,
@@ -28,7 +29,8 @@ export type ErrorContext =
   | { kind: "acknowledge"; eventId: string }
   | { kind: "join"; group: string }
   | { kind: "store"; group: string }
-  | { kind: "closed" };
+  | { kind: "closed" }
+  | { kind: "internal" };
 
 /** A join that could not resume from the stored position (too old, or too many missed events). */
 export interface ResyncNeeded {
@@ -156,9 +158,7 @@ export class JobsFeed {
     }
     // A reconnected connection is a new one, in no group: rejoin each from its position.
     connection.onreconnected(async () => {
-      for (const group of this.followed.keys()) {
-        await this.join(group).catch((err) => this.report(err, { kind: "join", group }));
-      }
+      for (const group of this.followed.keys()) await this.rejoin(group);
       for (const eventId of this.unacknowledged) await this.acknowledge(eventId);
     });
     connection.onclose((err) => {
@@ -167,8 +167,9 @@ export class JobsFeed {
     return connection;
   }
 
+  /** Runs `task` after every task queued before it; a task that fails is reported and the queue goes on. */
   private enqueue(task: () => Promise<void>): Promise<void> {
-    this.queue = this.queue.then(task);
+    this.queue = this.queue.then(task).catch((err) => this.report(err, { kind: "internal" }));
     return this.queue;
   }
 
@@ -195,6 +196,21 @@ export class JobsFeed {
       this.joining.delete(group);
       if (highest !== undefined) await this.advance(group, highest);
     });
+  }
+
+  /** Joins again after a reconnect, retrying a failed join (e.g. a replay that could not be read) while connected. */
+  private async rejoin(group: string): Promise<void> {
+    const retryDelay = this.options.retryDelay ?? defaultRetryDelay;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.join(group);
+      } catch (err) {
+        this.report(err, { kind: "join", group });
+        const delay = retryDelay(attempt);
+        if (delay === null || this.stopping || this.connection.state !== HubConnectionState.Connected) return;
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
   }
 
   private async resync(group: string, afterSequence: number, error: Error, retried: boolean): Promise<void> {
@@ -256,7 +272,11 @@ export class JobsFeed {
   }
 
   private report(error: unknown, context: ErrorContext): void {
-    if (this.options.onError) this.options.onError(error, context);
-    else console.error(`JobsFeed: ${context.kind}:`, error);
+    try {
+      if (this.options.onError) return this.options.onError(error, context);
+    } catch {
+      // An onError that throws must not stop the feed either: fall back to the console.
+    }
+    console.error(`JobsFeed: ${context.kind}:`, error);
   }
 }
