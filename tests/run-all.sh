@@ -2,7 +2,8 @@
 # Runs every test of the project: the Rust workspace (unit, adapter and
 # black-box HTTP suites), the end-to-end suite that drives the real binary
 # with the official @microsoft/signalr client, schemathesis against the
-# OpenAPI document, and the benchmark smoke run. Starts PostgreSQL and Redis
+# OpenAPI document, the JavaScript client package (clients/js), and the
+# benchmark smoke run. Starts PostgreSQL and Redis
 # when they are down. With CI=true a missing service is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,10 @@ fi
 echo "== End-to-end tests (real binary, official SignalR client, and signalrcore)"
 export SMARTSCHEDULER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/smartscheduler"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$log" || status=1
+
+echo "== JavaScript client (clients/js: @smartscheduler/events-client against the real binary)"
+# Its tests reuse tests/e2e/lib/harness.mjs, whose packages the step above installed.
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm test) 2>&1 | tee -a "$log" || status=1
 
 echo "== OpenAPI: schemathesis against the running service (tests/openapi/run.sh)"
 openapi_pass=0
