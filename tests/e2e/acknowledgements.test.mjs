@@ -26,6 +26,7 @@ import {
   RFC3339_UTC,
   UUID,
   acknowledgementClient,
+  counterValue,
   eventRows,
 } from "./lib/acknowledgements.mjs";
 
@@ -50,7 +51,10 @@ async function assertAckPayload(server, payload, { type, keys, job, assignment, 
   assert.equal(payload.schemaVersion, 1);
   assert.match(payload.eventId, UUID);
   assert.notEqual(payload.eventId, assigned.eventId, "an event of its own");
-  assert.ok(Number.isSafeInteger(payload.sequence) && payload.sequence > assigned.sequence, `sequence ${payload.sequence} follows the JobAssigned's ${assigned.sequence}`);
+  assert.ok(
+    Number.isSafeInteger(payload.sequence) && payload.sequence > assigned.sequence,
+    `sequence ${payload.sequence} follows the JobAssigned's ${assigned.sequence}`,
+  );
   assert.match(payload.occurredAtUtc, RFC3339_UTC);
   assert.equal(payload.assignmentId, assignment.assignmentId);
   assert.equal(payload.jobId, job.id);
@@ -70,13 +74,6 @@ async function acknowledgementOf(server, assignmentId, token) {
   token ??= await server.adminToken();
   const got = await server.expect(200, "GET", `/api/assignments/${assignmentId}`, { token });
   return got.acknowledgement;
-}
-
-/** The value of an unlabelled Prometheus counter in GET /metrics (0 when absent). */
-async function metric(server, name) {
-  const { text } = await server.request("GET", "/metrics");
-  const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
-  return line ? Number(line.split(/\s+/).pop()) : 0;
 }
 
 test("the contractor acknowledges a JobAssigned: the result, one JobAssignmentAcknowledged to dispatch/north only, a repeat changes nothing", T, async (t) => {
@@ -114,7 +111,8 @@ test("the contractor acknowledges a JobAssigned: the result, one JobAssignmentAc
   assert.deepEqual(dispatcher.overdue, [], "nothing was escalated");
   assert.deepEqual(worker.acks, [], "the contractor's group does not get JobAssignmentAcknowledged");
   assert.deepEqual(worker.messages.map((m) => m.target), ["JobAssigned"], "the contractor got its JobAssigned and nothing else");
-  assert.equal(await metric(server, "smartscheduler_assignments_acknowledged_total"), 1, "the acknowledgement counter counts the first one only");
+  const acknowledgedTotal = await counterValue(server, "smartscheduler_assignments_acknowledged_total");
+  assert.equal(acknowledgedTotal, 1, "the acknowledgement counter counts the first one only");
   const { text } = await server.request("GET", "/metrics");
   assert.match(text, /^smartscheduler_acknowledgement_seconds_count 1$/m, "one time to acknowledgement was recorded");
 });
@@ -176,8 +174,12 @@ test("an unacknowledged assignment is escalated once at the deadline; a late ack
   assert.equal(dispatcher.overdue.length, 1, "JobAssignmentUnacknowledged arrived exactly once");
   assert.equal((await eventRows(server)).filter((e) => e.eventType === "JobAssignmentUnacknowledged").length, 1, "logged once");
   assert.deepEqual(worker.messages.map((m) => m.target), ["JobAssigned"], "the contractor's group does not get the escalation");
-  assert.deepEqual(await acknowledgementOf(server, assignment.assignmentId), { status: "Overdue", acknowledgedAtUtc: null, deadlineUtc: pending.deadlineUtc });
-  assert.equal(await metric(server, "smartscheduler_assignments_overdue_total"), 1);
+  assert.deepEqual(await acknowledgementOf(server, assignment.assignmentId), {
+    status: "Overdue",
+    acknowledgedAtUtc: null,
+    deadlineUtc: pending.deadlineUtc,
+  });
+  assert.equal(await counterValue(server, "smartscheduler_assignments_overdue_total"), 1);
 
   // Late, but still acknowledged and published.
   const result = await worker.connection.invoke("AcknowledgeEvent", assigned.eventId);

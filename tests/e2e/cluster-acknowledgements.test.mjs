@@ -10,16 +10,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { T, contractorToken, dispatcherToken, requireCluster, sleep, startCluster, waitFor } from "./lib/harness.mjs";
-import { ACK_KEYS, acknowledgementClient, eventRows } from "./lib/acknowledgements.mjs";
+import { ACK_KEYS, acknowledgementClient, counterValue, eventRows } from "./lib/acknowledgements.mjs";
 
 const ESCALATED = 6;
-
-/** The value of an unlabelled Prometheus counter in `node`'s GET /metrics (0 when absent). */
-async function counter(node, name) {
-  const { text } = await node.request("GET", "/metrics");
-  const line = text.split("\n").find((l) => l.startsWith(name + " "));
-  return line ? Number(line.split(/\s+/).pop()) : 0;
-}
 
 /** How many times each assignmentId occurs in `payloads`. */
 function countByAssignment(payloads) {
@@ -77,7 +70,7 @@ test("two nodes at SMARTSCHEDULER_ACK_DEADLINE_SECONDS=2: each unacknowledged as
     }
   }
   // Exactly one node logged each: the nodes' counters add up to the number of assignments.
-  const logged = await Promise.all(cluster.nodes.map((n) => counter(n, "smartscheduler_assignments_overdue_total")));
+  const logged = await Promise.all(cluster.nodes.map((n) => counterValue(n, "smartscheduler_assignments_overdue_total")));
   assert.equal(logged[0] + logged[1], ESCALATED, `smartscheduler_assignments_overdue_total per node: ${logged}`);
 });
 

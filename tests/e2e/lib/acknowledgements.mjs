@@ -8,7 +8,18 @@ import { connectPair } from "./transports.mjs";
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 export const RFC3339_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 
-const COMMON_KEYS = ["type", "schemaVersion", "eventId", "sequence", "occurredAtUtc", "assignmentId", "jobId", "contractorId", "region", "jobAssignedEventId"];
+const COMMON_KEYS = [
+  "type",
+  "schemaVersion",
+  "eventId",
+  "sequence",
+  "occurredAtUtc",
+  "assignmentId",
+  "jobId",
+  "contractorId",
+  "region",
+  "jobAssignedEventId",
+];
 /** JobAssignmentAcknowledged's fields (contract v1.1). */
 export const ACK_KEYS = [...COMMON_KEYS, "acknowledgedAtUtc"].sort();
 /** JobAssignmentUnacknowledged's fields (contract v1.1). */
@@ -61,4 +72,11 @@ export async function eventRows(server, { token } = {}) {
     if (page.items.length < 500 || page.nextAfterSequence == null) return rows;
     after = page.nextAfterSequence;
   }
+}
+
+/** The value of an unlabelled Prometheus counter in `server`'s GET /metrics (0 when absent). */
+export async function counterValue(server, name) {
+  const { text } = await server.request("GET", "/metrics");
+  const line = text.split("\n").find((l) => l.startsWith(name + " "));
+  return line ? Number(line.split(/\s+/).pop()) : 0;
 }
