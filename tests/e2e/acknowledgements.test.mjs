@@ -117,6 +117,25 @@ test("the contractor acknowledges a JobAssigned: the result, one JobAssignmentAc
   assert.match(text, /^smartscheduler_acknowledgement_seconds_count 1$/m, "one time to acknowledgement was recorded");
 });
 
+test("ten acknowledgements at once from two connections of the contractor record one and publish one event", T, async (t) => {
+  const server = await startServer(t);
+  const { contractor, dispatcher, worker, assignment, assigned } = await assignedAndReceived(server);
+  const second = await acknowledgementClient(server, await contractorToken(contractor.id));
+  // The second device sends the id in upper case: the same UUID.
+  const calls = Array.from({ length: 5 }, () => [
+    worker.connection.invoke("AcknowledgeEvent", assigned.eventId),
+    second.connection.invoke("AcknowledgeEvent", assigned.eventId.toUpperCase()),
+  ]).flat();
+  const results = await Promise.all(calls);
+  assert.equal(new Set(results.map((r) => JSON.stringify(r))).size, 1, `every call answers the same: ${JSON.stringify(results)}`);
+  assert.equal(results[0].eventId, assigned.eventId);
+  await dispatcher.waitForAck(assignment.assignmentId);
+  await sleep(1000);
+  assert.equal(dispatcher.acks.length, 1, "one JobAssignmentAcknowledged delivered");
+  assert.equal(dispatcher.acks[0].acknowledgedAtUtc, results[0].acknowledgedAtUtc);
+  assert.deepEqual((await eventRows(server)).map((e) => e.eventType), ["JobAssigned", "JobAssignmentAcknowledged"]);
+});
+
 test("AcknowledgeEvent refusals reject invoke and leave the connection working", T, async (t) => {
   const server = await startServer(t);
   const { contractor, dispatcher, worker, assignment, assigned } = await assignedAndReceived(server);

@@ -111,3 +111,29 @@ test("an acknowledgement made on node B reaches a dispatcher on node A; a repeat
     assert.equal(got.acknowledgement.acknowledgedAtUtc, result.acknowledgedAtUtc);
   }
 });
+
+test("acknowledgements racing on both nodes record one and publish one event", T, async (t) => {
+  if (!(await requireCluster(t))) return;
+  const cluster = await startCluster(t);
+  const [a, b] = cluster.nodes;
+  const contractor = await a.createContractor("north");
+  const dispatcher = await acknowledgementClient(b, await dispatcherToken(["north"]));
+  await dispatcher.connection.invoke("JoinDispatchGroup", "north");
+  const workerToken = await contractorToken(contractor.id);
+  const workers = [await acknowledgementClient(a, workerToken), await acknowledgementClient(b, workerToken)];
+  const { assignment } = await b.assignNew("north", contractor.id);
+  await a.waitPublished(assignment.eventId);
+
+  const results = await Promise.all(
+    Array.from({ length: 5 }, () => workers.map((w) => w.connection.invoke("AcknowledgeEvent", assignment.eventId))).flat(),
+  );
+  assert.equal(new Set(results.map((r) => JSON.stringify(r))).size, 1, `every call on both nodes answers the same: ${JSON.stringify(results)}`);
+  await dispatcher.waitForAck(assignment.assignmentId);
+  await sleep(1000);
+  assert.equal(dispatcher.acks.length, 1, "one JobAssignmentAcknowledged delivered");
+  assert.equal(dispatcher.acks[0].acknowledgedAtUtc, results[0].acknowledgedAtUtc);
+  const rows = (await eventRows(a)).filter((e) => e.eventType === "JobAssignmentAcknowledged");
+  assert.equal(rows.length, 1, "one JobAssignmentAcknowledged row");
+  const acknowledged = await Promise.all(cluster.nodes.map((n) => counterValue(n, "smartscheduler_assignments_acknowledged_total")));
+  assert.equal(acknowledged[0] + acknowledged[1], 1, `smartscheduler_assignments_acknowledged_total per node: ${acknowledged}`);
+});
