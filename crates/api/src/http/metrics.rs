@@ -18,6 +18,13 @@ pub fn handle() -> &'static PrometheusHandle {
                 &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )
             .expect("valid buckets")
+            // Time from assignment to the contractor's first acknowledgement:
+            // seconds to the escalation deadline's minutes.
+            .set_buckets_for_metric(
+                Matcher::Full("smartscheduler_acknowledgement_seconds".into()),
+                &[1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0],
+            )
+            .expect("valid buckets")
             .install_recorder()
             .expect("the metrics recorder is installed once")
     })
