@@ -21,6 +21,9 @@
 //   (AcknowledgeEvent); a dispatcher's feed row says "delivered", then
 //   "acknowledged at …" or "overdue" as JobAssignmentAcknowledged /
 //   JobAssignmentUnacknowledged arrive for it (their jobAssignedEventId).
+// - Presence: the contractors table says who is online, read from
+//   GET /api/presence when the region loads (and after a reconnect: presence
+//   is not replayed), then kept live by PresenceChanged.
 "use strict";
 
 (() => {
@@ -42,6 +45,8 @@
     claims: null,
     region: "",
     contractors: new Map(), // id -> contractor of the region
+    presence: new Map(), // contractorId -> { online, lastSeenUtc | offlineSinceUtc, tick? }, for the region's contractors
+    presenceTick: 0, // counts PresenceChanged messages, so a slower GET /api/presence does not undo one
     jobs: new Map(), // id -> job of the region
     connection: null,
     transport: "", // the HttpTransportType name the current connection uses, once connected
@@ -406,11 +411,33 @@
       state.jobs = new Map(jobs.map((j) => [j.id, j]));
       renderContractors();
       renderJobs();
-      await loadAssignees(generation);
+      await Promise.all([loadPresence(region, generation), loadAssignees(generation)]);
     } catch (err) {
       if (generation !== state.loadGeneration || err.status === 401) return; // a 401 has its own message
       showError(`Could not load region ${region}: ${err.message}`);
     }
+  }
+
+  /**
+   * Who of the region's contractors is online. A PresenceChanged that arrives
+   * while the request is out is newer than its answer and is kept. Without an
+   * answer (an older service) the column says "unknown" rather than failing the region.
+   */
+  async function loadPresence(region, generation) {
+    const tick = state.presenceTick;
+    let listed;
+    try {
+      listed = await api("GET", `/api/presence?region=${encodeURIComponent(region)}`);
+    } catch (err) {
+      if (err.status === 401) throw err;
+      listed = { contractors: [] };
+    }
+    if (generation !== state.loadGeneration) return;
+    const live = state.presence;
+    state.presence = new Map();
+    for (const c of listed.contractors || []) state.presence.set(c.contractorId, { online: c.online, lastSeenUtc: c.lastSeenUtc });
+    for (const [id, p] of live) if (p.tick > tick) state.presence.set(id, p);
+    renderContractors();
   }
 
   /**
@@ -452,13 +479,14 @@
           "tr",
           { "data-contractor-id": c.id },
           el("td", { text: c.name }),
+          el("td", {}, presenceBadge(c.id)),
           el("td", { text: (c.skills || []).join(", ") || "—" }),
           el("td", { className: "mono", text: shortId(c.id), title: c.id }),
         ),
       ),
     );
     if (!rows.length) {
-      $("contractors").tBodies[0].append(el("tr", {}, el("td", { colSpan: 3, className: "empty", text: "No contractors in this region." })));
+      $("contractors").tBodies[0].append(el("tr", {}, el("td", { colSpan: 4, className: "empty", text: "No contractors in this region." })));
     }
     $("contractors-count").textContent = `(${rows.length})`;
 
@@ -469,6 +497,30 @@
       ...rows.map((c) => el("option", { value: c.id, text: `${c.name}${c.skills && c.skills.length ? ` · ${c.skills.join(", ")}` : ""}` })),
     );
     if (state.contractors.has(previous)) select.value = previous;
+  }
+
+  /** "online", "offline" (when last seen, in its title) or "unknown" (no presence read yet), for the contractors table. */
+  function presenceBadge(contractorId) {
+    const p = state.presence.get(contractorId);
+    const online = p ? String(p.online) : "unknown";
+    const text = p ? (p.online ? "online" : "offline") : "unknown";
+    let title;
+    if (p && !p.online && p.lastSeenUtc) title = `last seen ${utcTime(p.lastSeenUtc)}`;
+    else if (p && !p.online && p.offlineSinceUtc) title = `offline since ${utcTime(p.offlineSinceUtc)}`;
+    return el("span", { className: "presence", "data-testid": "presence", "data-online": online, text, title });
+  }
+
+  /** A PresenceChanged of the region shown: that contractor's cell changes in place. */
+  function onPresenceChanged(e) {
+    if (!e || typeof e !== "object" || !e.contractorId || !isBackOffice() || e.region !== state.region) return;
+    // atUtc of an offline change is the end of the grace, not the last time the contractor was seen.
+    state.presence.set(e.contractorId, {
+      online: !!e.online,
+      offlineSinceUtc: e.online ? null : e.atUtc,
+      tick: ++state.presenceTick,
+    });
+    const row = $("contractors").querySelector(`tr[data-contractor-id="${CSS.escape(e.contractorId)}"]`);
+    if (row) row.cells[1].replaceChildren(presenceBadge(e.contractorId));
   }
 
   function renderJobs() {
@@ -617,6 +669,7 @@
     localStorage.setItem(REGION_KEY, region);
     $("feed-scope").textContent = `Assignments in region ${region} (group dispatch/${region}).`;
     state.contractors = new Map();
+    state.presence = new Map();
     state.jobs = new Map();
     renderContractors();
     renderJobs();
@@ -756,6 +809,9 @@
     const current = () => state.connection === connection;
     connection.on("JobAssigned", (payload) => {
       if (current()) onJobAssigned(payload);
+    });
+    connection.on("PresenceChanged", (payload) => {
+      if (current()) onPresenceChanged(payload);
     });
     for (const type of ["JobAssignmentAcknowledged", "JobAssignmentUnacknowledged"]) {
       connection.on(type, (payload) => {
