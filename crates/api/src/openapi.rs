@@ -580,6 +580,14 @@ mod tests {
     #[test]
     fn every_operation_has_an_id_a_tag_and_documents_its_answers() {
         let doc: Value = serde_json::from_str(json()).unwrap();
+        // Unique: tools that follow links by operationId (schemathesis) must find the one meant.
+        let mut ids = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in METHODS.iter().filter(|m| item.get(**m).is_some()) {
+                let id = item[*method]["operationId"].as_str().unwrap_or_default().to_owned();
+                assert!(ids.insert(id.clone()), "{method} {path}: operationId {id} is used twice");
+            }
+        }
         for (path, item) in doc["paths"].as_object().unwrap() {
             for method in METHODS.iter().filter(|m| item.get(**m).is_some()) {
                 let op = &item[*method];

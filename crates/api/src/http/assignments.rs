@@ -25,7 +25,7 @@ struct AcknowledgementView {
 }
 
 /// One assignment, with whether the contractor has acknowledged it.
-#[utoipa::path(get, path = "/api/assignments/{id}", tag = "assignments",
+#[utoipa::path(get, path = "/api/assignments/{id}", operation_id = "getAssignment", tag = "assignments",
     params(("id" = String, Path, description = "The assignment's id (a UUID).")),
     responses(
         (status = 200, description = "The assignment and its acknowledgement.",

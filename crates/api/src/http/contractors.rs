@@ -28,7 +28,7 @@ pub struct CreateContractorBody {
 }
 
 /// Creates a contractor: 201 with `Location`.
-#[utoipa::path(post, path = "/api/contractors", tag = "contractors",
+#[utoipa::path(post, path = "/api/contractors", operation_id = "createContractor", tag = "contractors",
     request_body = CreateContractorBody,
     responses(
         (status = 201, description = "Created.", body = crate::openapi::Contractor,
@@ -53,7 +53,7 @@ pub async fn create(
 }
 
 /// One contractor.
-#[utoipa::path(get, path = "/api/contractors/{id}", tag = "contractors",
+#[utoipa::path(get, path = "/api/contractors/{id}", operation_id = "getContractor", tag = "contractors",
     params(("id" = String, Path, description = "The contractor's id (a UUID).")),
     responses(
         (status = 200, description = "The contractor.", body = crate::openapi::Contractor),
@@ -87,7 +87,7 @@ pub struct ListQuery {
 }
 
 /// Contractors, optionally of one region.
-#[utoipa::path(get, path = "/api/contractors", tag = "contractors",
+#[utoipa::path(get, path = "/api/contractors", operation_id = "listContractors", tag = "contractors",
     params(ListQuery),
     responses((status = 200, description = "The contractors, oldest first.", body = Vec<crate::openapi::Contractor>)),
     security(("bearer" = [])))]
@@ -119,7 +119,7 @@ struct AssignmentWithJob {
 }
 
 /// A contractor's assignments with their jobs, newest first.
-#[utoipa::path(get, path = "/api/contractors/{id}/assignments", tag = "contractors",
+#[utoipa::path(get, path = "/api/contractors/{id}/assignments", operation_id = "listContractorAssignments", tag = "contractors",
     params(("id" = String, Path, description = "The contractor's id (a UUID)."), AssignmentsQuery),
     responses(
         (status = 200, description = "The assignments, newest first.", body = crate::openapi::ContractorAssignments),

@@ -46,7 +46,7 @@ pub struct EventPage {
 
 /// Lists EventLog rows. With `afterSequence`, published rows after it in
 /// sequence order (a page to follow); without, every row in commit order.
-#[utoipa::path(get, path = "/api/events", tag = "events",
+#[utoipa::path(get, path = "/api/events", operation_id = "listEvents", tag = "events",
     params(ListQuery),
     responses((status = 200, description = "A page of the EventLog.", body = crate::openapi::EventPage)),
     security(("bearer" = [])))]
@@ -75,7 +75,7 @@ pub async fn list(
 }
 
 /// One EventLog row.
-#[utoipa::path(get, path = "/api/events/{id}", tag = "events",
+#[utoipa::path(get, path = "/api/events/{id}", operation_id = "getEvent", tag = "events",
     params(("id" = String, Path, description = "The event's id (a UUID).")),
     responses(
         (status = 200, description = "The row.", body = crate::openapi::EventLogEntry),
@@ -96,7 +96,7 @@ pub async fn get(
 
 /// `POST /api/events/{eventId}/retry` (Admin): a Failed event is published
 /// again (202 with the row, now Pending); 409 when it is not Failed.
-#[utoipa::path(post, path = "/api/events/{id}/retry", tag = "events",
+#[utoipa::path(post, path = "/api/events/{id}/retry", operation_id = "retryEvent", tag = "events",
     params(("id" = String, Path, description = "The event's id (a UUID).")),
     responses(
         (status = 202, description = "Requeued: the row, now Pending.", body = crate::openapi::EventLogEntry),

@@ -40,7 +40,7 @@ pub struct CreateJobBody {
 }
 
 /// Creates a job in one of the caller's regions: 201 with `Location`.
-#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
+#[utoipa::path(post, path = "/api/jobs", operation_id = "createJob", tag = "jobs",
     request_body = CreateJobBody,
     responses(
         (status = 201, description = "Created, Unassigned.", body = crate::openapi::Job,
@@ -74,7 +74,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// One job: for the back office, or for the contractor it is assigned to.
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, path = "/api/jobs/{id}", operation_id = "getJob", tag = "jobs",
     params(("id" = String, Path, description = "The job's id (a UUID).")),
     responses(
         (status = 200, description = "The job.", body = crate::openapi::Job),
@@ -111,7 +111,7 @@ pub struct ListQuery {
 }
 
 /// Jobs, optionally of one region and status.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+#[utoipa::path(get, path = "/api/jobs", operation_id = "listJobs", tag = "jobs",
     params(ListQuery),
     responses((status = 200, description = "The jobs, oldest first.", body = Vec<crate::openapi::Job>)),
     security(("bearer" = [])))]
@@ -164,7 +164,7 @@ impl AssignBody {
 }
 
 /// Assigns a job: 201 with the Assignment. Never waits for delivery.
-#[utoipa::path(post, path = "/api/jobs/{id}/assign", tag = "jobs",
+#[utoipa::path(post, path = "/api/jobs/{id}/assign", operation_id = "assignJob", tag = "jobs",
     params(
         ("id" = String, Path, description = "The job's id (a UUID)."),
         ("Idempotency-Key" = Option<String>, Header,

@@ -32,7 +32,7 @@ struct ContractorPresence {
 }
 
 /// Who of a region's contractors is online.
-#[utoipa::path(get, path = "/api/presence", tag = "contractors",
+#[utoipa::path(get, path = "/api/presence", operation_id = "getPresence", tag = "contractors",
     params(PresenceQuery),
     responses(
         (status = 200, description = "Every contractor of the region with its presence.", body = crate::openapi::RegionPresence),
