@@ -26,7 +26,7 @@ const PAYLOAD_KEYS = [
   "auditId",
   "job",
 ].sort();
-const JOB_KEYS = ["id", "jobType", "title", "region", "status", "durationMinutes"].sort();
+const JOB_KEYS = ["id", "jobType", "title", "region", "status", "durationMinutes", "desiredStartUtc", "address"].sort();
 
 /** Checks `payload` against the contract for this job and assignment. */
 function assertPayload(payload, { job, assignment, entry }) {
@@ -57,6 +57,8 @@ function assertPayload(payload, { job, assignment, entry }) {
     region: job.region,
     status: "Assigned",
     durationMinutes: job.durationMinutes,
+    desiredStartUtc: job.desiredStartUtc ?? null,
+    address: job.address ?? null,
   });
   const { sequence: _s1, ...withoutSequence } = payload;
   const { sequence: _s2, ...logged } = entry.payload;
@@ -101,6 +103,33 @@ test("a north assignment reaches north's dispatcher and the contractor, and nobo
   assert.equal(contractorA.events.length, 1, "contractor A got exactly one copy");
   assert.deepEqual(south.events, [], "south's dispatcher got nothing");
   assert.deepEqual(contractorB.events, [], "contractor B got nothing");
+});
+
+test("a JobAssigned carries the job's desiredStartUtc and address (contract v1.1)", T, async (t) => {
+  const server = await startServer(t);
+  const contractor = await server.createContractor("north");
+  const admin = await server.connect(await adminToken());
+  await admin.connection.invoke("JoinDispatchGroup", "north");
+  const job = await server.createJob("north", { desiredStartUtc: "2030-03-01T08:30:00Z", address: "12 Oak St, Springfield" });
+  const assignment = await server.assign(job.id, contractor.id);
+  const payload = await admin.waitForEvent(assignment.eventId);
+  const entry = await server.waitPublished(assignment.eventId);
+  assertPayload(payload, { job, assignment, entry });
+  assert.equal(payload.job.desiredStartUtc, "2030-03-01T08:30:00Z");
+  assert.equal(payload.job.address, "12 Oak St, Springfield");
+});
+
+test("a job whose texts would push a JobAssigned past 2 KiB is refused with 400 and stored nowhere", T, async (t) => {
+  const server = await startServer(t);
+  const wide = "\u{1F6E0}"; // 4 bytes in UTF-8
+  const body = { jobType: wide.repeat(64), region: "north", durationMinutes: 60, title: wide.repeat(200), address: "a".repeat(300) };
+  const response = await server.request("POST", "/api/jobs", { token: await adminToken(), body });
+  assert.equal(response.status, 400);
+  const problem = response.json;
+  assert.match(problem.detail, /address/);
+  assert.match(problem.detail, /1200/);
+  const jobs = await server.expect(200, "GET", "/api/jobs?region=north", { token: await adminToken() });
+  assert.deepEqual(jobs, [], "nothing was stored");
 });
 
 test("the largest possible payload stays under 2 KiB", T, async (t) => {

@@ -4,12 +4,7 @@
 // test/event-types.test.ts holds the list against events from the real
 // service, so neither can drift silently.
 
-/**
- * The job inside a JobAssigned, as it was when assigned. Contract v1.1 also
- * lists `desiredStartUtc` and `address` here, but the service does not send
- * them (yet): the types follow what the service sends, and the key test
- * fails the day it changes.
- */
+/** The job inside a JobAssigned, as it was when assigned. */
 export interface AssignedJob {
   id: string;
   jobType: string;
@@ -17,6 +12,10 @@ export interface AssignedJob {
   region: string;
   status: "Assigned";
   durationMinutes: number;
+  /** When the customer would like it to start; null when unset. */
+  desiredStartUtc: string | null;
+  /** Where it is; null when unset. */
+  address: string | null;
 }
 
 /** A job was assigned to a contractor: sent to `dispatch/{region}` and `contractor/{contractorId}`. */
@@ -96,6 +95,8 @@ export const ASSIGNED_JOB_KEYS = keysOf<AssignedJob>()([
   "region",
   "status",
   "durationMinutes",
+  "desiredStartUtc",
+  "address",
 ]);
 
 export const JOB_ASSIGNED_KEYS = keysOf<JobAssigned>()([

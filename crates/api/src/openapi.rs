@@ -424,6 +424,11 @@ pub struct JobSnapshot {
     region: String,
     status: JobStatus,
     duration_minutes: i64,
+    /// When the customer would like it to start (null when unset).
+    #[schema(format = DateTime)]
+    desired_start_utc: Option<String>,
+    /// Where it is (null when unset).
+    address: Option<String>,
 }
 
 /// The JobAssigned payload (schemaVersion 1), as the hub sends it and the

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use smartscheduler_domain::ports::{AssignmentRepository, ContractorRepository, JobFilter, JobRepository, StoreError};
 use smartscheduler_domain::values::Address;
 use smartscheduler_domain::{
-    Assignment, AssignmentId, Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus, JobType, PersonName,
-    Principal, Region, Skill, Timestamp, Title, ValidationError,
+    check_job_texts, Assignment, AssignmentId, Contractor, ContractorId, DurationMinutes, Job, JobId, JobStatus,
+    JobType, PersonName, Principal, Region, Skill, Timestamp, Title, ValidationError,
 };
 use tracing::instrument;
 
@@ -136,6 +136,7 @@ impl Catalog {
         if !principal.dispatches(&request.region) {
             return Err(CatalogError::Forbidden(format!("you may not create jobs in region '{}'", request.region)));
         }
+        check_job_texts(&request.job_type, request.title.as_ref(), request.address.as_ref())?;
         let job = Job::create(
             request.job_type,
             request.title,

@@ -7,7 +7,7 @@ use crate::acknowledgement::{JobAssignmentAcknowledged, JobAssignmentUnacknowled
 use crate::assignment::Assignment;
 use crate::ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
-use crate::values::{AssignmentSource, DurationMinutes, JobType, Region, Timestamp, Title, ValidationError};
+use crate::values::{Address, AssignmentSource, DurationMinutes, JobType, Region, Timestamp, Title, ValidationError};
 
 /// The payload schema version clients can rely on.
 pub const JOB_ASSIGNED_SCHEMA_VERSION: u32 = 1;
@@ -139,6 +139,10 @@ pub struct JobSnapshot {
     pub status: JobStatus,
     /// How long it takes.
     pub duration_minutes: DurationMinutes,
+    /// When the customer would like it to start (null when unset).
+    pub desired_start_utc: Option<Timestamp>,
+    /// Where it is (null when unset).
+    pub address: Option<Address>,
 }
 
 /// A job was assigned to a contractor. Created with the assignment, in the
@@ -194,6 +198,8 @@ impl JobAssigned {
                 region: job.region().clone(),
                 status: job.status(),
                 duration_minutes: job.duration_minutes(),
+                desired_start_utc: job.desired_start_utc(),
+                address: job.address().cloned(),
             },
         }
     }
@@ -358,23 +364,44 @@ mod tests {
         assert_eq!(json["job"]["status"], "Assigned");
         assert_eq!(json["job"]["durationMinutes"], 120);
         assert_eq!(json["job"]["jobType"], "Flooring");
+        assert!(json["job"]["desiredStartUtc"].is_null() && json["job"]["address"].is_null(), "null when unset");
         let back: PublishedEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, published);
     }
 
     #[test]
     fn the_largest_payload_stays_under_two_kibibytes() {
-        // Worst case: every text field at its limit in 4-byte characters is
-        // refused by length first; four-byte characters are the heaviest.
+        // Worst case: the job's texts at their joint budget (4-byte characters,
+        // and quotes that JSON escapes), every other field at its widest.
         let (_, event) = sample(&"😀".repeat(crate::values::MAX_TITLE_LEN));
         let mut event = event;
         event.region = Region::new(&"r".repeat(crate::values::MAX_REGION_LEN)).unwrap();
         event.job.region = event.region.clone();
         event.job.job_type = JobType::new(&"😀".repeat(crate::values::MAX_JOB_TYPE_LEN)).unwrap();
+        let used = 4 * (crate::values::MAX_JOB_TYPE_LEN + crate::values::MAX_TITLE_LEN);
+        let address = Address::new(&"\"".repeat((crate::job::MAX_JOB_TEXT_BYTES - used) / 2)).unwrap();
+        crate::job::check_job_texts(&event.job.job_type, event.job.title.as_ref(), Some(&address))
+            .expect("exactly at the budget");
+        event.job.address = Some(address);
+        event.job.desired_start_utc = Some(Timestamp::parse_rfc3339("t", "9999-12-31T23:59:59.999Z").unwrap());
+        event.occurred_at_utc = Timestamp::parse_rfc3339("t", "9999-12-31T23:59:59.999Z").unwrap();
         event.audit_id = Some(AuditId::new());
         let published = PublishedEvent { event: event.into(), sequence: Sequence(i64::MAX) };
         let bytes = serde_json::to_vec(&published).unwrap().len();
         assert!(bytes < MAX_PAYLOAD_BYTES, "payload is {bytes} bytes");
+    }
+
+    #[test]
+    fn a_job_whose_texts_would_not_fit_in_a_job_assigned_is_refused_on_its_address() {
+        let job_type = JobType::new(&"😀".repeat(crate::values::MAX_JOB_TYPE_LEN)).unwrap();
+        let title = Title::new(&"😀".repeat(crate::values::MAX_TITLE_LEN)).unwrap();
+        let fits = Address::new(&"a".repeat(crate::job::MAX_JOB_TEXT_BYTES - 1056)).unwrap();
+        assert!(crate::job::check_job_texts(&job_type, Some(&title), Some(&fits)).is_ok());
+        let over = Address::new(&format!("{}\\", "a".repeat(crate::job::MAX_JOB_TEXT_BYTES - 1056 - 1))).unwrap();
+        let refused = crate::job::check_job_texts(&job_type, Some(&title), Some(&over)).unwrap_err();
+        assert_eq!(refused.field, "address");
+        assert!(refused.message.contains("1201 bytes"), "{refused}");
+        assert!(crate::job::check_job_texts(&job_type, Some(&title), None).is_ok(), "an address of none fits");
     }
 
     #[test]

@@ -58,6 +58,44 @@ pub enum AssignRefusal {
     AlreadyAssigned(JobId),
 }
 
+/// Most bytes a job's `jobType`, `title` and `address` take together in
+/// JSON (UTF-8, with `"` and `\` escaped): they all travel in every
+/// `JobAssigned`, which the contract keeps under 2 KiB whatever the rest of
+/// the payload holds (see [`crate::events::MAX_PAYLOAD_BYTES`]).
+pub const MAX_JOB_TEXT_BYTES: usize = 1200;
+
+/// Refuses a new job whose texts would not fit in a `JobAssigned`
+/// ([`MAX_JOB_TEXT_BYTES`]). Each text's own limit is checked when it is made.
+///
+/// # Errors
+/// [`ValidationError`] on `address` (or `title` without one), saying how much is too much.
+pub fn check_job_texts(
+    job_type: &JobType,
+    title: Option<&Title>,
+    address: Option<&Address>,
+) -> Result<(), ValidationError> {
+    let bytes = json_bytes(job_type.as_str())
+        + title.map_or(0, |t| json_bytes(t.as_str()))
+        + address.map_or(0, |a| json_bytes(a.as_str()));
+    if bytes <= MAX_JOB_TEXT_BYTES {
+        return Ok(());
+    }
+    let field = if address.is_some() { "address" } else { "title" };
+    Err(ValidationError::new(
+        field,
+        format!(
+            "jobType, title and address take {bytes} bytes together; at most {MAX_JOB_TEXT_BYTES} fit in a JobAssigned \
+             (UTF-8, quotes and backslashes count twice): shorten the address or the title"
+        ),
+    ))
+}
+
+/// The bytes `text` takes inside a JSON string: `"` and `\` are escaped
+/// (control characters never get this far: every text refuses them).
+fn json_bytes(text: &str) -> usize {
+    text.len() + text.bytes().filter(|b| matches!(b, b'"' | b'\\')).count()
+}
+
 impl Job {
     /// A new, unassigned job.
     pub fn create(

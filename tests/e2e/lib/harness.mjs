@@ -306,9 +306,9 @@ class Server {
     return this.expect(201, "POST", "/api/contractors", { token, body: { name, region } });
   }
 
-  async createJob(region = "north", { token, jobType = "Flooring", title = "Kitchen floor", durationMinutes = 120 } = {}) {
+  async createJob(region = "north", { token, jobType = "Flooring", title = "Kitchen floor", durationMinutes = 120, desiredStartUtc, address } = {}) {
     token ??= await this.adminToken();
-    return this.expect(201, "POST", "/api/jobs", { token, body: { jobType, region, durationMinutes, title } });
+    return this.expect(201, "POST", "/api/jobs", { token, body: { jobType, region, durationMinutes, title, desiredStartUtc, address } });
   }
 
   /** POST assign (201 expected); each call takes a fresh time slot unless given. */

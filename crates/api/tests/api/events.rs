@@ -82,6 +82,7 @@ async fn a_committed_assignment_is_published_with_the_contract_payload() {
     assert_eq!(payload["job"]["region"], "north");
     assert_eq!(payload["job"]["status"], "Assigned");
     assert_eq!(payload["job"]["durationMinutes"], 120);
+    assert!(payload["job"]["desiredStartUtc"].is_null() && payload["job"]["address"].is_null(), "null when unset");
     assert!(serde_json::to_vec(payload).unwrap().len() < 2048, "the payload stays under 2 KiB");
 
     // The same row through GET /api/events/{eventId}.

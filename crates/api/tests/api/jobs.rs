@@ -263,3 +263,24 @@ async fn a_job_reads_as_assigned_after_its_assignment() {
     let job = expect_json(app.get_job(Some(&app.admin()), &job_id).await, StatusCode::OK).await;
     assert_eq!(job["status"], "Assigned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_texts_would_push_a_job_assigned_past_2_kib_is_400_on_its_address_and_not_stored() {
+    let app = spawn_app().await;
+    let wide = "\u{1F6E0}"; // 4 bytes in UTF-8
+    let body = |address: String| {
+        json!({
+            "jobType": wide.repeat(64), "region": "north", "durationMinutes": 60,
+            "title": wide.repeat(200), "address": address,
+        })
+    };
+    // 256 + 800 bytes of jobType and title leave 144 for the address.
+    let fits = expect_json(app.post_job(Some(&app.admin()), &body("a".repeat(144))).await, StatusCode::CREATED).await;
+    assert_eq!(fits["address"].as_str().map(str::len), Some(144));
+    let refused =
+        expect_problem(app.post_job(Some(&app.admin()), &body("a".repeat(145))).await, StatusCode::BAD_REQUEST).await;
+    let detail = refused["detail"].as_str().expect("a detail");
+    assert!(detail.contains("address") && detail.contains("1201 bytes") && detail.contains("1200"), "{detail}");
+    let listed = expect_json(app.list_jobs(Some(&app.admin()), "region=north").await, StatusCode::OK).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "only the job that fits was stored");
+}
