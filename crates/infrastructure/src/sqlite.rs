@@ -139,6 +139,7 @@ impl SqlStore<SqliteBackend> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let store = if in_memory {
             let pool = SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
@@ -161,13 +162,18 @@ impl SqlStore<SqliteBackend> {
                 .pragma("mmap_size", "268435456")
                 .pragma("cache_size", "-16384")
                 .pragma("temp_store", "memory");
+            // No ping before each use: a connection to a local file does not go
+            // stale, and the ping is one more round trip to sqlx's worker thread
+            // (docs/benchmarks.md, "Cost per operation").
             let writer = SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.clone())
                 .await?;
             MIGRATOR.run(&writer).await?;
-            let reader = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+            let reader =
+                SqlitePoolOptions::new().test_before_acquire(false).max_connections(8).connect_with(options).await?;
             return Ok(Self::new(SqliteBackend::start(writer, reader)));
         };
         MIGRATOR.run(&store.writer).await?;
