@@ -36,7 +36,9 @@ const signalRGlobal = {
 /** The bundle's text. */
 export async function bundle() {
   const result = await build({
-    entryPoints: [join(PACKAGE_DIR, "src", "index.ts")],
+    // Paths in the bundle's comments are relative to the package, wherever this runs from.
+    absWorkingDir: PACKAGE_DIR,
+    entryPoints: ["src/index.ts"],
     bundle: true,
     write: false,
     format: "iife",
