@@ -364,6 +364,25 @@ test("console: a reloaded dispatcher page resumes after the last event it showed
   assertNoProblems(page);
 });
 
+test("console: a kept position past the end of the service's EventLog (another, reset database) is forgotten, not resumed from", T, async (t) => {
+  const browser = await launch(t);
+  if (!browser) return;
+  const server = await startServer(t);
+  const contractor = await server.createContractor("north", { name: "Ana Flores" });
+  const page = await newPage(browser, server);
+  await page.goto(server.base + "/");
+  await page.evaluate(() => localStorage.setItem("smartscheduler.console.cursor.dispatch/north", "999"));
+  await page.getByLabel("Bearer token").fill(await dispatcherToken(["north"]));
+  await page.getByRole("button", { name: "Use token" }).click();
+  await waitForState(page, "live");
+
+  const { assignment } = await server.assignNew("north", contractor.id);
+  await feedItem(page, assignment.eventId).waitFor({ timeout: 5000 });
+  const kept = await page.evaluate(() => localStorage.getItem("smartscheduler.console.cursor.dispatch/north"));
+  assert.ok(Number(kept) < 999, `the position is this service's now (${kept})`);
+  assertNoProblems(page);
+});
+
 test("console: an expired token is not used: no connection, no green banner, it says so", T, async (t) => {
   const browser = await launch(t);
   if (!browser) return;

@@ -699,9 +699,37 @@
       state.cursors = new SmartSchedulerEvents.MemoryCursorStore();
       state.cursors.set(`contractor/${state.claims.contractorId}`, 0);
     } else {
-      state.cursors = new SmartSchedulerEvents.LocalStorageCursorStore(CURSOR_PREFIX);
+      state.cursors = checkedAgainstService(new SmartSchedulerEvents.LocalStorageCursorStore(CURSOR_PREFIX));
     }
     return state.cursors;
+  }
+
+  /**
+   * `store`, with each stored position checked once against the service: a
+   * position past the end of its EventLog was kept against another database
+   * (one that was reset), and resuming from it would hide every event
+   * numbered below it, so it is forgotten instead.
+   */
+  function checkedAgainstService(store) {
+    const checked = new Set();
+    return {
+      async get(group) {
+        const position = store.get(group);
+        if (position === undefined || checked.has(group)) return position;
+        checked.add(group);
+        try {
+          // The event at `position`, or any later one, shows the EventLog reaches it.
+          const { items } = await api("GET", `/api/events?afterSequence=${Math.max(position - 1, 0)}&limit=1`);
+          if (items.length || position === 0) return position;
+        } catch {
+          return position; // not known: as stored
+        }
+        store.delete(group);
+        return undefined;
+      },
+      set: (group, sequence) => store.set(group, sequence),
+      delete: (group) => store.delete(group),
+    };
   }
 
   /**
