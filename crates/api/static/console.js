@@ -869,17 +869,18 @@
     } catch (err) {
       starting = false;
       if (!current()) return;
-      const joinRefused = feed.connection.state === signalR.HubConnectionState.Connected && /HubException:/.test(err.message);
+      // Connected, but the join failed: the hub's answer, in its words.
+      const joinFailed = feed.connection.state === signalR.HubConnectionState.Connected && /HubException:/.test(err.message);
       await disconnectHub();
       if (negotiateStatus(err) === 401) {
         tokenRefused(plainReason(err));
-      } else if (joinRefused && "dispatch" in spec) {
+      } else if (joinFailed && /You are not allowed to join/.test(err.message)) {
         // A fact about the token, not a fault: nothing to watch here.
-        refuseRegion(spec.dispatch);
-        setStatus("refused", `Not watching: you may not dispatch region ${spec.dispatch}.`);
-      } else if (joinRefused) {
-        showError(plainReason(err));
-        setStatus("refused", `Not watching ${group}: ${plainReason(err)}`);
+        if ("dispatch" in spec) refuseRegion(spec.dispatch);
+        else showError(plainReason(err));
+        setStatus("refused", "dispatch" in spec ? `Not watching: you may not dispatch region ${spec.dispatch}.` : `Not watching ${group}: ${plainReason(err)}`);
+      } else if (joinFailed) {
+        setStatus("closed", `Could not watch ${group}: ${plainReason(err)}`);
       } else {
         setStatus("closed", `Could not connect to the hub: ${plainReason(err)}`);
       }
