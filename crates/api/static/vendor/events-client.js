@@ -75,7 +75,9 @@ var SmartSchedulerEvents = (() => {
     "title",
     "region",
     "status",
-    "durationMinutes"
+    "durationMinutes",
+    "desiredStartUtc",
+    "address"
   ]);
   var JOB_ASSIGNED_KEYS = keysOf()([
     "type",
