@@ -337,6 +337,52 @@ test("console: the banner says so when the service stops, and the feed is live a
   assertNoProblems(page);
 });
 
+test("console: a reloaded dispatcher page resumes after the last event it showed: what it missed, nothing twice", T, async (t) => {
+  const browser = await launch(t);
+  if (!browser) return;
+  const server = await startServer(t);
+  const contractor = await server.createContractor("north", { name: "Ana Flores" });
+  const page = await openConsole(browser, server, await dispatcherToken(["north"]));
+  const { assignment: seen } = await server.assignNew("north", contractor.id);
+  await feedItem(page, seen.eventId).waitFor({ timeout: 5000 });
+  // JobsFeed keeps the position in localStorage, once the event's handlers have returned.
+  await waitFor(
+    () => page.evaluate(() => localStorage.getItem("smartscheduler.console.cursor.dispatch/north")),
+    5000,
+    "a position kept for dispatch/north",
+  );
+
+  // The page is away while another assignment is made, then opened again.
+  await page.goto("about:blank");
+  const { assignment: missed } = await server.assignNew("north", contractor.id);
+  await page.goto(server.base + "/");
+  await waitForState(page, "live");
+  assert.match(await status(page).textContent(), /Live on dispatch\/north; 1 earlier event replayed/);
+  await feedItem(page, missed.eventId).waitFor({ timeout: 5000 });
+  assert.equal(await feedItem(page, seen.eventId).count(), 0, "the event shown before the reload is not replayed");
+  assert.equal(await page.locator('[data-testid="feed"] li').count(), 1);
+  assertNoProblems(page);
+});
+
+test("console: a kept position past the end of the service's EventLog (another, reset database) is forgotten, not resumed from", T, async (t) => {
+  const browser = await launch(t);
+  if (!browser) return;
+  const server = await startServer(t);
+  const contractor = await server.createContractor("north", { name: "Ana Flores" });
+  const page = await newPage(browser, server);
+  await page.goto(server.base + "/");
+  await page.evaluate(() => localStorage.setItem("smartscheduler.console.cursor.dispatch/north", "999"));
+  await page.getByLabel("Bearer token").fill(await dispatcherToken(["north"]));
+  await page.getByRole("button", { name: "Use token" }).click();
+  await waitForState(page, "live");
+
+  const { assignment } = await server.assignNew("north", contractor.id);
+  await feedItem(page, assignment.eventId).waitFor({ timeout: 5000 });
+  const kept = await page.evaluate(() => localStorage.getItem("smartscheduler.console.cursor.dispatch/north"));
+  assert.ok(Number(kept) < 999, `the position is this service's now (${kept})`);
+  assertNoProblems(page);
+});
+
 test("console: an expired token is not used: no connection, no green banner, it says so", T, async (t) => {
   const browser = await launch(t);
   if (!browser) return;

@@ -11,6 +11,7 @@ import {
   HubConnectionState,
   IHubProtocol,
   IHttpConnectionOptions,
+  ILogger,
   LogLevel,
 } from "@microsoft/signalr";
 
@@ -31,6 +32,12 @@ export type ErrorContext =
   | { kind: "store"; group: string }
   | { kind: "closed" }
   | { kind: "internal" };
+
+/** The hub's answer to an acknowledgement: the first acknowledgement's time, also on a repeat. */
+export interface Acknowledgement {
+  eventId: string;
+  acknowledgedAtUtc: string;
+}
 
 /** A join that could not resume from the stored position (too old, or too many missed events). */
 export interface ResyncNeeded {
@@ -71,8 +78,12 @@ export interface JobsFeedOptions {
   onError?: (error: unknown, context: ErrorContext) => void;
   /** How many recent eventIds are remembered to drop copies (default 10,000). */
   seenLimit?: number;
+  /** Called once the hub has recorded the acknowledgement of a JobAssigned (with `acknowledge: true`). */
+  onAcknowledged?: (acknowledgement: Acknowledgement) => void;
   /** The SignalR client's log level (default: Warning). */
   logLevel?: LogLevel;
+  /** A logger for the SignalR client instead of its console logger at `logLevel`. */
+  logger?: ILogger;
   /** More options for `withUrl` (headers, skipNegotiation, ...). */
   httpOptions?: Omit<IHttpConnectionOptions, "accessTokenFactory" | "transport">;
 }
@@ -118,6 +129,19 @@ export class JobsFeed {
     return () => set.delete(handler as Handler<FeedEventType>);
   }
 
+  /**
+   * Adds a handler for a hub message that is not an event (e.g.
+   * `PresenceChanged`): no sequence, never replayed, so it is handed on as it
+   * arrives, without ordering or de-duplication. Returns a function that removes it.
+   */
+  onMessage(target: string, handler: (...args: unknown[]) => void): () => void {
+    if ((FEED_EVENT_TYPES as readonly string[]).includes(target)) {
+      throw new Error(`JobsFeed: ${target} is an event: use on("${target}", handler)`);
+    }
+    this.connection.on(target, handler);
+    return () => this.connection.off(target, handler);
+  }
+
   /** Connects and joins every group from its stored position. Rejects if the first connect or a join fails. */
   async start(): Promise<void> {
     this.stopping = false;
@@ -147,7 +171,7 @@ export class JobsFeed {
     let builder = new HubConnectionBuilder()
       .withUrl(this.options.url, urlOptions)
       .withAutomaticReconnect({ nextRetryDelayInMilliseconds: (ctx) => retryDelay(ctx.previousRetryCount) })
-      .configureLogging(this.options.logLevel ?? LogLevel.Warning);
+      .configureLogging(this.options.logger ?? this.options.logLevel ?? LogLevel.Warning);
     if (protocol) builder = builder.withHubProtocol(protocol);
     if (this.options.statefulReconnect !== false) builder = builder.withStatefulReconnect();
     const connection = builder.build();
@@ -264,8 +288,9 @@ export class JobsFeed {
   /** Acknowledges a JobAssigned; one that fails stays pending and is sent again after the next reconnect. */
   private async acknowledge(eventId: string): Promise<void> {
     try {
-      await this.connection.invoke("AcknowledgeEvent", eventId);
+      const acknowledgement: Acknowledgement = await this.connection.invoke("AcknowledgeEvent", eventId);
       this.unacknowledged.delete(eventId);
+      this.options.onAcknowledged?.(acknowledgement);
     } catch (err) {
       this.report(err, { kind: "acknowledge", eventId });
     }

@@ -1,5 +1,5 @@
 export { JobsFeed } from "./feed.js";
-export type { ErrorContext, Handler, JobsFeedOptions, ResyncNeeded } from "./feed.js";
+export type { Acknowledgement, ErrorContext, Handler, JobsFeedOptions, ResyncNeeded } from "./feed.js";
 export * from "./events.js";
 export { groupName } from "./groups.js";
 export type { GroupSpec } from "./groups.js";

@@ -16,8 +16,10 @@ test("a contractor feed with acknowledge: true acknowledges each JobAssigned aft
   const arrivals = new Map<string, number>();
   dispatcher.feed.on("JobAssignmentAcknowledged", (e) => void arrivals.set(e.jobAssignedEventId, Date.now()));
 
+  const recorded = new Map<string, string>();
   const mine = recordedFeed(t, server, await contractorToken(contractor.id), [{ contractor: contractor.id }], {
     acknowledge: true,
+    onAcknowledged: (a) => void recorded.set(a.eventId, a.acknowledgedAtUtc),
   });
   const handled = new Map<string, number>();
   mine.feed.on("JobAssigned", async (e) => {
@@ -34,6 +36,8 @@ test("a contractor feed with acknowledge: true acknowledges each JobAssigned aft
     const ack = dispatcher.events.find((e) => e.type === "JobAssignmentAcknowledged" && e.jobAssignedEventId === id);
     assert.ok(ack?.type === "JobAssignmentAcknowledged");
     assert.equal(ack.contractorId, contractor.id);
+    // onAcknowledged has the time the hub recorded, the one the dispatcher is told.
+    assert.equal(new Date(recorded.get(id)!).getTime(), new Date(ack.acknowledgedAtUtc).getTime());
   }
   // The dispatcher's feed: each JobAssigned, then its acknowledgement, in sequence order.
   const sequences = dispatcher.events.map((e) => e.sequence);

@@ -52,6 +52,7 @@ use crate::http;
         http::console::console_css,
         http::console::signalr_js,
         http::console::signalr_msgpack_js,
+        http::console::events_client_js,
         document,
         hub_negotiate,
         hub_connect,

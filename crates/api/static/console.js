@@ -8,17 +8,18 @@
 //   a job (POST /api/jobs/{id}/assign) and watch dispatch/{region} live.
 // - A contractor watches contractor/{own id}: its own assignments, replayed from
 //   the start of the EventLog's retention, then live.
-// - The hub client is the official @microsoft/signalr browser bundle
-//   (/vendor/signalr.min.js). The last sequence seen per group is tracked and
-//   every group is rejoined with it after a reconnect, so nothing is missed;
-//   events are de-duplicated by eventId.
+// - The live feed is a JobsFeed of @smartscheduler/events-client (clients/js,
+//   its browser bundle /vendor/events-client.js) on the official
+//   @microsoft/signalr browser bundle (/vendor/signalr.min.js). The feed keeps
+//   the last sequence per group (a dispatcher's in localStorage, so a reload
+//   resumes), rejoins with it after a reconnect and hands each event on once.
 // - The transport (Automatic, WebSockets, Server-Sent Events, Long Polling) and
 //   the hub protocol (JSON, or MessagePack with /vendor/signalr-protocol-msgpack.min.js)
 //   are chosen in the page and kept in localStorage; the banner names the
 //   transport the client actually uses. MessagePack is binary and Server-Sent
 //   Events carry text only, so that pair is refused in the page, not tried.
-// - Acknowledgements: a contractor's page acknowledges each JobAssigned it shows
-//   (AcknowledgeEvent); a dispatcher's feed row says "delivered", then
+// - Acknowledgements: a contractor's feed acknowledges each JobAssigned it shows
+//   (acknowledge: true); a dispatcher's feed row says "delivered", then
 //   "acknowledged at …" or "overdue" as JobAssignmentAcknowledged /
 //   JobAssignmentUnacknowledged arrive for it (their jobAssignedEventId).
 // - Presence: the contractors table says who is online, read from
@@ -31,6 +32,7 @@
   const REGION_KEY = "smartscheduler.console.region";
   const TRANSPORT_KEY = "smartscheduler.console.transport";
   const PROTOCOL_KEY = "smartscheduler.console.protocol";
+  const CURSOR_PREFIX = "smartscheduler.console.cursor.";
   const HUB_PATH = "/hubs/jobs";
   const FEED_LIMIT = 200;
   const DEFAULT_REGIONS = ["north", "south", "east"];
@@ -48,15 +50,12 @@
     presence: new Map(), // contractorId -> { online, lastSeenUtc | offlineSinceUtc, tick? }, for the region's contractors
     presenceTick: 0, // counts PresenceChanged messages, so a slower GET /api/presence does not undo one
     jobs: new Map(), // id -> job of the region
-    connection: null,
+    feed: null, // the JobsFeed of the current connection
+    cursors: null, // its CursorStore, kept across reconnections (see cursorStore)
     transport: "", // the HttpTransportType name the current connection uses, once connected
     protocol: "", // the hub protocol of the current connection: json | messagepack
-    joined: new Map(), // group -> { method, arg }
-    lastSequence: new Map(), // group -> highest sequence received
-    seen: new Set(), // eventIds shown
     assignees: new Map(), // jobId -> contractorId, from assignments and events
     refusedRegion: "", // the region the service refused to let this token dispatch
-    acknowledging: Promise.resolve(), // the contractor's AcknowledgeEvent calls, one at a time
     loadGeneration: 0,
   };
 
@@ -312,8 +311,7 @@
     localStorage.setItem(TOKEN_KEY, token);
     state.token = token;
     state.claims = claims;
-    state.lastSequence.clear();
-    state.seen.clear();
+    state.cursors = null;
     state.assignees.clear();
     state.refusedRegion = "";
     setAssignEnabled(true);
@@ -352,6 +350,7 @@
     localStorage.removeItem(TOKEN_KEY);
     state.token = "";
     state.claims = null;
+    state.cursors = null;
     $("token").value = "";
     renderIdentity();
     for (const panel of document.querySelectorAll(".back-office")) panel.hidden = true;
@@ -674,68 +673,63 @@
     renderContractors();
     renderJobs();
     loadRegion();
-    if (previous !== region) await switchDispatchGroup(previous, region);
+    // A feed follows its groups for its lifetime: another region is another feed.
+    if (previous !== region || !state.feed) await connectHub();
   }
 
   // ---------------------------------------------------------------------------
-  // Hub
+  // Hub: one JobsFeed (@smartscheduler/events-client) per connection
 
-  /** The groups this token should be in, with the method that joins each. */
-  function wantedGroups() {
-    const groups = new Map();
-    if (isContractor() && state.claims.contractorId) {
-      groups.set(`contractor/${state.claims.contractorId}`, { method: "JoinContractorGroup", arg: state.claims.contractorId });
-    } else if (isBackOffice() && state.region) {
-      groups.set(`dispatch/${state.region}`, { method: "JoinDispatchGroup", arg: state.region });
-    }
-    return groups;
+  /** The group this token watches: its own contractor group, or the region's dispatch group. */
+  function wantedGroup() {
+    if (isContractor() && state.claims.contractorId) return { contractor: state.claims.contractorId };
+    if (isBackOffice() && state.region) return { dispatch: state.region };
+    return null;
   }
 
   /**
-   * Joins one group, with the last sequence seen in it when there is one, so
-   * that the server replays what was missed. A contractor's first join replays
-   * its history (afterSequence 0). Returns how many events were replayed.
+   * Where the feed keeps its position. A dispatcher's is in localStorage, so a
+   * reload resumes after the last event shown. A contractor's starts at 0 in
+   * each page: its history is replayed (and acknowledged) when the page opens.
+   * Kept across reconnections and transport changes, so none repeats an event.
    */
-  async function joinGroup(connection, group, spec) {
-    let after = state.lastSequence.get(group);
-    if (after === undefined && spec.method === "JoinContractorGroup") after = 0;
-    const args = after === undefined ? [spec.arg] : [spec.arg, after];
-    try {
-      const result = await connection.invoke(spec.method, ...args);
-      state.joined.set(group, spec);
-      return result && typeof result.replayed === "number" ? result.replayed : 0;
-    } catch (err) {
-      if (after !== undefined && /More than \d+ events were missed/.test(err.message)) {
-        // Too far behind for a replay: reload over HTTP and continue live.
-        const result = await connection.invoke(spec.method, spec.arg);
-        state.joined.set(group, spec);
-        loadRegion();
-        return result && typeof result.replayed === "number" ? result.replayed : 0;
-      }
-      if (/HubException:/.test(err.message)) {
-        // The service refused this join: a fact about the token, not a fault.
-        if (spec.method === "JoinDispatchGroup") refuseRegion(spec.arg);
-        else showError(plainReason(err));
-        return 0;
-      }
-      throw err;
+  function cursorStore() {
+    if (state.cursors) return state.cursors;
+    if (isContractor()) {
+      state.cursors = new SmartSchedulerEvents.MemoryCursorStore();
+      state.cursors.set(`contractor/${state.claims.contractorId}`, 0);
+    } else {
+      state.cursors = checkedAgainstService(new SmartSchedulerEvents.LocalStorageCursorStore(CURSOR_PREFIX));
     }
+    return state.cursors;
   }
 
-  async function joinAll(connection) {
-    state.joined.clear();
-    let replayed = 0;
-    for (const [group, spec] of wantedGroups()) replayed += await joinGroup(connection, group, spec);
-    return replayed;
-  }
-
-  const groupNames = () => [...state.joined.keys()].join(", ");
-
-  /** Live when in a group; otherwise connected but watching nothing, and why. */
-  function setJoinedStatus(live) {
-    if (state.joined.size) setStatus("live", live);
-    else if (state.refusedRegion) setStatus("refused", `Connected, watching nothing: you may not dispatch region ${state.refusedRegion}.`);
-    else setStatus("refused", "Connected, watching nothing.");
+  /**
+   * `store`, with each stored position checked once against the service: a
+   * position past the end of its EventLog was kept against another database
+   * (one that was reset), and resuming from it would hide every event
+   * numbered below it, so it is forgotten instead.
+   */
+  function checkedAgainstService(store) {
+    const checked = new Set();
+    return {
+      async get(group) {
+        const position = store.get(group);
+        if (position === undefined || checked.has(group)) return position;
+        checked.add(group);
+        try {
+          // The event at `position`, or any later one, shows the EventLog reaches it.
+          const { items } = await api("GET", `/api/events?afterSequence=${Math.max(position - 1, 0)}&limit=1`);
+          if (items.length || position === 0) return position;
+        } catch {
+          return position; // not known: as stored
+        }
+        store.delete(group);
+        return undefined;
+      },
+      set: (group, sequence) => store.set(group, sequence),
+      delete: (group) => store.delete(group),
+    };
   }
 
   /**
@@ -770,6 +764,21 @@
     return message ? "The connection to the service was lost" : "Disconnected from the service";
   }
 
+  /** Why the page cannot connect with what is loaded and chosen, or "" when it can. */
+  function cannotConnect(choice) {
+    if (typeof signalR === "undefined") return "The SignalR client (/vendor/signalr.min.js) did not load.";
+    if (typeof SmartSchedulerEvents === "undefined") return "The events client (/vendor/events-client.js) did not load.";
+    if (choice.protocol === "messagepack" && !(signalR.protocols && signalR.protocols.msgpack)) {
+      return "The MessagePack protocol (/vendor/signalr-protocol-msgpack.min.js) did not load.";
+    }
+    return "";
+  }
+
+  /**
+   * Connects a JobsFeed for the token's group. The feed keeps the position,
+   * rejoins after every reconnect, drops copies and (for a contractor)
+   * acknowledges each JobAssigned once it is shown; the page renders.
+   */
   async function connectHub() {
     await disconnectHub();
     if (!state.token) return;
@@ -783,116 +792,127 @@
       setStatus("closed", "Not connected: MessagePack cannot be used over Server-Sent Events.");
       return;
     }
-    if (typeof signalR === "undefined") {
-      setStatus("closed", "The SignalR client (/vendor/signalr.min.js) did not load.");
+    const missing = cannotConnect(choice);
+    if (missing) {
+      setStatus("closed", missing);
       return;
     }
-    const msgpack = signalR.protocols && signalR.protocols.msgpack;
-    if (choice.protocol === "messagepack" && !msgpack) {
-      setStatus("closed", "The MessagePack protocol (/vendor/signalr-protocol-msgpack.min.js) did not load.");
+    const spec = wantedGroup();
+    if (!spec) {
+      setStatus("refused", "Not watching: this token names no contractor and no region.");
       return;
     }
-    const options = { accessTokenFactory: () => state.token };
-    if (choice.transport !== "auto") options.transport = signalR.HttpTransportType[choice.transport];
+    const group = SmartSchedulerEvents.groupName(spec);
     let picked = ""; // the transport the client last selected for this connection
-    let builder = new signalR.HubConnectionBuilder()
-      .withUrl(HUB_PATH, options)
-      .withAutomaticReconnect()
-      .withStatefulReconnect() // the client uses it on WebSockets only
-      .configureLogging(
-        hubLogger((transport) => {
-          picked = transport;
-        }),
-      );
-    if (choice.protocol === "messagepack") builder = builder.withHubProtocol(new msgpack.MessagePackHubProtocol());
-    const connection = builder.build();
-    const current = () => state.connection === connection;
-    connection.on("JobAssigned", (payload) => {
-      if (current()) onJobAssigned(payload);
+    let starting = true;
+    let replayed = 0; // events handled before the join answered: the replay
+    const feed = new SmartSchedulerEvents.JobsFeed({
+      url: HUB_PATH,
+      accessToken: () => state.token,
+      groups: [spec],
+      store: cursorStore(),
+      acknowledge: isContractor(),
+      transport: choice.transport === "auto" ? undefined : signalR.HttpTransportType[choice.transport],
+      protocol: choice.protocol === "messagepack" ? new signalR.protocols.msgpack.MessagePackHubProtocol() : undefined,
+      logger: hubLogger((transport) => {
+        picked = transport;
+      }),
+      // Too far behind for a replay: reload over HTTP, then the feed joins without a position.
+      onResync: () => {
+        loadRegion();
+      },
+      onAcknowledged: (a) => {
+        if (current()) onAcknowledged(a);
+      },
+      onError: (err, context) => {
+        if (current()) onFeedError(err, context);
+      },
     });
-    connection.on("PresenceChanged", (payload) => {
-      if (current()) onPresenceChanged(payload);
-    });
-    for (const type of ["JobAssignmentAcknowledged", "JobAssignmentUnacknowledged"]) {
-      connection.on(type, (payload) => {
-        if (current()) onAcknowledgement(payload);
-      });
-    }
-    connection.onreconnecting((err) => {
+    const current = () => state.feed === feed;
+    const handle = (render) => (e) => {
       if (!current()) return;
-      state.joined.clear();
+      if (starting) replayed++;
+      render(e);
+    };
+    feed.on("JobAssigned", handle(onJobAssigned));
+    feed.on("JobAssignmentAcknowledged", handle(onAcknowledgement));
+    feed.on("JobAssignmentUnacknowledged", handle(onAcknowledgement));
+    feed.onMessage("PresenceChanged", (e) => {
+      if (current()) onPresenceChanged(e);
+    });
+    feed.connection.onreconnecting((err) => {
+      if (!current()) return;
       state.transport = "";
       setStatus("reconnecting", `${lossReason(err)}: reconnecting… Missed events are replayed when it is back.`);
     });
-    connection.onreconnected(async () => {
+    feed.connection.onreconnected(() => {
       if (!current()) return;
       state.transport = picked;
-      try {
-        const replayed = await joinAll(connection);
-        setJoinedStatus(`Reconnected: live on ${groupNames()}; ${replayed} missed event${replayed === 1 ? "" : "s"} replayed.`);
-        retryAcknowledgements();
-        loadRegion();
-      } catch (err) {
-        setStatus("closed", `Reconnected, but rejoining failed: ${plainReason(err)}`);
-      }
+      setStatus("live", `Reconnected: live on ${group}; missed events are replayed.`);
+      loadRegion(); // presence is not replayed
     });
-    connection.onclose((err) => {
+    feed.connection.onclose((err) => {
       if (!current()) return;
-      state.joined.clear();
       state.transport = "";
       setStatus("closed", `${lossReason(err)}. Live events stopped: press Reconnect when it is back.`);
     });
-    state.connection = connection;
+    state.feed = feed;
     state.protocol = choice.protocol;
     const over = choice.transport === "auto" ? "" : ` over ${TRANSPORT_NAMES[choice.transport]}`;
     setStatus("connecting", `Connecting to ${HUB_PATH}${over}…`);
     try {
-      await connection.start();
+      await feed.start();
+      starting = false;
       if (!current()) return;
       state.transport = picked;
-      const replayed = await joinAll(connection);
-      if (!current()) return;
-      setJoinedStatus(
-        `Live on ${groupNames()}${replayed ? `; ${replayed} earlier event${replayed === 1 ? "" : "s"} replayed` : ""}.`,
-      );
+      setStatus("live", `Live on ${group}${replayed ? `; ${replayed} earlier event${replayed === 1 ? "" : "s"} replayed` : ""}.`);
     } catch (err) {
+      starting = false;
       if (!current()) return;
-      if (connection.state === signalR.HubConnectionState.Connected) connection.stop();
+      // Connected, but the join failed: the hub's answer, in its words.
+      const joinFailed = feed.connection.state === signalR.HubConnectionState.Connected && /HubException:/.test(err.message);
+      await disconnectHub();
       if (negotiateStatus(err) === 401) {
         tokenRefused(plainReason(err));
-        return;
+      } else if (joinFailed && /You are not allowed to join/.test(err.message)) {
+        // A fact about the token, not a fault: nothing to watch here.
+        if ("dispatch" in spec) refuseRegion(spec.dispatch);
+        else showError(plainReason(err));
+        setStatus("refused", "dispatch" in spec ? `Not watching: you may not dispatch region ${spec.dispatch}.` : `Not watching ${group}: ${plainReason(err)}`);
+      } else if (joinFailed) {
+        setStatus("closed", `Could not watch ${group}: ${plainReason(err)}`);
+      } else {
+        setStatus("closed", `Could not connect to the hub: ${plainReason(err)}`);
       }
-      setStatus("closed", `Could not connect to the hub: ${plainReason(err)}`);
+    }
+  }
+
+  /** What the feed reports without stopping: an acknowledgement on its row, a failed rejoin in the error box. */
+  function onFeedError(err, context) {
+    if (context.kind === "acknowledge") {
+      const item = feedItemOf(context.eventId);
+      // A refusal is the service's answer; anything else (a lost connection) is tried again after the reconnect.
+      const refused = /HubException:/.test((err && err.message) || "");
+      if (item) setAck(item, refused ? "refused" : "failed", `not acknowledged: ${plainReason(err)}`);
+    } else if (context.kind === "join") {
+      showError(`Reconnected, but rejoining ${context.group} failed (trying again): ${plainReason(err)}`);
+    } else if (context.kind !== "closed") {
+      // "closed" has its banner (onclose); the rest is a fault of this page.
+      console.error(`console: ${context.kind}:`, err);
     }
   }
 
   async function disconnectHub() {
-    const connection = state.connection;
-    state.connection = null;
-    state.joined.clear();
+    const feed = state.feed;
+    state.feed = null;
     state.transport = "";
-    if (connection) {
+    if (feed) {
       try {
-        await connection.stop();
+        await feed.stop();
       } catch {
         // already stopped
       }
     }
-  }
-
-  async function switchDispatchGroup(previous, region) {
-    const connection = state.connection;
-    if (!connection || connection.state !== signalR.HubConnectionState.Connected) return;
-    try {
-      if (previous && state.joined.has(`dispatch/${previous}`)) {
-        await connection.invoke("LeaveDispatchGroup", previous);
-        state.joined.delete(`dispatch/${previous}`);
-      }
-      await joinGroup(connection, `dispatch/${region}`, { method: "JoinDispatchGroup", arg: region });
-    } catch (err) {
-      showError(`Could not watch region ${region}: ${plainReason(err)}`);
-    }
-    setJoinedStatus(`Live on ${groupNames()}.`);
   }
 
   // ---------------------------------------------------------------------------
@@ -903,31 +923,17 @@
     $("feed-empty").hidden = false;
   }
 
-  /** Records `e.sequence` as the position of each of `groups` this page is in (for the replay after a reconnect). */
-  function trackSequence(e, groups) {
-    for (const group of groups) {
-      if (state.joined.has(group) || state.lastSequence.has(group) || wantedGroups().has(group)) {
-        if (typeof e.sequence === "number" && e.sequence > (state.lastSequence.get(group) ?? -1)) {
-          state.lastSequence.set(group, e.sequence);
-        }
-      }
-    }
-  }
-
   function onJobAssigned(e) {
     if (!e || typeof e !== "object" || !e.eventId) return;
-    trackSequence(e, [`dispatch/${e.region}`, `contractor/${e.contractorId}`]);
-    if (state.seen.has(e.eventId)) {
-      // At-least-once delivery: de-duplicate, counting the copies on the item shown.
-      const item = [...$("feed").children].find((li) => li.dataset.eventId === e.eventId);
-      if (item) item.dataset.deliveries = String(Number(item.dataset.deliveries) + 1);
+    const shown = feedItemOf(e.eventId);
+    if (shown) {
+      // The feed hands each event on once; a copy here came through another connection of this page.
+      shown.dataset.deliveries = String(Number(shown.dataset.deliveries) + 1);
       return;
     }
     // A contractor sees only its own assignments; a dispatcher its current region.
     if (isContractor() && e.contractorId !== state.claims.contractorId) return;
     if (isBackOffice() && e.region !== state.region) return;
-    state.seen.add(e.eventId);
-
     const job = e.job || {};
     const known = state.jobs.get(e.jobId);
     const newAssignee = state.assignees.get(e.jobId) !== e.contractorId;
@@ -977,7 +983,8 @@
     feed.insertBefore(item, after || null);
     while (feed.children.length > FEED_LIMIT) feed.lastElementChild.remove();
     $("feed-empty").hidden = true;
-    if (isContractor()) acknowledge(e.eventId);
+    // The feed acknowledges it once this handler returns (onAcknowledged, onFeedError).
+    if (isContractor()) setAck(item, "acknowledging", "acknowledging…");
   }
 
   // ---------------------------------------------------------------------------
@@ -1004,10 +1011,7 @@
    */
   function onAcknowledgement(e) {
     if (!e || typeof e !== "object" || !e.eventId) return;
-    trackSequence(e, [`dispatch/${e.region}`]);
-    if (state.seen.has(e.eventId)) return;
     if (isBackOffice() && e.region !== state.region) return;
-    state.seen.add(e.eventId);
     const item = feedItemOf(e.jobAssignedEventId);
     if (!item) return; // assigned before this page watched the region
     if (e.type === "JobAssignmentAcknowledged") {
@@ -1020,34 +1024,12 @@
   }
 
   /**
-   * A contractor's page acknowledges each JobAssigned it shows, one call at a
-   * time (a replayed history would otherwise be a burst of invocations). A
-   * repeat is harmless: the service answers the first acknowledgement's time.
+   * A contractor's acknowledgement, recorded by the service: the time shown is
+   * the first acknowledgement's (a repeat, e.g. of a replayed history, answers it too).
    */
-  function acknowledge(eventId) {
-    const connection = state.connection;
-    const item = feedItemOf(eventId);
-    if (!connection || !item) return;
-    setAck(item, "acknowledging", "acknowledging…");
-    state.acknowledging = state.acknowledging.then(async () => {
-      if (state.connection !== connection) return;
-      try {
-        const result = await connection.invoke("AcknowledgeEvent", eventId);
-        setAck(item, "acknowledged", "acknowledged at", result && result.acknowledgedAtUtc);
-      } catch (err) {
-        // A refusal is the service's answer; anything else (a lost connection) is tried again after the rejoin.
-        const refused = /HubException:/.test((err && err.message) || "");
-        setAck(item, refused ? "refused" : "failed", `not acknowledged: ${plainReason(err)}`);
-      }
-    });
-  }
-
-  /** After a reconnect: acknowledges the rows whose acknowledgement did not get through. */
-  function retryAcknowledgements() {
-    if (!isContractor()) return;
-    for (const item of $("feed").children) {
-      if (item.dataset.ack === "failed" || item.dataset.ack === "delivered") acknowledge(item.dataset.eventId);
-    }
+  function onAcknowledged(a) {
+    const item = feedItemOf(a.eventId);
+    if (item) setAck(item, "acknowledged", "acknowledged at", a.acknowledgedAtUtc);
   }
 
   // ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ const CONSOLE_FILES = new Map([
   ["/console.css", "console.css"],
   ["/vendor/signalr.min.js", "vendor/signalr.min.js"],
   ["/vendor/signalr-protocol-msgpack.min.js", "vendor/signalr-protocol-msgpack.min.js"],
+  ["/vendor/events-client.js", "vendor/events-client.js"],
 ]);
 const CONTENT_TYPES = {
   ".html": "text/html; charset=utf-8",
