@@ -375,6 +375,7 @@ fn the_top_level_help_lists_the_sub_commands_not_every_serve_setting() {
     assert!(top.contains("serve") && top.contains("token") && top.contains("demo"), "{top}");
     assert!(!top.contains("--database-url"), "the serve settings are repeated at the top: {top}");
     assert!(!top.contains("wired to the adapters"), "{top}");
+    assert!(!top.contains("Boxed"), "an implementation note in the help: {top}");
     let serve = String::from_utf8(run(&["serve", "--help"]).stdout).unwrap();
     assert!(serve.contains("--database-url") && serve.contains("SMARTSCHEDULER_PUBLISHER_LEASE_MS"), "{serve}");
 }
