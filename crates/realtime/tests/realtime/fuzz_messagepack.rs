@@ -12,12 +12,13 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rmpv::Value as Pack;
-use serde_json::Value;
 use smartscheduler_realtime::protocol::messagepack::{
     ack, close, completion_error, completion_result, invocation, parse_message, read_length, sequence, write_length,
     FrameBuffer, PING,
 };
 use smartscheduler_realtime::protocol::{HubMessage, ProtocolError};
+
+use crate::support::exact_json;
 
 const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/fuzz_messagepack.txt");
 
@@ -246,24 +247,6 @@ fn record_shaped_arrays_parse_consistently() {
 
 // ---------------------------------------------------------------------------
 // What the server writes
-
-/// JSON without floats, so a round trip is exact.
-fn exact_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<String>().prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((any::<String>(), inner), 0..6)
-                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
-        ]
-    })
-}
 
 /// The one record a server output holds, through a FrameBuffer split at `cut`.
 fn one_record(framed: &[u8], cut: usize) -> Result<Vec<u8>, TestCaseError> {

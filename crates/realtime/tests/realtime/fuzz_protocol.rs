@@ -13,6 +13,8 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
+
+use crate::support::exact_json;
 use smartscheduler_realtime::protocol::{
     close, completion_error, completion_result, handshake_error, invocation, parse_handshake, parse_message,
     HubMessage, ProtocolError, RecordBuffer, MAX_VERSION, RS,
@@ -107,25 +109,6 @@ fn json_value() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::vec((key(), inner), 0..6).prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
-        ]
-    })
-}
-
-/// JSON that survives a text round trip exactly (no floats: serde_json
-/// parses them best-effort by default).
-fn exact_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<String>().prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((any::<String>(), inner), 0..6)
-                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
         ]
     })
 }

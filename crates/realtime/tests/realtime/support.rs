@@ -3,8 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use proptest::strategy::Strategy;
+use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use serde_json::Value;
 
 /// Runs `property` on values of `strategy` with the configuration from the
 /// environment (`PROPTEST_CASES`...), saving failures in `regressions` (a
@@ -31,4 +32,23 @@ pub fn fuzz<S: Strategy>(
     if let Err(err) = result {
         panic!("{name}: {err}");
     }
+}
+
+/// JSON that survives a text or MessagePack round trip exactly: no floats
+/// (serde_json parses them best-effort by default).
+pub fn exact_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((any::<String>(), inner), 0..6)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+        ]
+    })
 }
