@@ -105,6 +105,8 @@ test("presence: online once at the first connection, not at the second; offline 
   const first = await server.connect(anaToken);
   const [online] = await waitForChanges(north, ana.id, 1);
   assertChange(changesOf(north, ana.id)[0], ana, true, t0, Date.now());
+  // Each member's copy travels on its own connection: wait for the admin's before comparing.
+  await waitForChanges(admin, ana.id, 1);
   assert.deepEqual(changesOf(admin, ana.id), changesOf(north, ana.id), "an admin in dispatch/north gets the same message");
   assert.ok(online.receivedAt - t0 < 5000, "told when the connection opened");
   const seen = await waitForPresence(server, "north", ana.id, { online: true, connections: 1 });
