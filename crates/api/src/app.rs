@@ -91,6 +91,11 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
+        if let Some(presence) = &self.hub.presence {
+            if tokio::time::timeout(Duration::from_secs(2), presence.leave()).await.is_err() {
+                tracing::warn!("presence: leaving took too long; other nodes find this one dead instead");
+            }
+        }
         if tokio::time::timeout(self.shutdown_timeout, self.relay).await.is_err() {
             tracing::warn!("the relay did not stop in time; Pending rows are published at the next start");
         }

@@ -25,7 +25,7 @@ pub use acknowledgements::{AcknowledgeAssignment, AcknowledgeError, Acknowledged
 pub use assign_job::{AssignJob, AssignJobError, AssignJobRequest, Assigned, IdempotencyRequest};
 pub use auth::{AuthError, ConnectionTicket, ConnectionTokens, TokenVerifier, MAX_CONNECTION_TOKEN_LEN};
 pub use catalog::{Catalog, CatalogError, CreateContractorRequest, CreateJobRequest};
-pub use presence::{PresenceGuard, PresenceTracker};
+pub use presence::{MemoryPresenceLedger, PresenceGuard, PresenceTracker};
 pub use publishing::{
     outbox, EventHandler, HandlerError, HandlerRegistry, InProcessPublisher, OutboxRelay, RelayConfig,
 };

@@ -15,7 +15,7 @@ use crate::contractor::Contractor;
 use crate::events::{DomainEvent, Group, Sequence};
 use crate::ids::{AssignmentId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
-use crate::presence::PresenceChanged;
+use crate::presence::{HeldConnections, Presence, PresenceChanged};
 use crate::values::{Region, Timestamp};
 
 /// A failure of storage itself, not of the request. The driver's error is
@@ -499,6 +499,44 @@ pub trait PresenceNotifier: Send + Sync {
     /// Sends `change` to its audience now. Never blocks and never fails:
     /// presence is not durable, and `GET /api/presence` has the state.
     fn notify(&self, change: PresenceChanged);
+}
+
+/// Where presence is decided: one node's memory, or a store that every
+/// node of a cluster shares. Each node records how many hub connections of
+/// each contractor it holds; `settle` turns the union over live nodes into
+/// online and offline, each change made once however many nodes settle.
+#[async_trait]
+pub trait PresenceLedger: Send + Sync {
+    /// This node holds `held` now (a count of 0: its last one here closed).
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails; the caller records them again later.
+    async fn record(&self, held: &[HeldConnections]) -> Result<(), StoreError>;
+
+    /// Says this node is alive; a node that stops saying it is dead, and its
+    /// connections no longer count. `true` when the ledger did not know the
+    /// node (its first heartbeat, or it had been given up for dead): the
+    /// node then records everything it holds again.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn heartbeat(&self) -> Result<bool, StoreError>;
+
+    /// Makes the changes that are due: online at a first connection on any
+    /// live node, offline once no live node holds one and the grace since
+    /// the last has passed. Each change is made once and told, through the
+    /// [`PresenceNotifier`] of every node, to the region's dispatchers.
+    /// Returns the changes this call made.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails; the next call makes up for it.
+    async fn settle(&self) -> Result<Vec<PresenceChanged>, StoreError>;
+
+    /// Where each of `contractors` stands, in the same order.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    async fn presence_of(&self, contractors: &[ContractorId]) -> Result<Vec<Presence>, StoreError>;
 }
 
 /// Hub connection tokens already used. A token opens one connection: with

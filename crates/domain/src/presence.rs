@@ -49,3 +49,15 @@ pub struct Presence {
     /// Last seen connected: now while connected; `None` when never seen.
     pub last_seen_utc: Option<Timestamp>,
 }
+
+/// The hub connections one node holds of one contractor, as the node tells
+/// its [`PresenceLedger`](crate::ports::PresenceLedger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldConnections {
+    /// Whose.
+    pub contractor_id: ContractorId,
+    /// The contractor's region (whose dispatchers are told).
+    pub region: Region,
+    /// How many this node holds now; 0: its last one here just closed.
+    pub connections: u32,
+}

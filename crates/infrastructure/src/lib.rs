@@ -18,6 +18,7 @@ pub mod database;
 mod errors;
 pub mod postgres;
 pub mod postgres_lease;
+pub mod postgres_presence;
 pub mod redis_bus;
 pub mod sql;
 pub mod sqlite;

@@ -52,7 +52,7 @@ pub async fn get(
     let contractors = state.catalog.contractors(&principal, Some(region.clone()), MAX_CONTRACTORS).await?;
     let ids: Vec<ContractorId> = contractors.iter().map(|c| c.id()).collect();
     let presence = match &state.hub.presence {
-        Some(tracker) => tracker.presence_of(&ids),
+        Some(tracker) => tracker.presence_of(&ids).await?,
         None => vec![Default::default(); ids.len()],
     };
     let listed: Vec<ContractorPresence> = contractors

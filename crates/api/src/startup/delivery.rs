@@ -32,8 +32,8 @@ pub(crate) struct Delivery {
     pub relay: JoinHandle<()>,
     /// Tells the relay to publish what it holds and stop.
     pub stop_relay: Arc<Notify>,
-    /// Tasks aborted at shutdown: the follower and its wake-ups, retention,
-    /// the escalation scan.
+    /// Tasks aborted at shutdown: the follower and its wake-ups, presence,
+    /// retention, the escalation scan.
     pub background: Vec<JoinHandle<()>>,
     /// How long a contractor has to acknowledge a new assignment (`None`: no escalation).
     pub acknowledgement_deadline: Option<Duration>,
@@ -63,11 +63,10 @@ pub(crate) async fn delivery(
         // Replays stop where this node's follower is.
         hub = hub.with_followed_position(followed.clone());
     }
-    let presence = PresenceTracker::new(
-        db.contractors(),
-        Arc::new(HubPresence::new(hub.hub.clone())),
-        Duration::from_secs(config.presence_grace_seconds),
-    );
+    let grace = Duration::from_secs(config.presence_grace_seconds);
+    let (ledger, presence_listener) = topology.presence_ledger(db, Arc::new(HubPresence::new(hub.hub.clone())), grace);
+    let presence = PresenceTracker::new(db.contractors(), ledger, grace);
+    let presence_task = tokio::spawn(presence.clone().run());
     hub = hub.with_presence(presence);
     let hub_delivery = Arc::new(HubDelivery::new(hub.hub.clone()));
     let handlers = topology.handlers(handlers, &hub_delivery);
@@ -85,6 +84,8 @@ pub(crate) async fn delivery(
     let stop = stop_relay.clone();
     let relay = tokio::spawn(relay.run(async move { stop.notified().await }));
 
+    background.push(presence_task);
+    background.extend(presence_listener);
     background.push(tokio::spawn(smartscheduler_application::maintenance::run_retention(
         event_log.clone(),
         db.assignments(),

@@ -10,10 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use smartscheduler_application::publishing::OutboxRelay;
 use smartscheduler_application::tailer::{EventTailer, FollowedPosition};
+use smartscheduler_application::MemoryPresenceLedger;
 use smartscheduler_application::{HandlerRegistry, RelayConfig};
-use smartscheduler_domain::ports::EventLog;
+use smartscheduler_domain::ports::{EventLog, PresenceLedger, PresenceNotifier};
 use smartscheduler_domain::{Chain, EventType, Sequence};
 use smartscheduler_infrastructure::postgres_lease::PostgresLease;
+use smartscheduler_infrastructure::postgres_presence::PostgresPresence;
 use smartscheduler_infrastructure::redis_bus::RedisBus;
 use smartscheduler_infrastructure::Database;
 use smartscheduler_realtime::HubDelivery;
@@ -118,6 +120,24 @@ impl DeliveryTopology {
                 .into_iter()
                 .fold(handlers, |handlers, event_type| handlers.register(event_type, hub_delivery.clone())),
             Self::Cluster { .. } => handlers,
+        }
+    }
+
+    /// Where presence is decided: this node's memory, or (cluster) the
+    /// database every node shares, with the task that hears its changes.
+    pub fn presence_ledger(
+        &self,
+        db: &Database,
+        notifier: Arc<dyn PresenceNotifier>,
+        grace: Duration,
+    ) -> (Arc<dyn PresenceLedger>, Option<JoinHandle<()>>) {
+        match (self, db) {
+            (Self::Cluster { .. }, Database::Postgres(store)) => {
+                let ledger = PostgresPresence::new(store, grace);
+                let listener = tokio::spawn(ledger.clone().listen(notifier));
+                (Arc::new(ledger), Some(listener))
+            }
+            _ => (Arc::new(MemoryPresenceLedger::new(notifier, grace)), None),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod fuzz_tokens;
 mod jwks;
+mod postgres_presence;
 mod postgres_store;
 mod sqlite_store;
 mod support;

@@ -63,7 +63,7 @@ async fn connect_admin(url: &str) -> Result<PgConnection, String> {
 
 /// A database made for one test, dropped (best effort) when this is dropped,
 /// even when the test panics.
-struct TestDatabase {
+pub(crate) struct TestDatabase {
     base: String,
     name: String,
     url: String,
@@ -121,7 +121,7 @@ impl Drop for TestDatabase {
 }
 
 /// A fresh PostgreSQL database per test.
-struct Postgres;
+pub(crate) struct Postgres;
 
 impl Backend for Postgres {
     type Store = PostgresStore;
