@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use smartscheduler_domain::ports::{ContractorRepository, PresenceLedger, StoreError};
-use smartscheduler_domain::{Chain, ContractorId, HeldConnections, Presence, Principal, Region, Role};
+use smartscheduler_domain::{Chain, ContractorId, HeldConnections, Presence, Principal, Region, Role, SettleScope};
 use tokio::sync::Notify;
 
 pub use memory::MemoryPresenceLedger;
@@ -27,11 +27,13 @@ pub const PRESENCE_TICK: Duration = Duration::from_secs(1);
 /// the close, which the run task makes a moment after it.
 const GRACE_MARGIN: Duration = Duration::from_millis(25);
 
-/// This node's connections, and which changed since the last record.
+/// This node's connections, which changed since the last record, and
+/// whose grace has ended since the last settle.
 #[derive(Debug, Default)]
 struct Held {
     connections: HashMap<ContractorId, (Region, u32)>,
     changed: HashSet<ContractorId>,
+    grace_ended: HashSet<ContractorId>,
 }
 
 /// Contractors' connections on this node, told to a ledger. Cheap to clone.
@@ -96,18 +98,24 @@ impl PresenceTracker {
         self.ledger.presence_of(contractors).await
     }
 
-    /// Records what changed and settles, at once after a change and every
-    /// [`PRESENCE_TICK`], with a heartbeat at each tick. Runs until aborted.
+    /// Records what changed and settles it at once; every [`PRESENCE_TICK`]
+    /// says the node is alive and settles everyone (graces that ended, nodes
+    /// that died). Runs until aborted.
     pub async fn run(self) {
         let mut tick = tokio::time::interval(PRESENCE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => self.heartbeat().await,
-                () = self.changed.notified() => {}
-            }
-            self.record_changes().await;
-            if let Err(err) = self.ledger.settle().await {
+            let everyone = tokio::select! {
+                _ = tick.tick() => {
+                    self.heartbeat().await;
+                    true
+                }
+                () = self.changed.notified() => false,
+            };
+            let mut touched = self.record_changes().await;
+            touched.extend(std::mem::take(&mut self.lock().grace_ended));
+            let scope = if everyone { SettleScope::Everyone } else { SettleScope::Only(&touched) };
+            if let Err(err) = self.ledger.settle(scope).await {
                 tracing::warn!(error = %Chain(&err), "presence: cannot settle; trying again shortly");
             }
         }
@@ -145,8 +153,9 @@ impl PresenceTracker {
         }
     }
 
-    /// Records the counts that changed; on failure they stay to record later.
-    async fn record_changes(&self) {
+    /// Records the counts that changed and returns whose; on failure they
+    /// stay to record later.
+    async fn record_changes(&self) -> Vec<ContractorId> {
         let changes: Vec<HeldConnections> = {
             let mut held = self.lock();
             let changed: Vec<ContractorId> = held.changed.drain().collect();
@@ -159,7 +168,7 @@ impl PresenceTracker {
                 .collect()
         };
         if changes.is_empty() {
-            return;
+            return Vec::new();
         }
         match self.ledger.record(&changes).await {
             Ok(()) => {
@@ -171,10 +180,12 @@ impl PresenceTracker {
                         held.connections.remove(&id);
                     }
                 }
+                changes.into_iter().map(|change| change.contractor_id).collect()
             }
             Err(err) => {
                 tracing::warn!(error = %Chain(&err), "presence: cannot record connections; trying again shortly");
                 self.lock().changed.extend(changes.iter().map(|change| change.contractor_id));
+                Vec::new()
             }
         }
     }
@@ -199,11 +210,11 @@ impl PresenceTracker {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let changed = self.changed.clone();
-            let due = self.grace + GRACE_MARGIN;
+            let tracker = self.clone();
             runtime.spawn(async move {
-                tokio::time::sleep(due).await;
-                changed.notify_one();
+                tokio::time::sleep(tracker.grace + GRACE_MARGIN).await;
+                tracker.lock().grace_ended.insert(contractor);
+                tracker.changed.notify_one();
             });
         }
     }
@@ -330,8 +341,8 @@ mod tests {
         async fn heartbeat(&self) -> Result<bool, StoreError> {
             self.inner.heartbeat().await
         }
-        async fn settle(&self) -> Result<Vec<PresenceChanged>, StoreError> {
-            self.inner.settle().await
+        async fn settle(&self, scope: SettleScope<'_>) -> Result<Vec<PresenceChanged>, StoreError> {
+            self.inner.settle(scope).await
         }
         async fn presence_of(&self, contractors: &[ContractorId]) -> Result<Vec<Presence>, StoreError> {
             self.inner.presence_of(contractors).await

@@ -37,7 +37,7 @@ pub use events::{DomainEvent, EventType, Group, JobAssigned, JobSnapshot, Publis
 pub use identity::{Principal, Role};
 pub use ids::{AssignmentId, AuditId, ContractorId, EventId, JobId};
 pub use job::{check_job_texts, AssignRefusal, Job, JobStatus, MAX_JOB_TEXT_BYTES};
-pub use presence::{HeldConnections, Presence, PresenceChanged};
+pub use presence::{HeldConnections, Presence, PresenceChanged, SettleScope};
 pub use values::{
     Address, AssignmentSource, DurationMinutes, JobType, PersonName, Region, Skill, TimeRange, Timestamp, Title,
     ValidationError,

@@ -15,7 +15,7 @@ use crate::contractor::Contractor;
 use crate::events::{DomainEvent, Group, Sequence};
 use crate::ids::{AssignmentId, ContractorId, EventId, JobId};
 use crate::job::{Job, JobStatus};
-use crate::presence::{HeldConnections, Presence, PresenceChanged};
+use crate::presence::{HeldConnections, Presence, PresenceChanged, SettleScope};
 use crate::values::{Region, Timestamp};
 
 /// A failure of storage itself, not of the request. The driver's error is
@@ -522,15 +522,15 @@ pub trait PresenceLedger: Send + Sync {
     /// [`StoreError`] when storage fails.
     async fn heartbeat(&self) -> Result<bool, StoreError>;
 
-    /// Makes the changes that are due: online at a first connection on any
-    /// live node, offline once no live node holds one and the grace since
-    /// the last has passed. Each change is made once and told, through the
-    /// [`PresenceNotifier`] of every node, to the region's dispatchers.
-    /// Returns the changes this call made.
+    /// Makes the changes that are due among `scope`: online at a first
+    /// connection on any live node, offline once no live node holds one and
+    /// the grace since the last has passed. Each change is made once and
+    /// told, through the [`PresenceNotifier`] of every node, to the region's
+    /// dispatchers. Returns the changes this call made.
     ///
     /// # Errors
     /// [`StoreError`] when storage fails; the next call makes up for it.
-    async fn settle(&self) -> Result<Vec<PresenceChanged>, StoreError>;
+    async fn settle(&self, scope: SettleScope<'_>) -> Result<Vec<PresenceChanged>, StoreError>;
 
     /// Where each of `contractors` stands, in the same order.
     ///

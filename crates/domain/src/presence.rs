@@ -50,6 +50,16 @@ pub struct Presence {
     pub last_seen_utc: Option<Timestamp>,
 }
 
+/// Which contractors a settle looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleScope<'a> {
+    /// Every contractor: graces that ended, nodes that died.
+    Everyone,
+    /// Only these, whose connections just changed: cheap, however many
+    /// contractors the ledger holds.
+    Only(&'a [ContractorId]),
+}
+
 /// The hub connections one node holds of one contractor, as the node tells
 /// its [`PresenceLedger`](crate::ports::PresenceLedger).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use smartscheduler_domain::ports::PresenceLedger;
-use smartscheduler_domain::{ContractorId, HeldConnections, Region};
+use smartscheduler_domain::{ContractorId, HeldConnections, Region, SettleScope};
 use smartscheduler_infrastructure::postgres_presence::PostgresPresence;
 use smartscheduler_infrastructure::Database;
 
@@ -90,13 +90,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let record_us = started.elapsed().as_secs_f64() * 1e6 / count as f64;
     let started = Instant::now();
-    let online = nodes[0].settle().await?.len();
+    let online = nodes[0].settle(SettleScope::Everyone).await?.len();
     let settle_all_online_ms = started.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(online == count, "{online} of {count} came online");
 
     // Steady state, nothing changes: what each node pays every second.
     let settle_steady_ms = median_ms(|| async {
-        anyhow::ensure!(nodes[1].settle().await?.is_empty());
+        anyhow::ensure!(nodes[1].settle(SettleScope::Everyone).await?.is_empty());
+        Ok(())
+    })
+    .await?;
+    // A connection of one contractor changed: the settle the tracker makes at once.
+    let one = [contractors[0].0];
+    let settle_one_ms = median_ms(|| async {
+        anyhow::ensure!(nodes[1].settle(SettleScope::Only(&one)).await?.is_empty());
         Ok(())
     })
     .await?;
@@ -118,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
-    let offline = nodes[1].settle().await?.len();
+    let offline = nodes[1].settle(SettleScope::Everyone).await?.len();
     let settle_all_offline_ms = started.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(offline == count, "{offline} of {count} went offline");
 
@@ -126,13 +133,14 @@ async fn main() -> anyhow::Result<()> {
     println!("  record a connection (batches of {BATCH}): {record_us:.1} us per contractor");
     println!("  settle, all coming online at once: {settle_all_online_ms:.1} ms; all going offline: {settle_all_offline_ms:.1} ms");
     println!("  settle, nothing changing (each node, every second): {settle_steady_ms:.2} ms (median of {REPEATS})");
+    println!("  settle of one contractor whose connections changed: {settle_one_ms:.2} ms");
     println!("  heartbeat: {heartbeat_ms:.2} ms; GET /api/presence's read of a region: {presence_region_ms:.2} ms");
     println!(
         "{}",
         serde_json::json!({
             "scenario": "presence_cost", "contractors": count, "nodes": 2, "record_us_per_contractor": record_us,
             "settle_all_online_ms": settle_all_online_ms, "settle_all_offline_ms": settle_all_offline_ms,
-            "settle_steady_ms": settle_steady_ms, "heartbeat_ms": heartbeat_ms, "presence_of_region_ms": presence_region_ms,
+            "settle_steady_ms": settle_steady_ms, "settle_one_ms": settle_one_ms, "heartbeat_ms": heartbeat_ms, "presence_of_region_ms": presence_region_ms,
         })
     );
     drop(raw);

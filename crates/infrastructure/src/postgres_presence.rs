@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use smartscheduler_domain::ports::{PresenceLedger, PresenceNotifier, StoreError};
-use smartscheduler_domain::{ContractorId, HeldConnections, Presence, PresenceChanged, Region, Timestamp};
+use smartscheduler_domain::{ContractorId, HeldConnections, Presence, PresenceChanged, Region, SettleScope, Timestamp};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -135,7 +135,16 @@ impl PresenceLedger for PostgresPresence {
         Ok(inserted)
     }
 
-    async fn settle(&self) -> Result<Vec<PresenceChanged>, StoreError> {
+    async fn settle(&self, scope: SettleScope<'_>) -> Result<Vec<PresenceChanged>, StoreError> {
+        // A scoped settle reads only its contractors' rows (by primary key).
+        let (only, contractors): (&str, Vec<Uuid>) = match scope {
+            SettleScope::Everyone => ("", Vec::new()),
+            SettleScope::Only([]) => return Ok(Vec::new()),
+            SettleScope::Only(these) => {
+                ("AND {}.contractor_id = ANY($3)", these.iter().map(ContractorId::as_uuid).collect())
+            }
+        };
+        let (only_connections, only_told) = (only.replace("{}", "c"), only.replace("{}", "p"));
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SETTLE_LOCK)
@@ -150,11 +159,13 @@ impl PresenceLedger for PostgresPresence {
                         COALESCE(SUM(c.connections) FILTER (WHERE n.seen_at > clock.now_ms - $1), 0) AS live,
                         MAX(CASE WHEN c.connections > 0 THEN n.seen_at ELSE c.closed_at END) AS last_seen
                  FROM presence_connections c JOIN presence_nodes n ON n.node_id = c.node_id CROSS JOIN clock
+                 WHERE true {only_connections}
                  GROUP BY c.contractor_id),
              due AS (
                  SELECT p.contractor_id, s.last_seen,
                         COALESCE(s.live > 0 OR s.last_seen > clock.now_ms - $2, false) AS online
-                 FROM contractor_presence p CROSS JOIN clock LEFT JOIN seen s ON s.contractor_id = p.contractor_id),
+                 FROM contractor_presence p CROSS JOIN clock LEFT JOIN seen s ON s.contractor_id = p.contractor_id
+                 WHERE true {only_told}),
              changed AS (
                  UPDATE contractor_presence p SET online = due.online, last_seen = COALESCE(due.last_seen, p.last_seen)
                  FROM due WHERE due.contractor_id = p.contractor_id AND p.online <> due.online
@@ -164,12 +175,11 @@ impl PresenceLedger for PostgresPresence {
                         'online', changed.online, 'atMs', clock.now_ms)::text)
              FROM changed JOIN contractors k ON k.id = changed.contractor_id CROSS JOIN clock"
         );
-        let rows = sqlx::query(&statement)
-            .bind(millis(NODE_EXPIRY))
-            .bind(millis(self.grace))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        let mut query = sqlx::query(&statement).bind(millis(NODE_EXPIRY)).bind(millis(self.grace));
+        if !contractors.is_empty() {
+            query = query.bind(contractors);
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         rows.iter()
             .map(|row| {

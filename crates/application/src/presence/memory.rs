@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smartscheduler_domain::ports::{PresenceLedger, PresenceNotifier, StoreError};
-use smartscheduler_domain::{ContractorId, HeldConnections, Presence, PresenceChanged, Region, Timestamp};
+use smartscheduler_domain::{ContractorId, HeldConnections, Presence, PresenceChanged, Region, SettleScope, Timestamp};
 use tokio::time::Instant;
 
 /// One contractor's connections on this node, and what dispatchers were told.
@@ -65,11 +65,15 @@ impl PresenceLedger for MemoryPresenceLedger {
         Ok(false)
     }
 
-    async fn settle(&self) -> Result<Vec<PresenceChanged>, StoreError> {
+    async fn settle(&self, scope: SettleScope<'_>) -> Result<Vec<PresenceChanged>, StoreError> {
         let changes: Vec<PresenceChanged> = {
             let mut entries = self.lock();
             entries
                 .iter_mut()
+                .filter(|(id, _)| match scope {
+                    SettleScope::Everyone => true,
+                    SettleScope::Only(these) => these.contains(id),
+                })
                 .filter_map(|(id, entry)| {
                     let within_grace = entry.closed.is_some_and(|(closed, _)| closed.elapsed() < self.grace);
                     let online = entry.connections > 0 || within_grace;

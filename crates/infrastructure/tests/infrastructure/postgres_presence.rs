@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::postgres_store::Postgres;
 use crate::support::Backend;
 use smartscheduler_domain::ports::{PresenceLedger, PresenceNotifier};
-use smartscheduler_domain::{Contractor, HeldConnections, Presence, PresenceChanged};
+use smartscheduler_domain::{Contractor, HeldConnections, Presence, PresenceChanged, SettleScope};
 use smartscheduler_infrastructure::postgres::PostgresStore;
 use smartscheduler_infrastructure::postgres_presence::{PostgresPresence, NODE_EXPIRY};
 use sqlx::PgPool;
@@ -93,7 +93,7 @@ async fn a_connection_on_one_node_is_online_on_every_node_told_once_however_many
     let settles: Vec<_> = (0..8)
         .map(|i| {
             let node = if i % 2 == 0 { node_a.clone() } else { node_b.clone() };
-            tokio::spawn(async move { node.settle().await.unwrap() })
+            tokio::spawn(async move { node.settle(SettleScope::Everyone).await.unwrap() })
         })
         .collect();
     let mut made = Vec::new();
@@ -122,21 +122,21 @@ async fn online_while_any_node_holds_one_and_offline_a_grace_after_the_last_clos
     let node_b = node(&db.store).await;
     node_a.record(&[held(&ana, 1)]).await.unwrap();
     node_b.record(&[held(&ana, 2)]).await.unwrap();
-    assert_eq!(node_a.settle().await.unwrap().len(), 1);
+    assert_eq!(node_a.settle(SettleScope::Everyone).await.unwrap().len(), 1);
     assert_eq!(presence(&node_a, &ana).await.connections, 3, "the union over nodes");
 
     node_a.record(&[held(&ana, 0)]).await.unwrap();
     tokio::time::sleep(GRACE + Duration::from_millis(100)).await;
-    assert!(node_a.settle().await.unwrap().is_empty(), "node B still holds two");
+    assert!(node_a.settle(SettleScope::Everyone).await.unwrap().is_empty(), "node B still holds two");
     node_b.record(&[held(&ana, 0)]).await.unwrap();
-    assert!(node_b.settle().await.unwrap().is_empty(), "within the grace");
+    assert!(node_b.settle(SettleScope::Everyone).await.unwrap().is_empty(), "within the grace");
     let within = presence(&node_a, &ana).await;
     assert!(within.online && within.connections == 0, "{within:?}");
 
     tokio::time::sleep(GRACE + Duration::from_millis(100)).await;
-    let made = node_a.settle().await.unwrap();
+    let made = node_a.settle(SettleScope::Everyone).await.unwrap();
     assert_eq!(made.iter().map(|c| (c.contractor_id, c.online)).collect::<Vec<_>>(), vec![(ana.id(), false)]);
-    assert!(node_b.settle().await.unwrap().is_empty(), "told once");
+    assert!(node_b.settle(SettleScope::Everyone).await.unwrap().is_empty(), "told once");
     let after = presence(&node_b, &ana).await;
     assert!(!after.online && after.connections == 0 && after.last_seen_utc.is_some(), "{after:?}");
 }
@@ -152,7 +152,7 @@ async fn a_dead_nodes_connections_stop_counting_and_it_records_everything_again_
     let alive = node(&db.store).await;
     dying.record(&[held(&ana, 1)]).await.unwrap();
     alive.record(&[held(&bo, 1)]).await.unwrap();
-    assert_eq!(alive.settle().await.unwrap().len(), 2);
+    assert_eq!(alive.settle(SettleScope::Everyone).await.unwrap().len(), 2);
 
     // The dying node's last heartbeat was longer ago than the expiry and the grace.
     let silent = i64::try_from((NODE_EXPIRY + GRACE).as_millis()).unwrap() + 1000;
@@ -166,7 +166,7 @@ async fn a_dead_nodes_connections_stop_counting_and_it_records_everything_again_
     .await
     .unwrap();
     assert_eq!(moved.rows_affected(), 1);
-    let made = alive.settle().await.unwrap();
+    let made = alive.settle(SettleScope::Everyone).await.unwrap();
     assert_eq!(made.iter().map(|c| (c.contractor_id, c.online)).collect::<Vec<_>>(), vec![(ana.id(), false)]);
     assert_eq!(presence(&alive, &ana).await.connections, 0, "a dead node's connections do not count");
     assert!(presence(&alive, &bo).await.online, "a live node's still do");
@@ -179,6 +179,26 @@ async fn a_dead_nodes_connections_stop_counting_and_it_records_everything_again_
         .unwrap();
     assert!(dying.heartbeat().await.unwrap(), "the ledger had forgotten the node");
     dying.record(&[held(&ana, 1)]).await.unwrap();
-    let made = alive.settle().await.unwrap();
+    let made = alive.settle(SettleScope::Everyone).await.unwrap();
     assert_eq!(made.iter().map(|c| (c.contractor_id, c.online)).collect::<Vec<_>>(), vec![(ana.id(), true)]);
+}
+
+#[tokio::test]
+async fn a_scoped_settle_changes_only_the_contractors_it_names() {
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let ana = db.add_contractor("Ana", "north").await;
+    let bo = db.add_contractor("Bo", "south").await;
+    let node = node(&db.store).await;
+    node.record(&[held(&ana, 1), held(&bo, 1)]).await.unwrap();
+
+    let made = node.settle(SettleScope::Only(&[ana.id()])).await.unwrap();
+    assert_eq!(made.iter().map(|c| (c.contractor_id, c.online)).collect::<Vec<_>>(), vec![(ana.id(), true)]);
+    assert!(node.settle(SettleScope::Only(&[])).await.unwrap().is_empty());
+    let made = node.settle(SettleScope::Everyone).await.unwrap();
+    assert_eq!(
+        made.iter().map(|c| (c.contractor_id, c.region.clone())).collect::<Vec<_>>(),
+        vec![(bo.id(), bo.region().clone())]
+    );
 }
