@@ -357,76 +357,68 @@ async fn check_group(
 
 /// Writes the accepted assignments of a group (a JSON array of
 /// [`AssignmentRow::to_json`]): one statement per table, in group order, so
-/// EventLog positions follow commit order.
+/// EventLog positions follow commit order. The statements go to SQLite's
+/// thread as one command: each statement sent separately is a round trip to
+/// it, and those hops are most of an assignment's CPU (docs/benchmarks.md,
+/// "Cost per operation"). Every statement reads the array as `?1`.
 async fn write_group(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, accepted: &str) -> Result<(), StoreError> {
-    const STATEMENTS: [&str; 5] = [
-        "UPDATE jobs SET status = 'Assigned' WHERE id IN (SELECT value ->> '$.job' FROM json_each(?1))",
-        "INSERT INTO assignments
+    const WRITE_GROUP: &str = "
+        UPDATE jobs SET status = 'Assigned' WHERE id IN (SELECT value ->> '$.job' FROM json_each(?1));
+        INSERT INTO assignments
             (id, job_id, contractor_id, start_at, end_at, source, audit_id, region, created_at, ack_deadline, event_id)
          SELECT value ->> '$.id', value ->> '$.job', value ->> '$.contractor', value ->> '$.start', value ->> '$.end',
                 value ->> '$.source', value ->> '$.audit', value ->> '$.region', value ->> '$.created',
                 value ->> '$.deadline', value ->> '$.event'
-         FROM json_each(?1) ORDER BY key",
-        // Due at once (0): only a failed attempt sets a later time.
-        "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
+         FROM json_each(?1) ORDER BY key;
+        -- Due at once (0): only a failed attempt sets a later time.
+        INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
          SELECT value ->> '$.event', value ->> '$.type', value ->> '$.aggregate', value ->> '$.payload',
                 value ->> '$.occurred', 0
-         FROM json_each(?1) ORDER BY key",
-        "INSERT INTO event_groups (group_name, event_id)
-         SELECT g.value, r.value ->> '$.event' FROM json_each(?1) AS r, json_each(r.value -> '$.groups') AS g",
-        // A stale row under the same key (past its 24 h) is replaced; the
-        // check has refused live ones. (`WHERE` keeps `ON CONFLICT` unambiguous.)
-        "INSERT INTO idempotency_keys (scope, key, fingerprint, assignment_id, created_at)
+         FROM json_each(?1) ORDER BY key;
+        INSERT INTO event_groups (group_name, event_id)
+         SELECT g.value, r.value ->> '$.event' FROM json_each(?1) AS r, json_each(r.value -> '$.groups') AS g;
+        -- A stale row under the same key (past its 24 h) is replaced; the
+        -- check has refused live ones. (`WHERE` keeps `ON CONFLICT` unambiguous.)
+        INSERT INTO idempotency_keys (scope, key, fingerprint, assignment_id, created_at)
          SELECT value ->> '$.scope', value ->> '$.key', value ->> '$.fingerprint', value ->> '$.id', value ->> '$.created'
          FROM json_each(?1) WHERE value ->> '$.scope' IS NOT NULL
          ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
-            assignment_id = excluded.assignment_id, created_at = excluded.created_at",
-    ];
-    for statement in STATEMENTS {
-        sqlx::query(statement).bind(accepted).execute(&mut **tx).await.map_err(store_error)?;
-    }
+            assignment_id = excluded.assignment_id, created_at = excluded.created_at;";
+    sqlx::query(WRITE_GROUP).bind(accepted).execute(&mut **tx).await.map_err(store_error)?;
     Ok(())
 }
 
-/// Gives each event the next sequence, in order, and saves the counter:
-/// three statements for the whole batch.
+/// Gives each event the next sequence, in order, and saves the counter: one
+/// command to SQLite's thread for the whole batch (see [`write_group`]).
+/// `?1` is the JSON array of event ids in order; the last statement returns
+/// the counter after the batch, so event `i` of `n` got `last - n + 1 + i`.
 async fn sequence_all(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     events: Vec<(DomainEvent, u32)>,
 ) -> Result<Vec<ClaimedEvent>, StoreError> {
+    const SEQUENCE_ALL: &str = "
+        UPDATE event_sequence SET last = last + json_array_length(?1) WHERE id = 1;
+        UPDATE event_log SET sequence = p.seq
+         FROM (SELECT value AS id, (SELECT last FROM event_sequence WHERE id = 1) - json_array_length(?1) + 1 + key AS seq
+               FROM json_each(?1)) AS p
+         WHERE event_log.event_id = p.id;
+        UPDATE event_groups SET sequence = p.seq
+         FROM (SELECT value AS id, (SELECT last FROM event_sequence WHERE id = 1) - json_array_length(?1) + 1 + key AS seq
+               FROM json_each(?1)) AS p
+         WHERE event_groups.event_id = p.id;
+        SELECT last FROM event_sequence WHERE id = 1;";
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let last: i64 = sqlx::query_scalar("SELECT last FROM event_sequence WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    let mut next = last;
-    let mut pairs = Vec::with_capacity(events.len());
-    let mut claimed = Vec::with_capacity(events.len());
-    for (event, attempts) in events {
-        next += 1;
-        pairs.push(serde_json::json!([event.event_id().to_string(), next]));
-        claimed.push(ClaimedEvent { event, sequence: Sequence(next), attempts });
-    }
-    let pairs = serde_json::Value::Array(pairs).to_string();
-    for table in ["event_log", "event_groups"] {
-        sqlx::query(&format!(
-            "UPDATE {table} SET sequence = p.seq
-             FROM (SELECT value ->> 0 AS id, value ->> 1 AS seq FROM json_each(?1)) AS p
-             WHERE {table}.event_id = p.id"
-        ))
-        .bind(&pairs)
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    }
-    sqlx::query("UPDATE event_sequence SET last = ? WHERE id = 1")
-        .bind(next)
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    Ok(claimed)
+    let ids = serde_json::to_string(&events.iter().map(|(e, _)| e.event_id().to_string()).collect::<Vec<_>>())
+        .map_err(corrupt)?;
+    let last: i64 = sqlx::query_scalar(SEQUENCE_ALL).bind(ids).fetch_one(&mut **tx).await.map_err(store_error)?;
+    let first = last - i64::try_from(events.len()).map_err(corrupt)? + 1;
+    Ok(events
+        .into_iter()
+        .zip(first..)
+        .map(|((event, attempts), sequence)| ClaimedEvent { event, sequence: Sequence(sequence), attempts })
+        .collect())
 }
 
 #[async_trait]
