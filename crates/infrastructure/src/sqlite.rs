@@ -28,7 +28,7 @@ use smartscheduler_domain::ports::{
 };
 use smartscheduler_domain::{Chain, DomainEvent, JobStatus, Sequence, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
@@ -249,9 +249,23 @@ async fn commit_group(
     writer: &SqlitePool,
     group: &[PendingCommit],
 ) -> Result<Vec<Result<(), CommitAssignmentError>>, StoreError> {
+    let mut conn = writer.acquire().await.map_err(store_error)?;
+    let committed = commit_group_on(&mut conn, group).await;
+    if committed.is_err() {
+        roll_back(&mut conn).await;
+    }
+    committed
+}
+
+/// [`commit_group`] on the writer's connection, in two commands to sqlx's
+/// worker thread: BEGIN travels with the check, COMMIT with the writes (see
+/// [`write_group`] for why commands count). On `Err` the caller rolls back.
+async fn commit_group_on(
+    conn: &mut SqliteConnection,
+    group: &[PendingCommit],
+) -> Result<Vec<Result<(), CommitAssignmentError>>, StoreError> {
     let rows: Vec<&AssignmentRow> = group.iter().map(|p| &p.row).collect();
-    let mut tx = writer.begin().await.map_err(store_error)?;
-    let checks = check_group(&mut tx, &rows).await?;
+    let checks = check_group(conn, &rows).await?;
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut accepted = Vec::with_capacity(rows.len());
     let mut jobs_taken = std::collections::HashSet::new();
@@ -291,11 +305,18 @@ async fn commit_group(
             }
         }
     }
-    if !accepted.is_empty() {
-        write_group(&mut tx, &serde_json::Value::Array(accepted).to_string()).await?;
+    if accepted.is_empty() {
+        sqlx::query("COMMIT").execute(&mut *conn).await.map_err(store_error)?;
+    } else {
+        write_group(conn, &serde_json::Value::Array(accepted).to_string()).await?;
     }
-    tx.commit().await.map_err(store_error)?;
     Ok(outcomes)
+}
+
+/// Ends a transaction a failed command left open (a failure before BEGIN
+/// took effect leaves none: SQLite's complaint about that is ignored).
+async fn roll_back(conn: &mut SqliteConnection) {
+    let _ = sqlx::query("ROLLBACK").execute(conn).await;
 }
 
 /// What the database says of one assignment of a group.
@@ -307,13 +328,11 @@ struct Check {
     key_taken: bool,
 }
 
-/// One read for the whole group: each assignment's job status, whether its
-/// job already has an assignment, whether its contractor exists or is booked
-/// over its range, and whether its idempotency key is live. In group order.
-async fn check_group(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    rows: &[&AssignmentRow],
-) -> Result<Vec<Check>, StoreError> {
+/// Begins the group's transaction and, in the same command, reads for the
+/// whole group: each assignment's job status, whether its job already has an
+/// assignment, whether its contractor exists or is booked over its range, and
+/// whether its idempotency key is live. In group order.
+async fn check_group(conn: &mut SqliteConnection, rows: &[&AssignmentRow]) -> Result<Vec<Check>, StoreError> {
     let probes = rows
         .iter()
         .map(|row| {
@@ -325,17 +344,18 @@ async fn check_group(
         })
         .collect();
     let found = sqlx::query(
-        "SELECT (SELECT status FROM jobs WHERE id = r.value ->> '$.job') AS job_status,
+        "BEGIN IMMEDIATE;
+         SELECT (SELECT status FROM jobs WHERE id = r.value ->> '$.job') AS job_status,
                 EXISTS (SELECT 1 FROM assignments WHERE job_id = r.value ->> '$.job') AS job_taken,
                 EXISTS (SELECT 1 FROM contractors WHERE id = r.value ->> '$.contractor') AS contractor_exists,
                 EXISTS (SELECT 1 FROM assignments WHERE contractor_id = r.value ->> '$.contractor'
                         AND start_at < r.value ->> '$.end' AND end_at > r.value ->> '$.start') AS busy,
                 EXISTS (SELECT 1 FROM idempotency_keys WHERE scope = r.value ->> '$.scope'
                         AND key = r.value ->> '$.key' AND created_at >= r.value ->> '$.live') AS key_taken
-         FROM json_each(?) AS r ORDER BY r.key",
+         FROM json_each(?1) AS r ORDER BY r.key",
     )
     .bind(serde_json::Value::Array(probes).to_string())
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await
     .map_err(store_error)?;
     if found.len() != rows.len() {
@@ -356,12 +376,12 @@ async fn check_group(
 }
 
 /// Writes the accepted assignments of a group (a JSON array of
-/// [`AssignmentRow::to_json`]): one statement per table, in group order, so
-/// EventLog positions follow commit order. The statements go to SQLite's
-/// thread as one command: each statement sent separately is a round trip to
-/// it, and those hops are most of an assignment's CPU (docs/benchmarks.md,
-/// "Cost per operation"). Every statement reads the array as `?1`.
-async fn write_group(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, accepted: &str) -> Result<(), StoreError> {
+/// [`AssignmentRow::to_json`]) and commits: one statement per table, in group
+/// order, so EventLog positions follow commit order. The statements go to
+/// SQLite's thread as one command: each command is a round trip to it, and
+/// those are most of an assignment's CPU (docs/benchmarks.md, "Cost per
+/// operation"). Every statement reads the array as `?1`.
+async fn write_group(conn: &mut SqliteConnection, accepted: &str) -> Result<(), StoreError> {
     const WRITE_GROUP: &str = "
         UPDATE jobs SET status = 'Assigned' WHERE id IN (SELECT value ->> '$.job' FROM json_each(?1));
         INSERT INTO assignments
@@ -383,8 +403,9 @@ async fn write_group(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, accepted: &st
          SELECT value ->> '$.scope', value ->> '$.key', value ->> '$.fingerprint', value ->> '$.id', value ->> '$.created'
          FROM json_each(?1) WHERE value ->> '$.scope' IS NOT NULL
          ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,
-            assignment_id = excluded.assignment_id, created_at = excluded.created_at;";
-    sqlx::query(WRITE_GROUP).bind(accepted).execute(&mut **tx).await.map_err(store_error)?;
+            assignment_id = excluded.assignment_id, created_at = excluded.created_at;
+        COMMIT;";
+    sqlx::query(WRITE_GROUP).bind(accepted).execute(conn).await.map_err(store_error)?;
     Ok(())
 }
 
@@ -420,6 +441,32 @@ async fn sequence_all(
         .map(|((event, attempts), sequence)| ClaimedEvent { event, sequence: Sequence(sequence), attempts })
         .collect())
 }
+
+/// Claims the Pending rows among the events `?1` (a JSON array of ids, in
+/// publish order): gives them the next sequences in that order, in
+/// `event_log` and `event_groups`, saves the counter and returns each row's
+/// id, attempts and sequence. One transaction in one command to sqlx's
+/// worker thread (see [`write_group`]); `+status`: look rows up by id, as the
+/// planner would otherwise walk every Pending row through the status index.
+const CLAIM: &str = "
+    BEGIN IMMEDIATE;
+    UPDATE event_sequence SET last = last + (
+        SELECT COUNT(*) FROM json_each(?1) AS j JOIN event_log AS e ON e.event_id = j.value AND +e.status = 'Pending')
+     WHERE id = 1;
+    UPDATE event_log SET sequence = p.seq
+     FROM (SELECT j.value AS id,
+                  (SELECT last FROM event_sequence WHERE id = 1)
+                    - COUNT(*) OVER () + ROW_NUMBER() OVER (ORDER BY j.key) AS seq
+           FROM json_each(?1) AS j JOIN event_log AS e ON e.event_id = j.value AND +e.status = 'Pending') AS p
+     WHERE event_log.event_id = p.id;
+    UPDATE event_groups SET sequence = e.sequence
+     FROM event_log AS e
+     WHERE event_groups.event_id = e.event_id AND e.event_id IN (SELECT value FROM json_each(?1))
+       AND +e.status = 'Pending';
+    SELECT e.event_id, e.attempts, e.sequence
+     FROM json_each(?1) AS j JOIN event_log AS e ON e.event_id = j.value AND +e.status = 'Pending'
+     ORDER BY j.key;
+    COMMIT;";
 
 #[async_trait]
 impl SqlBackend for SqliteBackend {
@@ -490,29 +537,27 @@ impl SqlBackend for SqliteBackend {
         }
         let ids = serde_json::to_string(&events.iter().map(|e| e.event_id().to_string()).collect::<Vec<_>>())
             .map_err(corrupt)?;
-        let mut tx = self.writer.begin().await.map_err(store_error)?;
-        // `+status`: look rows up by id; the planner would otherwise walk
-        // every Pending row through the status index and scan the array for each.
-        let rows = sqlx::query(
-            "SELECT event_id, attempts FROM event_log
-             WHERE event_id IN (SELECT value FROM json_each(?)) AND +status = 'Pending'",
-        )
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let mut attempts = HashMap::with_capacity(rows.len());
+        let mut conn = self.writer.acquire().await.map_err(store_error)?;
+        let rows = match sqlx::query(CLAIM).bind(ids).fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                roll_back(&mut conn).await;
+                return Err(store_error(err));
+            }
+        };
+        let mut claimed = HashMap::with_capacity(rows.len());
         for row in &rows {
-            attempts.insert(row.text("event_id")?.to_owned(), sql::attempts(row)?);
+            let sequence: i64 = row.try_get("sequence").map_err(store_error)?;
+            claimed.insert(row.text("event_id")?.to_owned(), (sql::attempts(row)?, Sequence(sequence)));
         }
         // In the order given: that is publish order.
-        let pending = events
+        Ok(events
             .into_iter()
-            .filter_map(|event| attempts.get(&event.event_id().to_string()).map(|a| (event, *a)))
-            .collect();
-        let claimed = sequence_all(&mut tx, pending).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(claimed)
+            .filter_map(|event| {
+                let (attempts, sequence) = *claimed.get(&event.event_id().to_string())?;
+                Some(ClaimedEvent { event, sequence, attempts })
+            })
+            .collect())
     }
 
     #[instrument(skip_all, err)]
