@@ -45,6 +45,10 @@ pub struct ServeConfig {
     /// `redis://…` for fan-out across nodes; unset: one node, in-process fan-out.
     #[arg(long, env = "SMARTSCHEDULER_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Where SQLite's reads run: `worker` (sqlx's worker thread per
+    /// connection, the default) or `on-thread` (the asking thread, no hop).
+    #[arg(long, env = "SMARTSCHEDULER_SQLITE_READS", value_enum, default_value_t = SqliteReads::Worker)]
+    pub sqlite_reads: SqliteReads,
     /// The token secret.
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -306,6 +310,7 @@ impl ServeConfig {
             bind: "127.0.0.1:0".into(),
             database_url: Some("sqlite::memory:".into()),
             redis_url: None,
+            sqlite_reads: SqliteReads::Worker,
             secret: SecretArgs {
                 jwt_secret: Some(secret.into()),
                 data_dir: PathBuf::from("data"),
@@ -366,6 +371,25 @@ impl SecretArgs {
             "SMARTSCHEDULER_JWT_SECRET is not set: using a generated secret kept in this file (set the variable in production)"
         );
         Ok(stored.secret)
+    }
+}
+
+/// Where SQLite's reads run (`SMARTSCHEDULER_SQLITE_READS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteReads {
+    /// sqlx's worker thread of each connection.
+    Worker,
+    /// The asking thread (rusqlite): no hop; SQLite files only.
+    #[value(name = "on-thread")]
+    OnThread,
+}
+
+impl From<SqliteReads> for smartscheduler_infrastructure::database::SqliteReads {
+    fn from(reads: SqliteReads) -> Self {
+        match reads {
+            SqliteReads::Worker => Self::Worker,
+            SqliteReads::OnThread => Self::OnThread,
+        }
     }
 }
 

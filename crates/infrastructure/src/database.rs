@@ -10,6 +10,7 @@ use smartscheduler_domain::Cause;
 
 use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
+use crate::sqlite_on_thread::SqliteOnThreadStore;
 use crate::used_connection_tokens::{InMemoryUsedConnectionTokens, PostgresUsedConnectionTokens};
 
 /// Why the database could not be opened.
@@ -29,11 +30,24 @@ pub enum DatabaseError {
     },
 }
 
+/// Where SQLite's reads run (`SMARTSCHEDULER_SQLITE_READS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteReads {
+    /// On sqlx's worker thread of each connection (the default).
+    #[default]
+    Worker,
+    /// On the thread that asks, with rusqlite: no hop to another thread
+    /// (docs/benchmarks.md, "Cost per operation"). SQLite files only.
+    OnThread,
+}
+
 /// The configured database, handing out its ports.
 #[derive(Clone, Debug)]
 pub enum Database {
     /// SQLite (`sqlite://PATH`, `sqlite::memory:`).
     Sqlite(SqliteStore),
+    /// SQLite, its reads on the calling thread ([`SqliteReads::OnThread`]).
+    SqliteOnThread(SqliteOnThreadStore),
     /// PostgreSQL (`postgres://…`, `postgresql://…`).
     Postgres(PostgresStore),
 }
@@ -44,6 +58,20 @@ impl Database {
     /// # Errors
     /// An unsupported scheme, or a failure to connect or migrate.
     pub async fn connect(url: &str) -> Result<Self, DatabaseError> {
+        Self::connect_with(url, SqliteReads::Worker).await
+    }
+
+    /// Like [`Database::connect`], with SQLite's reads where `reads` says.
+    ///
+    /// # Errors
+    /// As [`Database::connect`]; reads on the calling thread of an in-memory database.
+    pub async fn connect_with(url: &str, reads: SqliteReads) -> Result<Self, DatabaseError> {
+        if url.starts_with("sqlite:") && reads == SqliteReads::OnThread {
+            return SqliteOnThreadStore::connect(url)
+                .await
+                .map(Self::SqliteOnThread)
+                .map_err(|e| DatabaseError::Connect { url: redact(url), source: Box::new(e) });
+        }
         if url.starts_with("sqlite:") {
             return SqliteStore::connect(url)
                 .await
@@ -63,6 +91,7 @@ impl Database {
     pub fn contractors(&self) -> Arc<dyn ContractorRepository> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::SqliteOnThread(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
@@ -70,6 +99,7 @@ impl Database {
     pub fn jobs(&self) -> Arc<dyn JobRepository> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::SqliteOnThread(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
@@ -77,6 +107,7 @@ impl Database {
     pub fn assignments(&self) -> Arc<dyn AssignmentStore> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::SqliteOnThread(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
@@ -84,6 +115,7 @@ impl Database {
     pub fn assignment_reads(&self) -> Arc<dyn AssignmentRepository> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::SqliteOnThread(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
@@ -91,6 +123,7 @@ impl Database {
     pub fn event_log(&self) -> Arc<dyn EventLog> {
         match self {
             Self::Sqlite(s) => Arc::new(s.clone()),
+            Self::SqliteOnThread(s) => Arc::new(s.clone()),
             Self::Postgres(s) => Arc::new(s.clone()),
         }
     }
@@ -99,7 +132,7 @@ impl Database {
     /// call it once.
     pub fn used_connection_tokens(&self) -> Arc<dyn UsedConnectionTokens> {
         match self {
-            Self::Sqlite(_) => Arc::new(InMemoryUsedConnectionTokens::new()),
+            Self::Sqlite(_) | Self::SqliteOnThread(_) => Arc::new(InMemoryUsedConnectionTokens::new()),
             Self::Postgres(s) => Arc::new(PostgresUsedConnectionTokens::new(s)),
         }
     }
@@ -110,6 +143,7 @@ impl Database {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.ping().await,
+            Self::SqliteOnThread(s) => s.ping().await,
             Self::Postgres(s) => s.ping().await,
         }
     }
@@ -117,6 +151,7 @@ impl Database {
     pub async fn close(&self) {
         match self {
             Self::Sqlite(s) => s.close().await,
+            Self::SqliteOnThread(s) => s.close().await,
             Self::Postgres(s) => s.close().await,
         }
     }

@@ -22,6 +22,7 @@ pub mod postgres_presence;
 pub mod redis_bus;
 pub mod sql;
 pub mod sqlite;
+pub mod sqlite_on_thread;
 pub mod tokens;
 pub mod used_connection_tokens;
 

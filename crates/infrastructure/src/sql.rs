@@ -21,6 +21,6 @@ mod store;
 pub use backend::{AssignmentCommit, FailedAttempt, SqlBackend};
 pub use columns::Columns;
 pub(crate) use rows::{attempts, claimable};
-pub(crate) use statement::{bind_postgres, bind_sqlite};
+pub(crate) use statement::{bind_postgres, bind_rusqlite, bind_sqlite};
 pub use statement::{Statement, Value};
 pub use store::SqlStore;

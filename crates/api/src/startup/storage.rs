@@ -27,7 +27,7 @@ pub(crate) struct Storage {
 /// An unreachable database, a bad Redis URL, or Redis without PostgreSQL.
 pub(crate) async fn storage(config: &ServeConfig) -> anyhow::Result<Storage> {
     let database_url = config.database_url();
-    let db = Database::connect(&database_url).await?;
+    let db = Database::connect_with(&database_url, config.sqlite_reads.into()).await?;
     let event_log: Arc<dyn EventLog> = db.event_log();
     let bus = config.redis_url.as_deref().map(RedisBus::new).transpose().map_err(anyhow::Error::msg)?;
     let lease = Duration::from_millis(config.delivery.publisher_lease_ms);

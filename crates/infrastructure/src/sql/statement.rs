@@ -82,3 +82,32 @@ pub(crate) fn bind_postgres<'q>(statement: &'q Statement<'_>) -> Query<'q, Postg
         Value::Json(json) => query.bind(sqlx::types::Json(json)),
     })
 }
+
+/// Binds the statement's values to a rusqlite statement prepared from its
+/// SQL, as [`bind_sqlite`] does for sqlx: each `$N` placeholder by its number.
+pub(crate) fn bind_rusqlite(statement: &Statement<'_>, prepared: &mut rusqlite::Statement<'_>) -> rusqlite::Result<()> {
+    for index in 1..=prepared.parameter_count() {
+        let number = prepared
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|number| number.parse::<usize>().ok())
+            .unwrap_or(index);
+        let value = statement.values.get(number - 1).copied();
+        match value {
+            Some(Value::Id(id)) => prepared.raw_bind_parameter(index, id.hyphenated().to_string())?,
+            Some(Value::Text(text)) => prepared.raw_bind_parameter(index, text)?,
+            Some(Value::Int(int)) => prepared.raw_bind_parameter(index, int)?,
+            Some(Value::Json(json)) => prepared.raw_bind_parameter(index, json.to_string())?,
+            // Unbound, as sqlx leaves it: NULL.
+            None => prepared.raw_bind_parameter(index, rusqlite::types::Null)?,
+        }
+    }
+    Ok(())
+}
+
+impl Statement<'_> {
+    /// The SQL text.
+    pub(crate) fn sql(&self) -> &'static str {
+        self.sql
+    }
+}

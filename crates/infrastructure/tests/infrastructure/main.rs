@@ -6,5 +6,6 @@ mod fuzz_tokens;
 mod jwks;
 mod postgres_presence;
 mod postgres_store;
+mod sqlite_on_thread_store;
 mod sqlite_store;
 mod support;
