@@ -22,6 +22,7 @@
 #                   else postgres://postgres@127.0.0.1:5432/postgres); a fresh database is made there and
 #                   dropped after. Unreachable: the scenario is skipped, with CI=true it fails.
 #   PIN=1           servers on core 0, ss-bench on core 1 (taskset); recorded as "pinned" in the results
+#   SMARTSCHEDULER_SQLITE_READS  passed to the service (worker, the default, or on-thread); recorded as "sqlite_reads"
 # Sizes can be overridden: PERSIST_COUNT, PERSIST_CONCURRENCY, FANOUT_CLIENTS,
 # FANOUT_EVENTS, FANOUT_ASSIGN_CONCURRENCY, SCALE_CLIENTS, SCALE_CLIENTS_HTTP, BROADCAST_EVENTS,
 # STALLED_EVENTS, STALLED_RATE, SLOW_EVENTS, RATE_STEPS ("rate:events …"), CONTRACTOR_FRACTION, IDLE_CLIENTS,
@@ -95,6 +96,8 @@ echo "bench: open-file limit $(ulimit -n), profile $profile, service $bin ($rev)
 server_cmd=()
 client_cmd=()
 pinned=false
+# Where the service's SQLite reads run (SMARTSCHEDULER_SQLITE_READS, passed through), recorded in the results.
+sqlite_reads="${SMARTSCHEDULER_SQLITE_READS:-worker}"
 if [ "${PIN:-0}" = 1 ]; then
   server_cmd=(taskset -c 0)
   client_cmd=(taskset -c 1)
@@ -186,7 +189,7 @@ run() {
   local load
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   grep -E '^\{"scenario"' "$tmp/run.out" |
-    sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\",\"pinned\":$pinned,\"failed\":$failed}/" >>"$out" || true
+    sed -E "s/\}\$/,\"label\":\"$label\",\"loadavg\":\"$load\",\"pinned\":$pinned,\"sqlite_reads\":\"$sqlite_reads\",\"failed\":$failed}/" >>"$out" || true
 }
 # fresh_pg_db LABEL: a new database on $pg_admin (dropped at exit); sets $pg_db and $pg_url.
 # Unreachable: says so and returns 1; with CI=true that fails the run.
