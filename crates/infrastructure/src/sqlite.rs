@@ -409,39 +409,6 @@ async fn write_group(conn: &mut SqliteConnection, accepted: &str) -> Result<(), 
     Ok(())
 }
 
-/// Gives each event the next sequence, in order, and saves the counter: one
-/// command to SQLite's thread for the whole batch (see [`write_group`]).
-/// `?1` is the JSON array of event ids in order; the last statement returns
-/// the counter after the batch, so event `i` of `n` got `last - n + 1 + i`.
-async fn sequence_all(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    events: Vec<(DomainEvent, u32)>,
-) -> Result<Vec<ClaimedEvent>, StoreError> {
-    const SEQUENCE_ALL: &str = "
-        UPDATE event_sequence SET last = last + json_array_length(?1) WHERE id = 1;
-        UPDATE event_log SET sequence = p.seq
-         FROM (SELECT value AS id, (SELECT last FROM event_sequence WHERE id = 1) - json_array_length(?1) + 1 + key AS seq
-               FROM json_each(?1)) AS p
-         WHERE event_log.event_id = p.id;
-        UPDATE event_groups SET sequence = p.seq
-         FROM (SELECT value AS id, (SELECT last FROM event_sequence WHERE id = 1) - json_array_length(?1) + 1 + key AS seq
-               FROM json_each(?1)) AS p
-         WHERE event_groups.event_id = p.id;
-        SELECT last FROM event_sequence WHERE id = 1;";
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = serde_json::to_string(&events.iter().map(|(e, _)| e.event_id().to_string()).collect::<Vec<_>>())
-        .map_err(corrupt)?;
-    let last: i64 = sqlx::query_scalar(SEQUENCE_ALL).bind(ids).fetch_one(&mut **tx).await.map_err(store_error)?;
-    let first = last - i64::try_from(events.len()).map_err(corrupt)? + 1;
-    Ok(events
-        .into_iter()
-        .zip(first..)
-        .map(|((event, attempts), sequence)| ClaimedEvent { event, sequence: Sequence(sequence), attempts })
-        .collect())
-}
-
 /// Claims the Pending rows among the events `?1` (a JSON array of ids, in
 /// publish order): gives them the next sequences in that order, in
 /// `event_log` and `event_groups`, saves the counter and returns each row's
@@ -513,21 +480,20 @@ impl SqlBackend for SqliteBackend {
     }
 
     #[instrument(skip_all, err)]
-    async fn claim_due(&self, now: Timestamp, limit: u32, _fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(store_error)?;
+    async fn claim_due(&self, now: Timestamp, limit: u32, fence: Fence) -> Result<Vec<ClaimedEvent>, StoreError> {
+        // One writer, one relay: nobody claims between this read and the
+        // claim, which takes only rows still Pending anyway.
         let rows = sqlx::query(
             "SELECT event_id, payload, attempts FROM event_log
              WHERE status = 'Pending' AND next_attempt_at <= ? ORDER BY position LIMIT ?",
         )
         .bind(now.unix_millis())
         .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await
         .map_err(store_error)?;
-        let events = rows.iter().map(sql::claimable).collect::<Result<Vec<_>, _>>()?;
-        let claimed = sequence_all(&mut tx, events).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(claimed)
+        let events = rows.iter().map(|row| Ok(sql::claimable(row)?.0)).collect::<Result<Vec<_>, StoreError>>()?;
+        self.claim(events, fence).await
     }
 
     #[instrument(skip_all, err)]
