@@ -45,6 +45,14 @@ const SETTLE_LOCK: i64 = 0x5353_5052_4553_454E; // "SSPRESEN"
 /// The database's clock, in unix milliseconds.
 const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
+/// Over a contractor's `presence_connections c` joined to their
+/// `presence_nodes n`, with `clock.now_ms` and the node expiry as `$1`: its
+/// connections on live nodes, and when it was last seen (a node's last
+/// heartbeat while it held some, else when its last one there closed).
+/// Settling and reading share them, so both mean the same by online.
+const LIVE_CONNECTIONS: &str = "COALESCE(SUM(c.connections) FILTER (WHERE n.seen_at > clock.now_ms - $1), 0)";
+const LAST_SEEN: &str = "MAX(CASE WHEN c.connections > 0 THEN n.seen_at ELSE c.closed_at END)";
+
 /// Presence in PostgreSQL, as one node of the cluster sees it.
 #[derive(Clone)]
 pub struct PostgresPresence {
@@ -137,14 +145,15 @@ impl PresenceLedger for PostgresPresence {
 
     async fn settle(&self, scope: SettleScope<'_>) -> Result<Vec<PresenceChanged>, StoreError> {
         // A scoped settle reads only its contractors' rows (by primary key).
-        let (only, contractors): (&str, Vec<Uuid>) = match scope {
-            SettleScope::Everyone => ("", Vec::new()),
+        let (only_connections, only_told, contractors): (&str, &str, Vec<Uuid>) = match scope {
+            SettleScope::Everyone => ("", "", Vec::new()),
             SettleScope::Only([]) => return Ok(Vec::new()),
-            SettleScope::Only(these) => {
-                ("AND {}.contractor_id = ANY($3)", these.iter().map(ContractorId::as_uuid).collect())
-            }
+            SettleScope::Only(these) => (
+                "AND c.contractor_id = ANY($3)",
+                "AND p.contractor_id = ANY($3)",
+                these.iter().map(ContractorId::as_uuid).collect(),
+            ),
         };
-        let (only_connections, only_told) = (only.replace("{}", "c"), only.replace("{}", "p"));
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SETTLE_LOCK)
@@ -155,9 +164,7 @@ impl PresenceLedger for PostgresPresence {
         let statement = format!(
             "WITH clock AS (SELECT {NOW_MS} AS now_ms),
              seen AS (
-                 SELECT c.contractor_id,
-                        COALESCE(SUM(c.connections) FILTER (WHERE n.seen_at > clock.now_ms - $1), 0) AS live,
-                        MAX(CASE WHEN c.connections > 0 THEN n.seen_at ELSE c.closed_at END) AS last_seen
+                 SELECT c.contractor_id, {LIVE_CONNECTIONS} AS live, {LAST_SEEN} AS last_seen
                  FROM presence_connections c JOIN presence_nodes n ON n.node_id = c.node_id CROSS JOIN clock
                  WHERE true {only_connections}
                  GROUP BY c.contractor_id),
@@ -200,17 +207,16 @@ impl PresenceLedger for PostgresPresence {
         let statement = format!(
             "WITH clock AS (SELECT {NOW_MS} AS now_ms)
              SELECT p.contractor_id, p.online, p.last_seen, clock.now_ms,
-                    COALESCE(SUM(c.connections) FILTER (WHERE n.seen_at > clock.now_ms - $2), 0)::BIGINT AS live,
-                    MAX(CASE WHEN c.connections > 0 THEN n.seen_at ELSE c.closed_at END) AS seen
+                    {LIVE_CONNECTIONS}::BIGINT AS live, {LAST_SEEN} AS seen
              FROM contractor_presence p CROSS JOIN clock
                   LEFT JOIN presence_connections c ON c.contractor_id = p.contractor_id
                   LEFT JOIN presence_nodes n ON n.node_id = c.node_id
-             WHERE p.contractor_id = ANY($1)
+             WHERE p.contractor_id = ANY($2)
              GROUP BY p.contractor_id, p.online, p.last_seen, clock.now_ms"
         );
         let rows = sqlx::query(&statement)
-            .bind(&ids)
             .bind(millis(NODE_EXPIRY))
+            .bind(&ids)
             .fetch_all(&self.pool)
             .await
             .map_err(store_error)?;
