@@ -1,8 +1,9 @@
 //! What one read costs the process at a steady rate, through sqlx's SQLite
 //! driver (each connection on a worker thread of its own: a command there
-//! and the answer back) and through rusqlite on the calling thread (no hop).
-//! The read is the one `GET /api/jobs/{id}` makes, on a file database with
-//! the service's settings. Paced at 400 reads/s, as `ss-bench cost` paces
+//! and the answer back) and through the opt-in reads on the calling thread
+//! (`SMARTSCHEDULER_SQLITE_READS=on-thread`, rusqlite: no hop). The read is
+//! the one `GET /api/jobs/{id}` makes, through the storage port, on a file
+//! database with the service's settings. Paced at 400 reads/s, as `ss-bench cost` paces
 //! requests; CPU from `/proc/self/stat`, context switches from every
 //! thread's `/proc/self/task/*/status`. docs/benchmarks.md, "Cost per
 //! operation", has the figures and what they say about issue 18's goals.
@@ -14,6 +15,7 @@
 use std::time::Duration;
 
 use smartscheduler_domain::{DurationMinutes, Job, JobId, JobType, Region, Timestamp};
+use smartscheduler_infrastructure::database::SqliteReads;
 use smartscheduler_infrastructure::Database;
 
 const RATE_PER_S: u64 = 400;
@@ -86,39 +88,26 @@ async fn main() -> anyhow::Result<()> {
     // The pacing alone (a timer wake-up and nothing else), to subtract.
     let pacing = paced(count, |_| async { Ok(()) }).await?;
 
-    // Through sqlx, as the service reads: the storage port on the reader pool.
-    let through_sqlx = paced(count, |i| {
-        let (jobs, id) = (jobs.clone(), ids[i as usize % ids.len()]);
-        async move {
-            anyhow::ensure!(jobs.get(id).await?.is_some());
-            Ok(())
-        }
-    })
-    .await?;
-
-    // rusqlite on the calling thread: the same statement, cached, every column read.
-    let conn = rusqlite::Connection::open(&path)?;
-    conn.pragma_update(None, "mmap_size", 268_435_456)?;
-    conn.pragma_update(None, "cache_size", -16_384)?;
-    let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    let on_this_thread = paced(count, |i| {
-        let found = conn.prepare_cached("SELECT * FROM jobs WHERE id = ?1").and_then(|mut statement| {
-            let columns = statement.column_count();
-            statement.query_row([&texts[i as usize % texts.len()]], |row| {
-                (0..columns).map(|c| row.get::<_, rusqlite::types::Value>(c)).collect::<Result<Vec<_>, _>>()
+    // The same read through each setting's storage port.
+    let on_thread = Database::connect_with(&format!("sqlite://{}", path.display()), SqliteReads::OnThread).await?;
+    let mut measured = Vec::new();
+    for reader in [jobs, on_thread.jobs()] {
+        measured.push(
+            paced(count, |i| {
+                let (jobs, id) = (reader.clone(), ids[i as usize % ids.len()]);
+                async move {
+                    anyhow::ensure!(jobs.get(id).await?.is_some());
+                    Ok(())
+                }
             })
-        });
-        async move {
-            anyhow::ensure!(!found?.is_empty());
-            Ok(())
-        }
-    })
-    .await?;
+            .await?,
+        );
+    }
+    let (through_sqlx, on_this_thread) = (measured[0], measured[1]);
 
     println!("one job read at {RATE_PER_S}/s, {count} reads each (per read, the pacing's own cost subtracted):");
     println!("  pacing alone: {:.1} us of CPU, {:.1} context switches per tick", pacing.0, pacing.1);
-    for (name, (cpu, switched)) in [("sqlx (worker thread)", through_sqlx), ("rusqlite (this thread)", on_this_thread)]
-    {
+    for (name, (cpu, switched)) in [("sqlx (worker thread)", through_sqlx), ("on-thread (rusqlite)", on_this_thread)] {
         println!("  {name}: {:.1} us of CPU, {:.1} context switches", cpu - pacing.0, switched - pacing.1);
     }
     println!(
@@ -127,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
             "scenario": "sqlite_hops", "rate": RATE_PER_S, "count": count,
             "pacing_cpu_us_per_tick": pacing.0, "pacing_switches_per_tick": pacing.1,
             "sqlx_cpu_us_per_read": through_sqlx.0, "sqlx_switches_per_read": through_sqlx.1,
-            "rusqlite_cpu_us_per_read": on_this_thread.0, "rusqlite_switches_per_read": on_this_thread.1,
+            "on_thread_cpu_us_per_read": on_this_thread.0, "on_thread_switches_per_read": on_this_thread.1,
         })
     );
     Ok(())
