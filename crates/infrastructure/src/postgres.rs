@@ -3,11 +3,12 @@
 //!
 //! One pool serves reads and writes. Transactions run at READ COMMITTED and
 //! races are settled by row locks, never by retries:
-//! - `commit_assignment` first updates the job row (racing assignments of one
-//!   job queue on its lock and then find it Assigned), then locks the
-//!   contractor row (assignments of one contractor queue there, so the overlap
-//!   check that follows sees every committed assignment). `UNIQUE(job_id)` is
-//!   the backstop.
+//! - Assignments are committed in groups, one transaction per group
+//!   ([`crate::sql::group_commit`]), by one task per node. A group first
+//!   locks its jobs' rows, then its contractors' rows, each in id order:
+//!   racing assignments of one job, or of one contractor, from this node or
+//!   another, queue there, and the check that follows sees every committed
+//!   assignment. `UNIQUE(job_id)` is the backstop.
 //! - Claims lock the due rows with `FOR UPDATE SKIP LOCKED` (two nodes never
 //!   claim the same row at once) and take a block of sequences from the
 //!   `event_sequence` row, whose lock orders claimers: sequence order is claim
@@ -32,6 +33,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::errors::{corrupt, store_error};
+use crate::sql::group_commit::{judge, AssignmentRow, Check, GroupCommitter, GroupWriter, Outcome};
 use crate::sql::{self, bind_postgres, AssignmentCommit, Columns, FailedAttempt, SqlBackend, SqlStore, Statement};
 
 /// `application_name` of the pool's sessions.
@@ -52,6 +54,8 @@ pub type PostgresStore = SqlStore<PostgresBackend>;
 #[derive(Clone, Debug)]
 pub struct PostgresBackend {
     pool: PgPool,
+    /// To this node's group-commit task.
+    commits: GroupCommitter,
 }
 
 impl SqlStore<PostgresBackend> {
@@ -71,7 +75,8 @@ impl SqlStore<PostgresBackend> {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self::new(PostgresBackend { pool }))
+        let commits = GroupCommitter::start(PostgresGroupWriter { pool: pool.clone() });
+        Ok(Self::new(PostgresBackend { pool, commits }))
     }
 
     /// The connection pool, for adapters of other ports on the same database.
@@ -80,32 +85,138 @@ impl SqlStore<PostgresBackend> {
     }
 }
 
-async fn append_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, event: &DomainEvent) -> Result<(), StoreError> {
-    let payload = serde_json::to_value(event).map_err(corrupt)?;
-    let event_id = event.event_id().as_uuid();
-    let occurred = event.occurred_at_utc().unix_millis();
-    sqlx::query(
+/// The PostgreSQL side of group commit ([`crate::sql::group_commit`]).
+/// Several nodes commit groups at once, so the rows a group is checked
+/// against are locked first, always jobs before contractors and each in id
+/// order: two groups that share rows queue on them instead of deadlocking,
+/// and the check that follows (a fresh snapshot at READ COMMITTED) sees
+/// every assignment committed before the locks were granted.
+#[derive(Debug)]
+struct PostgresGroupWriter {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl GroupWriter for PostgresGroupWriter {
+    const SIZE_METRIC: &'static str = "smartscheduler_postgres_group_commit_size";
+
+    async fn commit_group(&self, rows: &[&AssignmentRow]) -> Result<Vec<Outcome>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let jobs: Vec<&str> = rows.iter().map(|row| row.job_id.as_str()).collect();
+        let contractors: Vec<&str> = rows.iter().map(|row| row.contractor_id.as_str()).collect();
+        // NO KEY UPDATE: excludes the other groups, not the foreign-key
+        // checks of rows that merely refer to these.
+        for (lock, ids) in [
+            ("SELECT 1 FROM jobs WHERE id = ANY($1::text[]::uuid[]) ORDER BY id FOR NO KEY UPDATE", &jobs),
+            (
+                "SELECT 1 FROM contractors WHERE id = ANY($1::text[]::uuid[]) ORDER BY id FOR NO KEY UPDATE",
+                &contractors,
+            ),
+        ] {
+            sqlx::query(lock).bind(ids).execute(&mut *tx).await.map_err(store_error)?;
+        }
+        let probes = serde_json::Value::Array(rows.iter().map(|row| row.probe()).collect());
+        let checks = check_group(&mut tx, &probes, rows.len()).await?;
+        let (outcomes, accepted) = judge(rows, checks);
+        if !accepted.is_empty() {
+            let keys = accepted.iter().filter(|row| !row["scope"].is_null()).count() as u64;
+            let stored_keys = write_group(&mut tx, &serde_json::Value::Array(accepted)).await?;
+            if stored_keys < keys {
+                // A node committed one of these keys after the check: the
+                // request that races it loses, as a lone request would.
+                tx.rollback().await.map_err(store_error)?;
+                return match rows {
+                    [_] => Ok(vec![Err(CommitAssignmentError::IdempotencyKeyTaken)]),
+                    _ => Err(StoreError::Unexpected("an idempotency key of the group was taken meanwhile".into())),
+                };
+            }
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(outcomes)
+    }
+}
+
+/// What the database holds for each probe ([`AssignmentRow::probe`]), in
+/// order. Scalar subqueries, not `EXISTS`: the planner may answer an
+/// `EXISTS` by hashing the whole table once per statement (it did so for
+/// contractors: a sequential scan of 20,000 rows, 9 ms for a group of 16,
+/// against 0.8 ms for these index lookups).
+async fn check_group(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    probes: &serde_json::Value,
+    expected: usize,
+) -> Result<Vec<Check>, StoreError> {
+    let found = sqlx::query(
+        "SELECT (SELECT status FROM jobs WHERE id = (p ->> 'job')::uuid) AS job_status,
+                COALESCE((SELECT true FROM assignments WHERE job_id = (p ->> 'job')::uuid), false) AS job_taken,
+                COALESCE((SELECT true FROM contractors WHERE id = (p ->> 'contractor')::uuid), false)
+                    AS contractor_exists,
+                COALESCE((SELECT true FROM assignments WHERE contractor_id = (p ->> 'contractor')::uuid
+                          AND start_at < (p ->> 'end')::bigint AND end_at > (p ->> 'start')::bigint LIMIT 1), false)
+                    AS busy,
+                COALESCE((SELECT true FROM idempotency_keys WHERE scope = p ->> 'scope' AND key = p ->> 'key'
+                          AND created_at >= (p ->> 'live')::bigint), false) AS key_taken
+         FROM jsonb_array_elements($1) WITH ORDINALITY AS r (p, ord)
+         ORDER BY ord",
+    )
+    .bind(probes)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Check::read_all(&found, expected)
+}
+
+/// Writes the accepted rows of a group ([`AssignmentRow::to_json`]), one
+/// statement per table over the array, in group order (EventLog positions
+/// follow it). Returns how many idempotency keys were stored.
+async fn write_group(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    accepted: &serde_json::Value,
+) -> Result<u64, StoreError> {
+    const ROWS: &str = "jsonb_array_elements($1) WITH ORDINALITY AS r (v, ord)";
+    let writes = [
+        format!("UPDATE jobs SET status = 'Assigned' WHERE id IN (SELECT (v ->> 'job')::uuid FROM {ROWS})"),
         // Due at once (0), not at this node's clock: the publishing node
         // compares with its own, and clocks of nodes may differ.
-        "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, 0)",
-    )
-    .bind(event_id)
-    .bind(event.event_type().as_str())
-    .bind(event.aggregate_id())
-    .bind(payload)
-    .bind(occurred)
+        format!(
+            "INSERT INTO event_log (event_id, event_type, aggregate_id, payload, occurred_at, next_attempt_at)
+             SELECT (v ->> 'event')::uuid, v ->> 'type', (v ->> 'aggregate')::uuid, (v ->> 'payload')::jsonb,
+                    (v ->> 'occurred')::bigint, 0
+             FROM {ROWS} ORDER BY ord"
+        ),
+        format!(
+            "INSERT INTO event_groups (group_name, event_id)
+             SELECT g, (v ->> 'event')::uuid FROM {ROWS}, jsonb_array_elements_text(v -> 'groups') AS g"
+        ),
+        format!(
+            "INSERT INTO assignments (id, job_id, contractor_id, start_at, end_at, source, audit_id, region,
+                                      created_at, event_id, ack_deadline)
+             SELECT (v ->> 'id')::uuid, (v ->> 'job')::uuid, (v ->> 'contractor')::uuid, (v ->> 'start')::bigint,
+                    (v ->> 'end')::bigint, v ->> 'source', (v ->> 'audit')::uuid, v ->> 'region',
+                    (v ->> 'created')::bigint, (v ->> 'event')::uuid, (v ->> 'deadline')::bigint
+             FROM {ROWS} ORDER BY ord"
+        ),
+    ];
+    for write in &writes {
+        sqlx::query(write).bind(accepted).execute(&mut **tx).await.map_err(store_error)?;
+    }
+    // A stale row under the same key (past its 24 h) is replaced; a live one
+    // is left as it is, and the count tells. In key order, so that two groups
+    // inserting the same keys wait for each other instead of deadlocking.
+    let stored = sqlx::query(&format!(
+        "INSERT INTO idempotency_keys (scope, key, fingerprint, assignment_id, created_at)
+         SELECT v ->> 'scope', v ->> 'key', v ->> 'fingerprint', (v ->> 'id')::uuid, (v ->> 'created')::bigint
+         FROM {ROWS} WHERE v ->> 'scope' IS NOT NULL ORDER BY v ->> 'scope', v ->> 'key'
+         ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+            assignment_id = EXCLUDED.assignment_id, created_at = EXCLUDED.created_at
+         WHERE idempotency_keys.created_at < EXCLUDED.created_at - $2"
+    ))
+    .bind(accepted)
+    .bind(IDEMPOTENCY_WINDOW_MILLIS)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
-    let groups: Vec<String> = event.audience().into_iter().map(String::from).collect();
-    sqlx::query("INSERT INTO event_groups (group_name, event_id) SELECT g, $2 FROM UNNEST($1::text[]) AS g")
-        .bind(groups)
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    Ok(())
+    Ok(stored.rows_affected())
 }
 
 /// Checks `fence` as the first statement of `tx`: see the module docs.
@@ -200,98 +311,7 @@ impl SqlBackend for PostgresBackend {
     // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
     #[instrument(skip_all, fields(job_id = %commit.job.id(), assignment_id = %commit.assignment.id()))]
     async fn commit_assignment(&self, commit: AssignmentCommit<'_>) -> Result<(), CommitAssignmentError> {
-        let AssignmentCommit { job, assignment, event, idempotency } = commit;
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        // The job's row lock serializes racing assignments of one job: the
-        // losers wait for the winner's commit, then re-check the status and
-        // update nothing.
-        let updated = sqlx::query("UPDATE jobs SET status = 'Assigned' WHERE id = $1 AND status = 'Unassigned'")
-            .bind(job.id().as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if updated.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT 1 FROM jobs WHERE id = $1")
-                .bind(job.id().as_uuid())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            return Err(if exists.is_some() {
-                CommitAssignmentError::JobAlreadyAssigned
-            } else {
-                CommitAssignmentError::JobNotFound
-            });
-        }
-        // The contractor's row lock serializes assignments of one contractor,
-        // so the overlap check below sees every assignment committed before.
-        let contractor = sqlx::query("SELECT 1 FROM contractors WHERE id = $1 FOR UPDATE")
-            .bind(assignment.contractor_id().as_uuid())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if contractor.is_none() {
-            return Err(CommitAssignmentError::ContractorNotFound);
-        }
-        let range = assignment.range();
-        let overlap =
-            sqlx::query("SELECT 1 FROM assignments WHERE contractor_id = $1 AND start_at < $2 AND end_at > $3 LIMIT 1")
-                .bind(assignment.contractor_id().as_uuid())
-                .bind(range.end().unix_millis())
-                .bind(range.start().unix_millis())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        if overlap.is_some() {
-            return Err(CommitAssignmentError::ContractorBusy);
-        }
-        sqlx::query(
-            "INSERT INTO assignments
-                (id, job_id, contractor_id, start_at, end_at, source, audit_id, region, created_at, event_id, ack_deadline)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(assignment.id().as_uuid())
-        .bind(assignment.job_id().as_uuid())
-        .bind(assignment.contractor_id().as_uuid())
-        .bind(range.start().unix_millis())
-        .bind(range.end().unix_millis())
-        .bind(assignment.source().as_str())
-        .bind(assignment.audit_id().map(|a| a.as_uuid()))
-        .bind(assignment.region().as_str())
-        .bind(assignment.created_at_utc().unix_millis())
-        .bind(assignment.event_id().as_uuid())
-        .bind(assignment.acknowledgement().deadline_utc.map(Timestamp::unix_millis))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => CommitAssignmentError::JobAlreadyAssigned,
-            _ => store_error(e).into(),
-        })?;
-        append_event(&mut tx, event).await?;
-        if let Some(key) = idempotency {
-            // A racing request with the same key waits on the key's index
-            // entry, then finds it live and stores nothing.
-            let stored = sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, assignment_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
-                    assignment_id = EXCLUDED.assignment_id, created_at = EXCLUDED.created_at
-                 WHERE idempotency_keys.created_at < $6",
-            )
-            .bind(&key.scope)
-            .bind(&key.key)
-            .bind(&key.fingerprint)
-            .bind(assignment.id().as_uuid())
-            .bind(assignment.created_at_utc().unix_millis())
-            .bind(assignment.created_at_utc().unix_millis() - IDEMPOTENCY_WINDOW_MILLIS)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            if stored.rows_affected() == 0 {
-                return Err(CommitAssignmentError::IdempotencyKeyTaken);
-            }
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok(())
+        self.commits.commit(commit).await
     }
 
     #[instrument(skip_all, err(level = "warn"))]

@@ -14,12 +14,14 @@
 
 mod backend;
 mod columns;
+pub(crate) mod group_commit;
 mod rows;
 mod statement;
 mod store;
 
 pub use backend::{AssignmentCommit, FailedAttempt, SqlBackend};
 pub use columns::Columns;
+pub use group_commit::MAX_GROUP;
 pub(crate) use rows::{attempts, claimable};
 pub(crate) use statement::{bind_postgres, bind_rusqlite, bind_sqlite};
 pub use statement::{Statement, Value};

@@ -5,15 +5,11 @@
 //! separate pool in WAL mode and never wait for writers. `sqlite::memory:`
 //! uses one connection for both (each connection would see its own database).
 //!
-//! Group commit: assignments are committed by one task that takes every
-//! assignment waiting (up to [`MAX_GROUP`]) and commits them in ONE
-//! transaction. Each is checked with one read (job, contractor, overlap,
-//! idempotency key) before it writes anything, so a refused assignment
-//! leaves nothing behind and does not disturb the others; the single writer
-//! means no one else changes those rows between the check and the write. If
-//! the group's transaction fails as a whole, each assignment is committed
-//! again on its own, so one bad request never fails its neighbours. The
-//! relay's claims and publishes are set-based too (one statement per batch,
+//! Group commit ([`crate::sql::group_commit`]): a group of assignments is
+//! checked with one read (job, contractor, overlap, idempotency key) before
+//! anything is written, so a refused assignment leaves nothing behind and
+//! does not disturb the others; the single writer means no one else changes
+//! those rows between the check and the write. The relay's claims and publishes are set-based too (one statement per batch,
 //! over a JSON array), so the writer spends a few statements per assignment.
 //! SQLite serves one node, so there is no publisher lease: fences are not
 //! checked here.
@@ -23,20 +19,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use smartscheduler_domain::ports::{
-    ClaimedEvent, CommitAssignmentError, Fence, IdempotencyKey, PublishedRow, StoreError, IDEMPOTENCY_WINDOW_MILLIS,
-};
-use smartscheduler_domain::{Chain, DomainEvent, JobStatus, Sequence, Timestamp};
+use smartscheduler_domain::ports::{ClaimedEvent, CommitAssignmentError, Fence, PublishedRow, StoreError};
+use smartscheduler_domain::{DomainEvent, Sequence, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
 use crate::errors::{corrupt, store_error};
+use crate::sql::group_commit::{judge, AssignmentRow, Check, GroupCommitter, GroupWriter, Outcome};
 use crate::sql::{self, bind_sqlite, AssignmentCommit, Columns, FailedAttempt, SqlBackend, SqlStore, Statement};
-
-/// Most assignments committed in one transaction.
-pub const MAX_GROUP: usize = 256;
 
 /// The SQLite schema's migrations, applied by [`SqliteStore::connect`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -51,78 +42,7 @@ pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
     /// To the group-commit task.
-    commits: mpsc::Sender<PendingCommit>,
-}
-
-/// An assignment waiting for the group-commit task, its values ready to bind.
-#[derive(Debug)]
-struct PendingCommit {
-    row: AssignmentRow,
-    reply: oneshot::Sender<Result<(), CommitAssignmentError>>,
-}
-
-/// Everything one assignment writes, serialized by the caller (off the writer).
-#[derive(Debug)]
-struct AssignmentRow {
-    job_id: String,
-    assignment_id: String,
-    contractor_id: String,
-    start_at: i64,
-    end_at: i64,
-    source: &'static str,
-    audit_id: Option<String>,
-    region: String,
-    created_at: i64,
-    /// When the contractor should have acknowledged it (escalation on).
-    ack_deadline: Option<i64>,
-    event_id: String,
-    event_type: &'static str,
-    aggregate_id: String,
-    payload: String,
-    occurred_at: i64,
-    /// The audience: a JSON array of group names.
-    groups: serde_json::Value,
-    idempotency: Option<IdempotencyKey>,
-}
-
-impl AssignmentRow {
-    /// The row as [`write_group`] reads it.
-    fn to_json(&self) -> serde_json::Value {
-        let key = self.idempotency.as_ref();
-        serde_json::json!({
-            "id": self.assignment_id, "job": self.job_id, "contractor": self.contractor_id,
-            "start": self.start_at, "end": self.end_at, "source": self.source, "audit": self.audit_id,
-            "region": self.region, "created": self.created_at, "deadline": self.ack_deadline,
-            "event": self.event_id, "type": self.event_type,
-            "aggregate": self.aggregate_id, "payload": self.payload, "occurred": self.occurred_at,
-            "groups": self.groups, "scope": key.map(|k| &k.scope), "key": key.map(|k| &k.key),
-            "fingerprint": key.map(|k| &k.fingerprint),
-        })
-    }
-
-    fn new(commit: AssignmentCommit<'_>) -> Result<Self, StoreError> {
-        let AssignmentCommit { job, assignment, event, idempotency } = commit;
-        let range = assignment.range();
-        Ok(Self {
-            job_id: job.id().to_string(),
-            assignment_id: assignment.id().to_string(),
-            contractor_id: assignment.contractor_id().to_string(),
-            start_at: range.start().unix_millis(),
-            end_at: range.end().unix_millis(),
-            source: assignment.source().as_str(),
-            audit_id: assignment.audit_id().map(|a| a.to_string()),
-            region: assignment.region().as_str().to_owned(),
-            created_at: assignment.created_at_utc().unix_millis(),
-            ack_deadline: assignment.acknowledgement().deadline_utc.map(Timestamp::unix_millis),
-            event_id: event.event_id().to_string(),
-            event_type: event.event_type().as_str(),
-            aggregate_id: event.aggregate_id().to_string(),
-            payload: serde_json::to_string(event).map_err(corrupt)?,
-            occurred_at: event.occurred_at_utc().unix_millis(),
-            groups: serde_json::to_value(event.audience()).map_err(corrupt)?,
-            idempotency,
-        })
-    }
+    commits: GroupCommitter,
 }
 
 impl SqlStore<SqliteBackend> {
@@ -184,8 +104,7 @@ impl SqlStore<SqliteBackend> {
 impl SqliteBackend {
     /// The backend over its pools, with its group-commit task started.
     fn start(writer: SqlitePool, reader: SqlitePool) -> Self {
-        let (commits, queue) = mpsc::channel(MAX_GROUP * 4);
-        tokio::spawn(group_commit(writer.clone(), queue));
+        let commits = GroupCommitter::start(SqliteGroupWriter { writer: writer.clone() });
         Self { writer, reader, commits }
     }
 }
@@ -208,103 +127,38 @@ fn create_owner_only(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// The group-commit task: commits whatever is waiting, in one transaction,
-/// until every [`SqliteStore`] clone is gone.
-async fn group_commit(writer: SqlitePool, mut queue: mpsc::Receiver<PendingCommit>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        metrics::histogram!("smartscheduler_sqlite_group_commit_size").record(group.len() as f64);
-        match commit_group(&writer, &group).await {
-            Ok(outcomes) => {
-                for (pending, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = pending.reply.send(outcome);
-                }
-            }
-            Err(err) if group.len() == 1 => {
-                let pending = group.pop().expect("one");
-                let _ = pending.reply.send(Err(err.into()));
-            }
-            Err(err) => {
-                // Whatever failed the group must fail only its own request.
-                tracing::warn!(error = %Chain(&err), size = group.len(), "group commit failed; committing one by one");
-                for pending in group.drain(..) {
-                    let outcome = match commit_group(&writer, std::slice::from_ref(&pending)).await {
-                        Ok(mut outcomes) => outcomes.pop().expect("one outcome per assignment"),
-                        Err(err) => Err(err.into()),
-                    };
-                    let _ = pending.reply.send(outcome);
-                }
-            }
+/// The SQLite side of group commit: the single writer connection.
+#[derive(Debug)]
+struct SqliteGroupWriter {
+    writer: SqlitePool,
+}
+
+#[async_trait]
+impl GroupWriter for SqliteGroupWriter {
+    const SIZE_METRIC: &'static str = "smartscheduler_sqlite_group_commit_size";
+
+    /// One read checks every assignment against the database, [`judge`]
+    /// checks the group against itself, and the accepted ones are written
+    /// with one statement per table over a JSON array: a fixed number of
+    /// statements whatever the group's size. A refused assignment writes
+    /// nothing.
+    async fn commit_group(&self, rows: &[&AssignmentRow]) -> Result<Vec<Outcome>, StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(store_error)?;
+        let committed = commit_group_on(&mut conn, rows).await;
+        if committed.is_err() {
+            roll_back(&mut conn).await;
         }
+        committed
     }
 }
 
-/// Commits `group` in one transaction, in a fixed number of statements
-/// whatever its size: one read checks every assignment against the database,
-/// the group is then checked against itself in order (two assignments of one
-/// job, overlapping ranges of one contractor, one idempotency key), and the
-/// accepted ones are written with one statement per table over a JSON array.
-/// A refused assignment writes nothing. An `Err` means nothing was committed.
-async fn commit_group(
-    writer: &SqlitePool,
-    group: &[PendingCommit],
-) -> Result<Vec<Result<(), CommitAssignmentError>>, StoreError> {
-    let mut conn = writer.acquire().await.map_err(store_error)?;
-    let committed = commit_group_on(&mut conn, group).await;
-    if committed.is_err() {
-        roll_back(&mut conn).await;
-    }
-    committed
-}
-
-/// [`commit_group`] on the writer's connection, in two commands to sqlx's
-/// worker thread: BEGIN travels with the check, COMMIT with the writes (see
-/// [`write_group`] for why commands count). On `Err` the caller rolls back.
-async fn commit_group_on(
-    conn: &mut SqliteConnection,
-    group: &[PendingCommit],
-) -> Result<Vec<Result<(), CommitAssignmentError>>, StoreError> {
-    let rows: Vec<&AssignmentRow> = group.iter().map(|p| &p.row).collect();
-    let checks = check_group(conn, &rows).await?;
-    let mut outcomes = Vec::with_capacity(rows.len());
-    let mut accepted = Vec::with_capacity(rows.len());
-    let mut jobs_taken = std::collections::HashSet::new();
-    let mut booked: std::collections::HashMap<&str, Vec<(i64, i64)>> = std::collections::HashMap::new();
-    let mut keys_taken = std::collections::HashSet::new();
-    for (row, check) in rows.iter().zip(checks) {
-        let overlaps = booked
-            .get(row.contractor_id.as_str())
-            .is_some_and(|ranges| ranges.iter().any(|(start, end)| *start < row.end_at && *end > row.start_at));
-        let key = row.idempotency.as_ref().map(|k| (k.scope.as_str(), k.key.as_str()));
-        let refusal = match check.job_status.as_deref() {
-            None => Some(CommitAssignmentError::JobNotFound),
-            Some(status)
-                if status != JobStatus::Unassigned.as_str()
-                    || check.job_taken
-                    || jobs_taken.contains(row.job_id.as_str()) =>
-            {
-                Some(CommitAssignmentError::JobAlreadyAssigned)
-            }
-            Some(_) if !check.contractor_exists => Some(CommitAssignmentError::ContractorNotFound),
-            Some(_) if check.busy || overlaps => Some(CommitAssignmentError::ContractorBusy),
-            Some(_) if check.key_taken || key.is_some_and(|k| keys_taken.contains(&k)) => {
-                Some(CommitAssignmentError::IdempotencyKeyTaken)
-            }
-            Some(_) => None,
-        };
-        match refusal {
-            Some(refusal) => outcomes.push(Err(refusal)),
-            None => {
-                jobs_taken.insert(row.job_id.as_str());
-                booked.entry(row.contractor_id.as_str()).or_default().push((row.start_at, row.end_at));
-                if let Some(key) = key {
-                    keys_taken.insert(key);
-                }
-                accepted.push(row.to_json());
-                outcomes.push(Ok(()));
-            }
-        }
-    }
+/// [`SqliteGroupWriter::commit_group`] on the writer's connection, in two
+/// commands to sqlx's worker thread: BEGIN travels with the check, COMMIT
+/// with the writes (see [`write_group`] for why commands count). On `Err`
+/// the caller rolls back.
+async fn commit_group_on(conn: &mut SqliteConnection, rows: &[&AssignmentRow]) -> Result<Vec<Outcome>, StoreError> {
+    let checks = check_group(conn, rows).await?;
+    let (outcomes, accepted) = judge(rows, checks);
     if accepted.is_empty() {
         sqlx::query("COMMIT").execute(&mut *conn).await.map_err(store_error)?;
     } else {
@@ -319,30 +173,12 @@ async fn roll_back(conn: &mut SqliteConnection) {
     let _ = sqlx::query("ROLLBACK").execute(conn).await;
 }
 
-/// What the database says of one assignment of a group.
-struct Check {
-    job_status: Option<String>,
-    job_taken: bool,
-    contractor_exists: bool,
-    busy: bool,
-    key_taken: bool,
-}
-
 /// Begins the group's transaction and, in the same command, reads for the
 /// whole group: each assignment's job status, whether its job already has an
 /// assignment, whether its contractor exists or is booked over its range, and
 /// whether its idempotency key is live. In group order.
 async fn check_group(conn: &mut SqliteConnection, rows: &[&AssignmentRow]) -> Result<Vec<Check>, StoreError> {
-    let probes = rows
-        .iter()
-        .map(|row| {
-            let (scope, key) = row.idempotency.as_ref().map(|k| (k.scope.as_str(), k.key.as_str())).unzip();
-            serde_json::json!({
-                "job": row.job_id, "contractor": row.contractor_id, "start": row.start_at, "end": row.end_at,
-                "scope": scope, "key": key, "live": row.created_at - IDEMPOTENCY_WINDOW_MILLIS,
-            })
-        })
-        .collect();
+    let probes = rows.iter().map(|row| row.probe()).collect();
     let found = sqlx::query(
         "BEGIN IMMEDIATE;
          SELECT (SELECT status FROM jobs WHERE id = r.value ->> '$.job') AS job_status,
@@ -358,21 +194,7 @@ async fn check_group(conn: &mut SqliteConnection, rows: &[&AssignmentRow]) -> Re
     .fetch_all(&mut *conn)
     .await
     .map_err(store_error)?;
-    if found.len() != rows.len() {
-        return Err(StoreError::Unexpected(format!("checked {} of {} assignments", found.len(), rows.len()).into()));
-    }
-    found
-        .iter()
-        .map(|row| {
-            Ok(Check {
-                job_status: row.try_get("job_status").map_err(store_error)?,
-                job_taken: row.try_get("job_taken").map_err(store_error)?,
-                contractor_exists: row.try_get("contractor_exists").map_err(store_error)?,
-                busy: row.try_get("busy").map_err(store_error)?,
-                key_taken: row.try_get("key_taken").map_err(store_error)?,
-            })
-        })
-        .collect()
+    Check::read_all(&found, rows.len())
 }
 
 /// Writes the accepted assignments of a group (a JSON array of
@@ -472,11 +294,7 @@ impl SqlBackend for SqliteBackend {
     // No `err`: a conflict here is the caller's 409, logged once by the HTTP edge.
     #[instrument(skip_all, fields(job_id = %commit.job.id(), assignment_id = %commit.assignment.id()))]
     async fn commit_assignment(&self, commit: AssignmentCommit<'_>) -> Result<(), CommitAssignmentError> {
-        let row = AssignmentRow::new(commit)?;
-        let (reply, answer) = oneshot::channel();
-        let closed = || StoreError::Unavailable("the SQLite writer has stopped".into());
-        self.commits.send(PendingCommit { row, reply }).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.commits.commit(commit).await
     }
 
     #[instrument(skip_all, err)]
@@ -584,7 +402,7 @@ impl SqlBackend for SqliteBackend {
 
 #[cfg(test)]
 mod tests {
-    use smartscheduler_domain::ports::{ContractorRepository, JobRepository};
+    use smartscheduler_domain::ports::{ContractorRepository, IdempotencyKey, JobRepository};
     use smartscheduler_domain::{
         AssignmentSource, Contractor, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region, TimeRange,
     };
@@ -616,7 +434,7 @@ mod tests {
     }
 
     /// The pending commit of `job` to `contractor` from `from` to `to` minutes past a fixed hour.
-    fn pending(job: &Job, contractor: &Contractor, from: i64, to: i64, key: Option<&str>) -> PendingCommit {
+    fn pending(job: &Job, contractor: &Contractor, from: i64, to: i64, key: Option<&str>) -> AssignmentRow {
         let base = Timestamp::parse_rfc3339("t", "2030-01-01T10:00:00Z").unwrap();
         let mut job = job.clone();
         let request = NewAssignment {
@@ -628,10 +446,7 @@ mod tests {
         let (assignment, event) = job.assign(contractor, request, Timestamp::now()).unwrap();
         let idempotency = key.map(|k| IdempotencyKey { scope: "sub".into(), key: k.into(), fingerprint: "f".into() });
         let event = DomainEvent::from(event);
-        let row =
-            AssignmentRow::new(AssignmentCommit { job: &job, assignment: &assignment, event: &event, idempotency })
-                .unwrap();
-        PendingCommit { row, reply: oneshot::channel().0 }
+        AssignmentRow::new(AssignmentCommit { job: &job, assignment: &assignment, event: &event, idempotency }).unwrap()
     }
 
     async fn count(store: &SqliteStore, table: &str) -> i64 {
@@ -658,7 +473,8 @@ mod tests {
             pending(&j4, &ghost, 0, 60, None),     // no such contractor
             pending(&j5, &ben, 0, 60, Some("k1")), // the key is taken by the first
         ];
-        let outcomes = commit_group(&store.backend().writer, &group).await.unwrap();
+        let writer = SqliteGroupWriter { writer: store.backend().writer.clone() };
+        let outcomes = writer.commit_group(&group.iter().collect::<Vec<_>>()).await.unwrap();
         assert_eq!(
             outcomes,
             vec![
@@ -686,11 +502,11 @@ mod tests {
             .fetch_all(&store.backend().reader)
             .await
             .unwrap();
-        assert_eq!(logged, vec![group[0].row.event_id.clone(), group[3].row.event_id.clone()]);
+        assert_eq!(logged, vec![group[0].event_id.clone(), group[3].event_id.clone()]);
 
         // A second group sees the first one's rows in the database.
         let again = [pending(&j5, &ana, 0, 30, None), pending(&j5, &ben, 0, 60, Some("k1"))];
-        let outcomes = commit_group(&store.backend().writer, &again).await.unwrap();
+        let outcomes = writer.commit_group(&again.iter().collect::<Vec<_>>()).await.unwrap();
         assert_eq!(
             outcomes,
             vec![Err(CommitAssignmentError::ContractorBusy), Err(CommitAssignmentError::IdempotencyKeyTaken)]

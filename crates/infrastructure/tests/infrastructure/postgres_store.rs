@@ -11,11 +11,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{event_ids, ids_of, later, published, sequences, Backend, Db};
+use crate::support::{event_ids, ids_of, later, plan, published, range, sequences, Backend, Counts, Db};
 use smartscheduler_domain::ports::{
-    ClaimedEvent, EventLog, EventQuery, EventStatus, Fence, StoreError, UsedConnectionTokens,
+    AssignmentStore, ClaimedEvent, CommitAssignmentError, EventLog, EventQuery, EventStatus, Fence, IdempotencyKey,
+    StoreError, UsedConnectionTokens,
 };
-use smartscheduler_domain::{EventId, Sequence, Timestamp};
+use smartscheduler_domain::{EventId, JobStatus, Sequence, Timestamp};
 use smartscheduler_infrastructure::database::redact;
 use smartscheduler_infrastructure::postgres::PostgresStore;
 use smartscheduler_infrastructure::used_connection_tokens::PostgresUsedConnectionTokens;
@@ -435,4 +436,111 @@ async fn a_takeover_waits_for_a_fenced_write_in_flight_and_a_write_after_it_is_r
 
 fn sequences_of(log: &[smartscheduler_domain::ports::EventLogEntry]) -> Vec<Sequence> {
     log.iter().filter_map(|e| e.sequence).collect()
+}
+
+/// Four nodes, each committing its burst as a group, racing for the same
+/// jobs and the same contractors: every group locks rows the others hold,
+/// in another mix. Each job goes to one node, each contractor is booked
+/// once for the hour, every loser gets its 409 and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_of_four_nodes_crossing_on_jobs_and_contractors_settle_each_race_once() {
+    const NODES: usize = 4;
+    const JOBS: usize = 12;
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let mut nodes = vec![db.store.clone()];
+    for _ in 1..NODES {
+        nodes.push(PostgresStore::connect(&db.guard.url).await.expect("another node on the same database"));
+    }
+    let mut jobs = Vec::new();
+    let mut contractors = Vec::new();
+    for i in 0..JOBS {
+        jobs.push(db.add_job("north").await);
+        contractors.push(db.add_contractor(&format!("Contractor {i}"), "north").await);
+    }
+    // Node n assigns job j to contractor (j + n) % JOBS, every range the same
+    // hour: each job is raced by four nodes, and each contractor too.
+    let barrier = Arc::new(Barrier::new(NODES * JOBS));
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for (j, job) in jobs.iter().enumerate() {
+            let contractor = &contractors[(j + n) % JOBS];
+            let (assigned, assignment, event) = plan(job, contractor, range(0, 60));
+            let (node, barrier) = (node.clone(), Arc::clone(&barrier));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let result = node.commit_assignment(&assigned, &assignment, &event, None).await;
+                (result, assigned.id(), assignment.contractor_id())
+            }));
+        }
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("the task does not panic"));
+    }
+
+    let mut won_jobs = HashSet::new();
+    let mut booked = HashSet::new();
+    for (result, job, contractor) in &results {
+        match result {
+            Ok(()) => {
+                assert!(won_jobs.insert(*job), "a job was assigned twice: {results:?}");
+                assert!(booked.insert(*contractor), "a contractor was booked twice for one hour: {results:?}");
+            }
+            Err(CommitAssignmentError::JobAlreadyAssigned | CommitAssignmentError::ContractorBusy) => {}
+            Err(other) => panic!("a race must end in a 409, not {other:?} (a deadlock?)"),
+        }
+    }
+    assert!(!won_jobs.is_empty());
+    let n = won_jobs.len() as i64;
+    assert_eq!(db.counts().await, Counts { assignments: n, events: n, event_groups: 2 * n });
+    for job in &jobs {
+        let expected = if won_jobs.contains(&job.id()) { JobStatus::Assigned } else { JobStatus::Unassigned };
+        assert_eq!(db.stored_job(job.id()).await.status(), expected);
+    }
+    for node in &nodes[1..] {
+        node.close().await;
+    }
+}
+
+/// One idempotency key sent to four nodes at once, with four different jobs:
+/// the check inside each group finds it free, and the key's unique index
+/// settles it: one commit, and each loser writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_raced_on_four_nodes_is_stored_once() {
+    const NODES: usize = 4;
+    let Some(db) = Postgres::fresh().await else {
+        return;
+    };
+    let mut nodes = vec![db.store.clone()];
+    for _ in 1..NODES {
+        nodes.push(PostgresStore::connect(&db.guard.url).await.expect("another node on the same database"));
+    }
+    let barrier = Arc::new(Barrier::new(NODES));
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let job = db.add_job("north").await;
+        let contractor = db.add_contractor(&format!("Contractor {i}"), "north").await;
+        let (assigned, assignment, event) = plan(&job, &contractor, range(0, 60));
+        let key = IdempotencyKey { scope: "dispatcher-1".into(), key: "retry-7".into(), fingerprint: format!("f{i}") };
+        let (node, barrier) = (node.clone(), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            node.commit_assignment(&assigned, &assignment, &event, Some(key)).await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("the task does not panic"));
+    }
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    for result in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(result, &Err(CommitAssignmentError::IdempotencyKeyTaken));
+    }
+    assert_eq!(db.counts().await, Counts { assignments: 1, events: 1, event_groups: 2 });
+    assert_eq!(db.count("idempotency_keys").await, 1);
+    for node in &nodes[1..] {
+        node.close().await;
+    }
 }
