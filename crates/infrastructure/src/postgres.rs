@@ -175,7 +175,12 @@ async fn write_group(
 ) -> Result<u64, StoreError> {
     const ROWS: &str = "jsonb_array_elements($1) WITH ORDINALITY AS r (v, ord)";
     let writes = [
-        format!("UPDATE jobs SET status = 'Assigned' WHERE id IN (SELECT (v ->> 'job')::uuid FROM {ROWS})"),
+        // `= ANY(ARRAY(...))`, not `IN (SELECT ...)`: for the latter the
+        // statement's generic plan hashes the array against every job (1.6 ms
+        // against 0.08 ms with 6,300 jobs).
+        "UPDATE jobs SET status = 'Assigned'
+         WHERE id = ANY(ARRAY(SELECT (v ->> 'job')::uuid FROM jsonb_array_elements($1) AS r (v)))"
+            .to_owned(),
         // Due at once (0), not at this node's clock: the publishing node
         // compares with its own, and clocks of nodes may differ.
         format!(
@@ -266,8 +271,11 @@ async fn sequence_all(
     const STATEMENTS: [&str; 2] = [
         "UPDATE event_log AS e SET sequence = u.sequence
          FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence) WHERE e.event_id = u.event_id",
+        // `= ANY($1)` repeats the join for the planner: without it the
+        // statement's generic plan scans every group row (2.9 ms at 12,600).
         "UPDATE event_groups AS g SET sequence = u.sequence
-         FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence) WHERE g.event_id = u.event_id",
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS u (event_id, sequence)
+         WHERE g.event_id = u.event_id AND g.event_id = ANY($1::uuid[])",
     ];
     for statement in STATEMENTS {
         sqlx::query(statement).bind(&ids).bind(&sequences).execute(&mut **tx).await.map_err(store_error)?;
@@ -344,8 +352,11 @@ impl SqlBackend for PostgresBackend {
         check_fence(&mut tx, fence).await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id().as_uuid()).collect();
         let rows = sqlx::query(
+            // `status || ''`: look rows up by id only, as SQLite's `+status` does;
+            // an index on status also holds an entry for every old version of
+            // every row (0.47 ms against 0.05 ms at 6,300 rows).
             "SELECT event_id, attempts FROM event_log
-             WHERE event_id = ANY($1) AND status = 'Pending' FOR UPDATE SKIP LOCKED",
+             WHERE event_id = ANY($1) AND status || '' = 'Pending' FOR UPDATE SKIP LOCKED",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
