@@ -70,7 +70,8 @@ else
   # 4 MB) absorbs ~6,500 messages of a client that never reads before the service's 1,024-message
   # queue starts to fill: raise it to about 8000 to see the service close them (80 s at 100/s).
   : "${SLOW_EVENTS:=1500}"
-  : "${RATE_STEPS:=2000:4000 800:2400 400:2000 200:2000}"
+  # (b): the target rate, then lower ones down to the highest whose delivery p99 stays <= 50 ms.
+  : "${RATE_STEPS:=2000:4000 800:2400 400:2000 300:2000 250:2000 200:2000}"
   : "${IDLE_CLIENTS:=15000}" "${IDLE_HOLD:=60}"
   regions=100
 fi
