@@ -16,7 +16,7 @@
 #   SCENARIOS       which to run, of: idle persist persist-pg cost cost-pg fanout broadcast broadcast-lp
 #                   broadcast-sse stalled rate (default: all); broadcast-lp / broadcast-sse: (c) for our service
 #                   only, its clients over Long Polling / Server-Sent Events, SCALE_CLIENTS_HTTP of them;
-#                   cost / cost-pg: the service's CPU time per assignment and per GET at COST_RATE, on a fresh
+#                   cost / cost-pg: the service's CPU time per assignment, per GET and per bare request at COST_RATE, on a fresh
 #                   service over SQLite / PostgreSQL (cost-pg: and PostgreSQL's own CPU per operation)
 #   SS_BENCH_POSTGRES_URL  the PostgreSQL server for persist-pg and cost-pg (default: SMARTSCHEDULER_TEST_POSTGRES_URL,
 #                   else postgres://postgres@127.0.0.1:5432/postgres); a fresh database is made there and
@@ -211,11 +211,12 @@ fresh_pg_db() {
   fi
   return 1
 }
-# cost LABEL [--postgres DB]: an assignment run then a GET run on the service just started.
+# cost LABEL [--postgres DB]: an assignment run, a GET run and a run of the bare HTTP path (/health/live)
+# on the service just started.
 cost() {
   local label=$1
   shift
-  for operation in assign get; do
+  for operation in assign get live; do
     run "$label-$operation" cost --base "$started_base" --server-pid "$started_pid" --operation "$operation" \
       --rate "$COST_RATE" --count "$COST_COUNT" --warmup "$COST_WARMUP" --clk-tck "$(getconf CLK_TCK)" "$@"
   done

@@ -86,7 +86,7 @@ def table(run):
           " | delivery p50 / p99 / p99.9 ms | messages/s | missing | load avg |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in run.items():
-        if r["scenario"] == "idle":
+        if r["scenario"] in ("idle", "cost"):
             continue
         if r["scenario"] == "persist":
             http = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
@@ -102,6 +102,17 @@ def table(run):
         peer = r["peer"] if transport == "websockets" else f"{r['peer']} over {transport}"
         print(f"| {label} | {peer} | {conns} | {r['regions']} | {r['events']} | {offered} | "
               f"{fmt(r['publishes_per_s'])} | {http} | {delivery} | {fmt(r['messages_per_s'])} | {r['missing']} | {r['loadavg']} |")
+    costs = {label: r for label, r in run.items() if r["scenario"] == "cost"}
+    if costs:
+        print()
+        print("| label | operation | rate | service CPU per operation | PostgreSQL backends per operation | "
+              "HTTP p50 / p99 / p99.9 ms | errors | load avg |")
+        print("|---|---|---|---|---|---|---|---|")
+        for label, r in costs.items():
+            http = " / ".join(fmt(r[f"latency_{p}_ms"]) for p in ("p50", "p99", "p999"))
+            pg = f"{fmt(r['pg_database_cpu_us_per_op'])} µs" if r.get("pg_database_cpu_us_per_op") is not None else "—"
+            print(f"| {label} | {r['operation']} | {fmt(r['rate'], 0)}/s, {r['count']:,} | "
+                  f"{fmt(r['server_cpu_us_per_op'])} µs | {pg} | {http} | {r['errors']} | {r['loadavg']} |")
     idle = [r for r in run.values() if r["scenario"] == "idle"]
     if idle:
         print()

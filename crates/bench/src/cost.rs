@@ -58,6 +58,9 @@ enum Operation {
     Assign,
     /// `GET /api/jobs/{id}`, authenticated, over a few jobs.
     Get,
+    /// `GET /health/live`: the HTTP path alone, no token and no database,
+    /// to tell a GET's own cost from the request's.
+    Live,
 }
 
 impl Operation {
@@ -65,6 +68,7 @@ impl Operation {
         match self {
             Operation::Assign => "assign",
             Operation::Get => "get",
+            Operation::Live => "live",
         }
     }
 }
@@ -85,6 +89,7 @@ impl Work {
         let n = match args.operation {
             Operation::Assign => args.warmup + args.count,
             Operation::Get => GET_JOBS,
+            Operation::Live => 1,
         };
         let started = Instant::now();
         let pairs = create_pairs(&client, t, std::slice::from_ref(&t.region), n, 16).await.context("setup")?;
@@ -97,17 +102,25 @@ impl Work {
         let (job, contractor) = &self.pairs[i % self.pairs.len()];
         match self.operation {
             Operation::Assign => assign(&self.client, &self.target, job, contractor).await,
-            Operation::Get => {
-                let url = format!("{}/api/jobs/{job}", self.target.base.trim_end_matches('/'));
-                let res = self.client.get(url).bearer_auth(&self.target.token).send().await?;
-                let status = res.status();
-                let _ = res.bytes().await?;
-                if status != reqwest::StatusCode::OK {
-                    eprintln!("ss-bench: GET job {job}: {status}");
-                }
-                Ok(status == reqwest::StatusCode::OK)
-            }
+            Operation::Get => self.get(&format!("/api/jobs/{job}"), true).await,
+            Operation::Live => self.get("/health/live", false).await,
         }
+    }
+
+    /// A GET of `path`, with the token when `authenticated`; `Ok(true)` on 200.
+    async fn get(&self, path: &str, authenticated: bool) -> Result<bool> {
+        let url = format!("{}{path}", self.target.base.trim_end_matches('/'));
+        let mut request = self.client.get(url);
+        if authenticated {
+            request = request.bearer_auth(&self.target.token);
+        }
+        let res = request.send().await?;
+        let status = res.status();
+        let _ = res.bytes().await?;
+        if status != reqwest::StatusCode::OK {
+            eprintln!("ss-bench: GET {path}: {status}");
+        }
+        Ok(status == reqwest::StatusCode::OK)
     }
 }
 

@@ -239,8 +239,7 @@ impl GroupCommitter {
 /// The group-commit task: commits whatever is waiting, in one transaction.
 /// One task per store, even where the database has many writers: two groups
 /// at once on PostgreSQL commit fewer assignments per second, not more
-/// (smaller groups on the same two cores; docs/benchmarks.md, "Group commit
-/// on PostgreSQL").
+/// (docs/architecture.md, "Concurrency on PostgreSQL").
 async fn run<W: GroupWriter>(writer: W, mut queue: mpsc::Receiver<PendingCommit>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
