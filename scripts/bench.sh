@@ -71,7 +71,7 @@ else
   # queue starts to fill: raise it to about 8000 to see the service close them (80 s at 100/s).
   : "${SLOW_EVENTS:=1500}"
   # (b): the target rate, then lower ones down to the highest whose delivery p99 stays <= 50 ms.
-  : "${RATE_STEPS:=2000:4000 800:2400 400:2000 300:2000 250:2000 200:2000}"
+  : "${RATE_STEPS:=2000:4000 800:2400 400:2000 300:2000 250:2000 200:2000 150:2000}"
   : "${IDLE_CLIENTS:=15000}" "${IDLE_HOLD:=60}"
   regions=100
 fi

@@ -259,14 +259,158 @@ async fn run<W: GroupWriter>(writer: W, mut queue: mpsc::Receiver<PendingCommit>
             Err(err) => {
                 // Whatever failed the group must fail only its own request.
                 tracing::warn!(error = %Chain(&err), size = group.len(), "group commit failed; committing one by one");
-                for pending in group.drain(..) {
-                    let outcome = match writer.commit_group(&[&pending.row]).await {
-                        Ok(mut outcomes) => outcomes.pop().expect("one outcome per assignment"),
-                        Err(err) => Err(err.into()),
-                    };
-                    let _ = pending.reply.send(outcome);
-                }
+                one_by_one(&writer, &mut group).await;
             }
         }
+    }
+}
+
+/// Commits each of a failed group on its own. When one of them cannot reach
+/// the database either, the rest are answered at once: an outage must cost
+/// a group one more timeout, not one per assignment. A group that failed for
+/// one of its rows (or a deadlock) commits the others here.
+async fn one_by_one<W: GroupWriter>(writer: &W, group: &mut Vec<PendingCommit>) {
+    let mut unreachable = false;
+    for pending in group.drain(..) {
+        let outcome = if unreachable {
+            Err(StoreError::Unavailable("the database did not answer the assignment before this one".into()).into())
+        } else {
+            match writer.commit_group(&[&pending.row]).await {
+                Ok(mut outcomes) => outcomes.pop().expect("one outcome per assignment"),
+                Err(err) => {
+                    unreachable = matches!(err, StoreError::Unavailable(_));
+                    Err(err.into())
+                }
+            }
+        };
+        let _ = pending.reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use smartscheduler_domain::{
+        AssignmentSource, Contractor, DomainEvent, DurationMinutes, Job, JobType, NewAssignment, PersonName, Region,
+        TimeRange,
+    };
+
+    use super::*;
+
+    /// A writer that answers each commit with the next of `answers` (an
+    /// `Err` for the whole call, or `Ok` for every row) and counts the rows
+    /// of each call.
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<(), StoreError>>>,
+        calls: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<(), StoreError>>) -> Self {
+            Self { answers: Mutex::new(answers.into()), calls: Arc::default() }
+        }
+    }
+
+    #[async_trait]
+    impl GroupWriter for Scripted {
+        const SIZE_METRIC: &'static str = "test_group_commit_size";
+
+        async fn commit_group(&self, rows: &[&AssignmentRow]) -> Result<Vec<Outcome>, StoreError> {
+            self.calls.lock().unwrap().push(rows.len());
+            let answer = self.answers.lock().unwrap().pop_front().expect("an answer is scripted");
+            answer.map(|()| rows.iter().map(|_| Ok(())).collect())
+        }
+    }
+
+    fn unavailable() -> StoreError {
+        StoreError::Unavailable("connection refused".into())
+    }
+
+    fn pending(n: usize) -> (Vec<PendingCommit>, Vec<oneshot::Receiver<Outcome>>) {
+        let region = Region::new("north").unwrap();
+        let now = Timestamp::now();
+        (0..n)
+            .map(|i| {
+                let job = Job::create(
+                    JobType::new("Flooring").unwrap(),
+                    None,
+                    region.clone(),
+                    DurationMinutes::new(60).unwrap(),
+                    None,
+                    None,
+                    now,
+                );
+                let contractor =
+                    Contractor::create(PersonName::new(&format!("C{i}")).unwrap(), region.clone(), vec![], now)
+                        .unwrap();
+                let mut assigned = job.clone();
+                let request = NewAssignment {
+                    contractor_id: contractor.id(),
+                    range: TimeRange::new(now, now.plus_millis(3_600_000)).unwrap(),
+                    source: AssignmentSource::Manual,
+                    audit_id: None,
+                };
+                let (assignment, event) = assigned.assign(&contractor, request, now).unwrap();
+                let event = DomainEvent::from(event);
+                let commit =
+                    AssignmentCommit { job: &assigned, assignment: &assignment, event: &event, idempotency: None };
+                let (reply, answer) = oneshot::channel();
+                (PendingCommit { row: AssignmentRow::new(commit).unwrap(), reply }, answer)
+            })
+            .unzip()
+    }
+
+    async fn answers(receivers: Vec<oneshot::Receiver<Outcome>>) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        for receiver in receivers {
+            outcomes.push(receiver.await.expect("every assignment is answered"));
+        }
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn a_group_that_failed_for_one_row_commits_the_others_one_by_one() {
+        // The group fails (say, a deadlock); alone, the second row fails, the others commit.
+        let writer = Scripted::new(vec![Ok(()), Err(StoreError::Unexpected("a bad row".into())), Ok(())]);
+        let (mut group, receivers) = pending(3);
+        one_by_one(&writer, &mut group).await;
+        let outcomes = answers(receivers).await;
+        assert_eq!(outcomes[0], Ok(()));
+        assert!(matches!(outcomes[1], Err(CommitAssignmentError::Store(StoreError::Unexpected(_)))), "{outcomes:?}");
+        assert_eq!(outcomes[2], Ok(()));
+        assert_eq!(*writer.calls.lock().unwrap(), vec![1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn when_the_database_is_unreachable_the_rest_of_the_group_is_answered_without_waiting_for_it_again() {
+        let writer = Scripted::new(vec![Err(unavailable())]);
+        let (mut group, receivers) = pending(4);
+        one_by_one(&writer, &mut group).await;
+        let outcomes = answers(receivers).await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(CommitAssignmentError::Store(StoreError::Unavailable(_))))),
+            "{outcomes:?}"
+        );
+        // One attempt alone, not four.
+        assert_eq!(*writer.calls.lock().unwrap(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn the_task_commits_a_waiting_burst_as_one_group() {
+        let writer = Scripted::new(vec![Ok(())]);
+        let calls = Arc::clone(&writer.calls);
+        let (group, receivers) = pending(5);
+        let (queue, waiting) = mpsc::channel(MAX_GROUP);
+        for pending in group {
+            queue.send(pending).await.unwrap();
+        }
+        drop(queue);
+        run(writer, waiting).await;
+        let outcomes = answers(receivers).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(outcomes.len(), 5);
+        assert_eq!(*calls.lock().unwrap(), vec![5]);
     }
 }
