@@ -9,8 +9,9 @@
 //! checked with one read (job, contractor, overlap, idempotency key) before
 //! anything is written, so a refused assignment leaves nothing behind and
 //! does not disturb the others; the single writer means no one else changes
-//! those rows between the check and the write. The relay's claims and publishes are set-based too (one statement per batch,
-//! over a JSON array), so the writer spends a few statements per assignment.
+//! those rows between the check and the write. The relay's claims and
+//! publishes are set-based too (one statement per batch, over a JSON array),
+//! so the writer spends a few statements per assignment.
 //! SQLite serves one node, so there is no publisher lease: fences are not
 //! checked here.
 
