@@ -35,6 +35,21 @@ pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
     }
 }
 
+/// [`store_error`] for the opt-in reads on the calling thread
+/// ([`crate::sqlite_on_thread`]): SQLite's busy and locked are `Unavailable`
+/// there too, the rest `Unexpected`.
+pub(crate) fn rusqlite_error(err: rusqlite::Error) -> StoreError {
+    let retryable = matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    if retryable {
+        StoreError::Unavailable(Box::new(err))
+    } else {
+        StoreError::Unexpected(Box::new(err))
+    }
+}
+
 /// Stored data that does not parse (a bug or a hand edit): the parse error,
 /// or a description where there is none, is the source.
 pub(crate) fn corrupt(err: impl Into<Cause>) -> StoreError {

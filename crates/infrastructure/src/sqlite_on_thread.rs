@@ -23,7 +23,7 @@ use smartscheduler_domain::ports::{ClaimedEvent, CommitAssignmentError, Fence, P
 use smartscheduler_domain::{DomainEvent, Timestamp};
 use uuid::Uuid;
 
-use crate::errors::corrupt;
+use crate::errors::{corrupt, rusqlite_error};
 use crate::sql::{bind_rusqlite, AssignmentCommit, Columns, FailedAttempt, SqlBackend, SqlStore, Statement};
 use crate::sqlite::{SqliteBackend, SqliteStore};
 
@@ -74,9 +74,9 @@ impl Readers {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.open().map_err(read_error)?,
+            None => self.open().map_err(rusqlite_error)?,
         };
-        let rows = read(&conn, statement, limit).map_err(read_error);
+        let rows = read(&conn, statement, limit).map_err(rusqlite_error);
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(conn);
         rows
     }
@@ -109,19 +109,6 @@ fn read(conn: &Connection, statement: &Statement<'_>, limit: Option<usize>) -> r
         found.push(OwnedRow { columns: columns.clone(), cells });
     }
     Ok(found)
-}
-
-/// SQLite's busy and locked are worth a retry, as on the sqlx path.
-fn read_error(err: rusqlite::Error) -> StoreError {
-    let retryable = matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    );
-    if retryable {
-        StoreError::Unavailable(Box::new(err))
-    } else {
-        StoreError::Unexpected(Box::new(err))
-    }
 }
 
 /// A row read on the calling thread: its columns' names and values.
